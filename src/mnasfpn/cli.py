@@ -1,0 +1,33 @@
+"""Console entry points. Subcommands live next to what they drive and import TensorFlow
+only inside their bodies, so `--help` and table look-ups start instantly."""
+
+from __future__ import annotations
+
+import click
+
+from mnasfpn import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnasfpn")
+def main() -> None:
+    """MnasFPN detectors: describe, export and sample architectures of the search spaces."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnasfpn-lut")
+def lut_main() -> None:
+    """Per-op latency lookup tables: measure ops on a device, predict, validate."""
+
+
+def _register() -> None:
+    from mnasfpn.arch_cli import register as register_arch
+    from mnasfpn.devices.cli import register as register_devices
+    from mnasfpn.lut.cli import register as register_lut
+
+    register_arch(main)
+    register_devices(lut_main)
+    register_lut(lut_main)
+
+
+_register()

@@ -1,0 +1,58 @@
+"""The interface every device implements."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from mnasfpn.devices.profiles import Profile
+from mnasfpn.devices.results import DeviceInfo, TimingResult
+
+# Called once per model, in order, as (index, total, result).
+ProgressCallback = Callable[[int, int, TimingResult], None]
+ModelPath = str | os.PathLike[str]
+
+
+class Device(abc.ABC):
+    """Times ``.tflite`` files on one device; a context manager that cleans up on exit."""
+
+    profile: Profile
+
+    @abc.abstractmethod
+    def info(self) -> DeviceInfo:
+        """What the device is, read fresh (frequencies and temperature change)."""
+
+    @abc.abstractmethod
+    def time_models(
+        self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None
+    ) -> list[TimingResult]:
+        """Time a batch; results come back in the order of ``paths``.
+
+        A model that cannot be timed is returned with ``ok=False`` and an error, the
+        others are still timed.
+        """
+
+    def time_model(self, path: ModelPath) -> TimingResult:
+        return self.time_models([path])[0]
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the device (stop workers, remove pushed files). Idempotent."""
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def model_label(path: ModelPath) -> str:
+    return str(Path(path))

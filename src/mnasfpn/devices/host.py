@@ -1,0 +1,199 @@
+"""The host device: LiteRT on this machine's CPU, one thread, in a pinned worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mnasfpn.devices import sysinfo
+from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
+from mnasfpn.devices.errors import DeviceError
+from mnasfpn.devices.profiles import Profile
+from mnasfpn.devices.results import DeviceInfo, TimingResult
+from mnasfpn.devices.stats import repeat_until_stable, summarize
+
+_WORKER = Path(__file__).with_name("host_worker.py")
+_STARTUP_TIMEOUT_S = 120.0
+_REQUEST_TIMEOUT_S = 600.0
+
+
+class WorkerDied(DeviceError):
+    pass
+
+
+def choose_core(profile: Profile) -> int:
+    allowed = sorted(os.sched_getaffinity(0))
+    if profile.core < 0:
+        return allowed[profile.core] if -profile.core <= len(allowed) else allowed[-1]
+    if profile.core not in allowed:
+        raise DeviceError(
+            f"profile {profile.name!r} pins core {profile.core} but this process may only use "
+            f"cores {allowed}; set core = -1 in the profile"
+        )
+    return profile.core
+
+
+class _WorkerProcess:
+    """One long-lived worker for a whole batch (model loads are cheap, process starts not)."""
+
+    def __init__(self, core: int) -> None:
+        self.core = core
+        self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        # A single thread also for numpy's BLAS, so the worker does not spread off-core.
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", str(_WORKER), str(core)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+        self.hello = self._read(_STARTUP_TIMEOUT_S)
+        if self.hello.get("affinity") != [core]:
+            self.stop()
+            raise DeviceError(f"host worker could not be pinned to core {core}; check cgroups")
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        lines = [
+            ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()
+        ]
+        return lines[-1][:200] if lines else "no stderr"
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            code = self.proc.poll()
+            what = f"exited with status {code}" if code is not None else "timed out"
+            self.stop()
+            raise WorkerDied(f"host timing worker {what} ({self._stderr_tail()})")
+        return json.loads(line)
+
+    def request(self, timeout: float = _REQUEST_TIMEOUT_S, **req: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            self.stop()
+            raise WorkerDied(f"host timing worker is gone ({self._stderr_tail()})") from e
+        return self._read(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()
+
+
+class HostDevice(Device):
+    def __init__(self, profile: Profile) -> None:
+        if profile.kind != "host":
+            raise DeviceError(f"profile {profile.name!r} is not a host profile")
+        self.profile = profile
+        self.core = choose_core(profile)
+        self._worker: _WorkerProcess | None = _WorkerProcess(self.core)
+
+    def _ensure_worker(self) -> _WorkerProcess:
+        if self._worker is None or not self._worker.alive():
+            self._worker = _WorkerProcess(self.core)
+        return self._worker
+
+    def info(self) -> DeviceInfo:
+        hello = self._ensure_worker().hello
+        freq = sysinfo.local_cpufreq(self.core)
+        return DeviceInfo(
+            profile=self.profile.name,
+            kind="host",
+            model=sysinfo.local_cpu_model(),
+            serial=platform.node(),
+            abi=platform.machine(),
+            cores=os.cpu_count(),
+            core=self.core,
+            governor=freq.governor,
+            cur_freq_khz=freq.cur_khz,
+            max_freq_khz=freq.max_khz,
+            temperature_c=sysinfo.local_temperature_c(),
+            os_version=f"{platform.system()} {platform.release()}",
+            runtime="ai-edge-litert",
+            runtime_version=str(hello.get("litert_version")),
+            binary=f"python {hello.get('python_version')}",
+            binary_version=f"numpy {hello.get('numpy_version')}",
+            extra={"xnnpack": str(self.profile.use_xnnpack).lower()},
+        )
+
+    def _time_one(self, path: ModelPath) -> TimingResult:
+        label = model_label(path)
+        if not Path(path).is_file():
+            return TimingResult.failed(label, f"model file not found: {path}")
+        worker = self._ensure_worker()
+        p = self.profile
+        try:
+            rep = worker.request(
+                op="load",
+                path=str(Path(path).resolve()),
+                threads=p.threads,
+                warmup=p.warmup_runs,
+                xnnpack=p.use_xnnpack,
+            )
+            if not rep["ok"]:
+                return TimingResult.failed(label, rep["error"])
+
+            def one_round() -> list[float]:
+                r = worker.request(op="run", n=p.num_runs)
+                if not r["ok"]:
+                    raise DeviceError(r["error"])
+                return r["samples_ms"]
+
+            samples, rounds, stable = repeat_until_stable(
+                one_round,
+                min_repeats=p.min_repeats,
+                max_repeats=p.max_repeats,
+                tolerance=p.stability_tolerance,
+            )
+            worker.request(op="unload")
+        except DeviceError as e:
+            # A crash in native code kills only the worker; the next model gets a new one.
+            return TimingResult.failed(label, str(e))
+        return summarize(label, samples, repeats=rounds, stable=stable)
+
+    def time_models(
+        self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None
+    ) -> list[TimingResult]:
+        results: list[TimingResult] = []
+        for i, path in enumerate(paths):
+            res = self._time_one(path)
+            results.append(res)
+            if progress is not None:
+                progress(i, len(paths), res)
+        return results
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None

@@ -1,0 +1,134 @@
+"""Timing worker for the host device, run as a plain script (``python host_worker.py``).
+
+It is started by path rather than as ``-m mnasfpn...`` so that importing it cannot pull
+in the package (and, through it, TensorFlow): only ai_edge_litert and numpy are loaded,
+which keeps the pinned core's caches and the worker's start-up free of TF.
+
+Protocol: one JSON object per line on stdin, one JSON reply per line on the original
+stdout. Native code that prints to stdout is redirected to stderr so it can never
+corrupt the reply stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any
+
+
+def _reply_stream() -> Any:
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto
+
+
+def _fill_inputs(interp: Any, np: Any, rng: Any) -> None:
+    for d in interp.get_input_details():
+        shape = [int(s) if s > 0 else 1 for s in d["shape"]]
+        dtype = np.dtype(d["dtype"])
+        if np.issubdtype(dtype, np.floating):
+            data = rng.random(shape, dtype=np.float32).astype(dtype)
+        elif dtype == np.bool_:
+            data = rng.integers(0, 2, size=shape).astype(np.bool_)
+        else:
+            info = np.iinfo(dtype)
+            data = rng.integers(max(info.min, -128), min(info.max, 127), size=shape).astype(dtype)
+        if list(d["shape"]) != shape:
+            interp.resize_tensor_input(d["index"], shape)
+            interp.allocate_tensors()
+        interp.set_tensor(d["index"], data)
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.interp: Any = None
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "load":
+            return self.load(req["path"], int(req["threads"]), int(req["warmup"]),
+                             bool(req["xnnpack"]))
+        if op == "run":
+            return self.run(int(req["n"]))
+        if op == "unload":
+            self.interp = None
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def load(self, path: str, threads: int, warmup: int, xnnpack: bool) -> dict[str, Any]:
+        import numpy as np
+        from ai_edge_litert import interpreter as lite
+
+        self.interp = None
+        resolver = (
+            lite.OpResolverType.AUTO
+            if xnnpack
+            else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        try:
+            interp = lite.Interpreter(
+                model_path=path, num_threads=threads, experimental_op_resolver_type=resolver
+            )
+            interp.allocate_tensors()
+            _fill_inputs(interp, np, np.random.default_rng(0))
+            for _ in range(warmup):
+                interp.invoke()
+        except Exception as e:  # any LiteRT failure is this model's failure, not ours
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            return {"ok": False, "error": f"LiteRT could not load/run the model: {msg}"}
+        self.interp = interp
+        return {"ok": True}
+
+    def run(self, n: int) -> dict[str, Any]:
+        if self.interp is None:
+            return {"ok": False, "error": "no model loaded"}
+        invoke = self.interp.invoke
+        clock = time.perf_counter_ns
+        samples = []
+        try:
+            for _ in range(n):
+                t0 = clock()
+                invoke()
+                samples.append((clock() - t0) / 1e6)
+        except Exception as e:
+            return {"ok": False, "error": f"LiteRT invoke failed: {e}"}
+        return {"ok": True, "samples_ms": samples}
+
+
+def main(argv: list[str]) -> int:
+    proto = _reply_stream()
+    core = int(argv[1])
+    os.sched_setaffinity(0, {core})
+    import numpy as np
+    from ai_edge_litert import __version__ as litert_version
+
+    proto.write(json.dumps({
+        "ready": True,
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "litert_version": litert_version,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "tensorflow_loaded": "tensorflow" in sys.modules,
+    }) + "\n")
+    worker = Worker()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        if req.get("op") == "exit":
+            break
+        try:
+            rep = worker.handle(req)
+        except Exception:
+            rep = {"ok": False, "error": traceback.format_exc(limit=1).strip().splitlines()[-1]}
+        proto.write(json.dumps(rep) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

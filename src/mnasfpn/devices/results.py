@@ -1,0 +1,61 @@
+"""Result types returned by every device."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TimingResult:
+    """Latency statistics of one model.
+
+    ``ok=False`` results carry ``error`` and no numbers, so a failed model can never be
+    mistaken for a measurement.
+    """
+
+    model: str
+    ok: bool
+    median_ms: float | None = None
+    min_ms: float | None = None
+    std_ms: float | None = None
+    runs: int = 0
+    repeats: int = 0
+    dispersion: float | None = None
+    stable: bool = False
+    samples_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, model: str, error: str) -> TimingResult:
+        return cls(model=model, ok=False, error=error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DeviceInfo:
+    """What a device is, recorded next to every table built on it."""
+
+    profile: str
+    kind: str
+    model: str
+    serial: str | None = None
+    abi: str | None = None
+    cores: int | None = None
+    core: int | None = None
+    governor: str | None = None
+    cur_freq_khz: int | None = None
+    max_freq_khz: int | None = None
+    temperature_c: float | None = None
+    os_version: str | None = None
+    runtime: str | None = None
+    runtime_version: str | None = None
+    binary: str | None = None
+    binary_version: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
