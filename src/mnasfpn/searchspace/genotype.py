@@ -112,7 +112,8 @@ def genotype_from_dict(doc: Any, *, source: str = "genotype") -> Genotype:
     if fmt != FORMAT:
         raise GenotypeError(f"{source}: 'format' is {fmt!r}, expected {FORMAT!r}")
     version = doc.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    # JSON true (and 1.0) compare equal to 1 in Python; only the integer 1 is version 1.
+    if type(version) is not int or version != FORMAT_VERSION:
         raise GenotypeError(
             f"{source}: genotype format version {version!r} is not supported "
             f"(this mnasfpn reads version {FORMAT_VERSION})"

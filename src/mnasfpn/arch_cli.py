@@ -1,0 +1,357 @@
+"""`mnasfpn describe | export | sample | spaces`: architecture-level commands.
+
+Everything here except `export` runs on the framework-free IR, so it must not import
+TensorFlow or Keras (not even indirectly): `describe` is meant to answer instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mnasfpn.archs import resolve_archs
+from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph, check_input_size
+from mnasfpn.ir.graph import OpGraph
+from mnasfpn.ir.ops import PARTS
+from mnasfpn.searchspace.genotype import Genotype, GenotypeError
+from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_INPUT_SIZE = 320
+DEFAULT_NUM_CLASSES = 90
+DEFAULT_ALPHA = 1.0
+DEFAULT_DEPTH = 64
+
+
+def _check_input_size(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    try:
+        check_input_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+def _model_options(func: F) -> F:
+    """The options that decide the detector around the head (paper defaults)."""
+    options = [
+        click.option(
+            "--arch",
+            "arch",
+            required=True,
+            metavar="NAME|FILE.json|FILE.jsonl",
+            help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
+        ),
+        click.option(
+            "--repeats",
+            type=click.IntRange(1, 8),
+            default=None,
+            help="Cell repeats (default: the architecture's own).",
+        ),
+        click.option(
+            "--input-size",
+            type=int,
+            default=DEFAULT_INPUT_SIZE,
+            show_default=True,
+            callback=_check_input_size,
+            help="Square input side; a multiple of 64.",
+        ),
+        click.option(
+            "--num-classes",
+            type=click.IntRange(min=1),
+            default=DEFAULT_NUM_CLASSES,
+            show_default=True,
+        ),
+        click.option(
+            "--alpha",
+            type=click.FloatRange(min=0.0, min_open=True, max=4.0),
+            default=DEFAULT_ALPHA,
+            show_default=True,
+            help="MobileNetV2 depth multiplier.",
+        ),
+        click.option(
+            "--depth",
+            type=click.IntRange(min=1),
+            default=DEFAULT_DEPTH,
+            show_default=True,
+            help="Predictor tower depth D.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _resolve(arch: str, repeats: int | None) -> list[Genotype]:
+    try:
+        return resolve_archs(arch, repeats)
+    except GenotypeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _build(
+    genotype: Genotype, *, input_size: int, num_classes: int, alpha: float, depth: int
+) -> OpGraph:
+    return build_opgraph(
+        genotype,
+        backbone=BackboneConfig(alpha=alpha),
+        predictor=PredictorConfig(depth=depth),
+        input_size=input_size,
+        num_classes=num_classes,
+    )
+
+
+def _label(genotype: Genotype, index: int, count: int) -> str:
+    if genotype.name:
+        return genotype.name
+    return f"genotype {index + 1} of {count}" if count > 1 else "genotype"
+
+
+def _billions(madds: int) -> str:
+    return f"{madds / 1e9:.3f}"
+
+
+def _block_ranges(blocks: list[int]) -> str:
+    """[0, 1, 2, 5] → '0-2, 5': compact for the common all-live case."""
+    if not blocks:
+        return "none"
+    runs: list[list[int]] = [[blocks[0], blocks[0]]]
+    for b in blocks[1:]:
+        if b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ", ".join(str(a) if a == z else f"{a}-{z}" for a, z in runs)
+
+
+def _live_block_lines(genotype: Genotype, live: list[list[int]]) -> list[str]:
+    total = len(genotype.blocks)
+
+    def one(blocks: list[int], where: str) -> str:
+        pruned = [b for b in range(total) if b not in blocks]
+        ranges = _block_ranges(blocks)
+        return f"{len(blocks)} of {total} ({ranges}){where}; pruned: {_block_ranges(pruned)}"
+
+    # Every cell has the same structure, so pruning usually agrees across cells; say it once.
+    if all(cell == live[0] for cell in live):
+        return [one(live[0], f" in each of {len(live)} cells")]
+    return [f"cell {r}: {one(cell, '')}" for r, cell in enumerate(live)]
+
+
+def format_summary(genotype: Genotype, graph: OpGraph, label: str) -> str:
+    s = graph.summary()
+    backbone = s["backbone"]
+    sdo = "SDO" if genotype.sdo else "no SDO"
+    head = [
+        f"{label}: space {genotype.space}, C={genotype.channels}, "
+        f"{genotype.repeats} repeats, {sdo}",
+        f"  input {s['input_size']}x{s['input_size']}x3, {s['num_classes']} classes, "
+        f"MobileNetV2 x{backbone['alpha']}, predictor depth {s['predictor']['depth']}",
+    ]
+    live_lines = _live_block_lines(genotype, s["live_blocks"])
+    rows = [
+        ("parameters", f"{s['params']:,} (Keras), {s['deployed_params']:,} deployed (BN folded)"),
+        ("MAdds", f"{_billions(s['madds'])} B"),
+        ("ops", f"{s['ops']} live, {s['pruned_ops']} pruned; {s['unique_keys']} unique keys"),
+        ("anchors", f"{s['anchors']:,}"),
+        ("live blocks", live_lines[0]),
+        *(("", line) for line in live_lines[1:]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    body = [f"  {name:<{width}}  {value}" for name, value in rows]
+
+    columns = ("part", "ops", "MAdds (B)", "params", "deployed")
+    table: list[tuple[str, ...]] = [columns]
+    for part in PARTS:
+        p = s["parts"][part]
+        table.append(
+            (part, str(p["ops"]), _billions(p["madds"]), f"{p['params']:,}",
+             f"{p['deployed_params']:,}")
+        )  # fmt: skip
+    table.append(
+        ("total", str(s["ops"]), _billions(s["madds"]), f"{s['params']:,}",
+         f"{s['deployed_params']:,}")
+    )  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        return "  " + "  ".join(cells)
+
+    rule = "  " + "  ".join("-" * w for w in widths)
+    parts_table = [line(table[0]), rule, *(line(r) for r in table[1:-1]), rule, line(table[-1])]
+    return "\n".join([*head, *body, "", *parts_table])
+
+
+@click.command()
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary object per line.")
+def describe(
+    arch: str,
+    repeats: int | None,
+    input_size: int,
+    num_classes: int,
+    alpha: float,
+    depth: int,
+    as_json: bool,
+) -> None:
+    """Parameters, MAdds, live blocks and op counts of an architecture (no TensorFlow)."""
+    genotypes = _resolve(arch, repeats)
+    chunks = []
+    for i, genotype in enumerate(genotypes):
+        graph = _build(
+            genotype, input_size=input_size, num_classes=num_classes, alpha=alpha, depth=depth
+        )
+        if as_json:
+            chunks.append(json.dumps(graph.summary(), separators=(",", ":")))
+        else:
+            chunks.append(format_summary(genotype, graph, _label(genotype, i, len(genotypes))))
+    click.echo(("\n" if as_json else "\n\n").join(chunks))
+
+
+@click.command()
+@_model_options
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Where to write the .tflite file.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
+def export(
+    arch: str,
+    repeats: int | None,
+    input_size: int,
+    num_classes: int,
+    alpha: float,
+    depth: int,
+    out: Path,
+    seed: int,
+) -> None:
+    """Build the detector (untrained weights) and convert it to a .tflite file."""
+    genotypes = _resolve(arch, repeats)
+    if len(genotypes) != 1:
+        raise click.ClickException(
+            f"--arch {arch!r} holds {len(genotypes)} genotypes; export takes exactly one"
+        )
+    graph = _build(
+        genotypes[0], input_size=input_size, num_classes=num_classes, alpha=alpha, depth=depth
+    )
+    if not out.parent.is_dir():
+        raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
+    # TensorFlow loads only here: the other commands must stay instant.
+    from mnasfpn.model.export import export_tflite
+
+    try:
+        written = Path(export_tflite(graph, out, seed=seed))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"export failed: {exc}") from None
+    size = written.stat().st_size
+    click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes)")
+    for name, shape in _output_shapes(written, graph):
+        click.echo(f"  output {name}: {shape}")
+
+
+def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
+    """Shapes as the .tflite file declares them; the IR's if the runtime is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return [(graph.ops[o].name, [1, *graph.ops[o].out_shape]) for o in graph.outputs]
+    details = Interpreter(model_path=str(path)).get_output_details()
+    return [(d["name"], [int(x) for x in d["shape"]]) for d in details]
+
+
+@click.command()
+@click.option("--space", "space_name", required=True, type=click.Choice(list(SPACES)))
+@click.option("--n", "count", required=True, type=click.IntRange(min=1), help="How many.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON Lines file: one genotype document per line.",
+)
+@click.option("--repeats", type=click.IntRange(1, 8), default=None,
+              help="Cell repeats (default: the space's own).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def sample(
+    space_name: str, count: int, seed: int, out: Path, repeats: int | None, force: bool
+) -> None:
+    """Sample random genotypes of a search space into a .jsonl file (usable as --arch)."""
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
+    genotypes = sample_genotypes(space_name, count, seed)
+    lines = []
+    for i, genotype in enumerate(genotypes):
+        if repeats is not None:
+            genotype = genotype.with_repeats(repeats)
+        genotype = dataclasses.replace(genotype, name=f"{space_name}-seed{seed}-{i}")
+        lines.append(json.dumps(genotype.to_dict(), separators=(",", ":")))
+    _write_atomic(out, "\n".join(lines) + "\n")
+    unique = len({(g.channels, g.blocks) for g in genotypes})
+    reps = genotypes[0].repeats if repeats is None else repeats
+    fixed = " (a fixed cell: every line is the same)" if SPACES[space_name].fixed else ""
+    click.echo(
+        f"wrote {count} genotypes of space {space_name} (seed {seed}, {reps} repeats, "
+        f"{unique} distinct) to {out}{fixed}"
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A half-written .jsonl would later fail as "truncated": write aside, then rename.
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+
+
+@click.command()
+@click.option(
+    "--input-size",
+    type=int,
+    default=DEFAULT_INPUT_SIZE,
+    show_default=True,
+    callback=_check_input_size,
+    help="Input side the op keys are counted at.",
+)
+def spaces(input_size: int) -> None:
+    """List the search spaces: size and how many op keys a latency table needs."""
+    from mnasfpn.ir.enumerate import space_keys
+
+    rows = [("space", "genotypes", f"op keys @{input_size}", "description")]
+    for space in SPACES.values():
+        card = space.cardinality()
+        size = "1 (fixed)" if card == 1 else f"10^{math.log10(card):.1f}"
+        rows.append(
+            (space.name, size, str(len(space_keys(space, input_size=input_size))),
+             space.description)
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()
+        )
+
+
+def register(group: click.Group) -> None:
+    for command in (describe, export, sample, spaces):
+        group.add_command(command)
