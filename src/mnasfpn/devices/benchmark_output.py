@@ -100,9 +100,12 @@ def parse_benchmark_output(text: str) -> BenchmarkOutput:
     inference = stats[-1] if stats else None
     # The last count= line is the timed phase only if its average is the summary's;
     # otherwise (a build that skipped it) we must not report warm-up numbers as runs.
-    if inference is not None and inference.avg_us is not None and len(stats) >= 1:
-        if abs(inference.avg_us - inf) > max(1.0, 1e-3 * inf):
-            inference = None
+    if (
+        inference is not None
+        and inference.avg_us is not None
+        and abs(inference.avg_us - inf) > max(1.0, 1e-3 * inf)
+    ):
+        inference = None
     warmup = stats[0] if len(stats) >= 2 else None
     return BenchmarkOutput(
         layout=layout,

@@ -46,7 +46,8 @@ class _WorkerProcess:
 
     def __init__(self, core: int) -> None:
         self.core = core
-        self._stderr = tempfile.TemporaryFile()
+        # Kept open for the worker's lifetime (closed in stop()), so no context manager.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         env = dict(os.environ)
         # A single thread also for numpy's BLAS, so the worker does not spread off-core.
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")

@@ -51,8 +51,9 @@ class Worker:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "load":
-            return self.load(req["path"], int(req["threads"]), int(req["warmup"]),
-                             bool(req["xnnpack"]))
+            return self.load(
+                req["path"], int(req["threads"]), int(req["warmup"]), bool(req["xnnpack"])
+            )
         if op == "run":
             return self.run(int(req["n"]))
         if op == "unload":
@@ -107,14 +108,19 @@ def main(argv: list[str]) -> int:
     import numpy as np
     from ai_edge_litert import __version__ as litert_version
 
-    proto.write(json.dumps({
-        "ready": True,
-        "affinity": sorted(os.sched_getaffinity(0)),
-        "litert_version": litert_version,
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "tensorflow_loaded": "tensorflow" in sys.modules,
-    }) + "\n")
+    proto.write(
+        json.dumps(
+            {
+                "ready": True,
+                "affinity": sorted(os.sched_getaffinity(0)),
+                "litert_version": litert_version,
+                "numpy_version": np.__version__,
+                "python_version": platform.python_version(),
+                "tensorflow_loaded": "tensorflow" in sys.modules,
+            }
+        )
+        + "\n"
+    )
     worker = Worker()
     for line in sys.stdin:
         if not line.strip():

@@ -65,8 +65,12 @@ def repeat_until_stable(
         samples.extend(measure_round())
         rounds += 1
         current = statistics.median(samples)
-        if previous is not None and rounds >= min_repeats and previous > 0:
-            if abs(current - previous) / previous <= tolerance:
-                return samples, rounds, True
+        if (
+            previous is not None
+            and rounds >= min_repeats
+            and previous > 0
+            and abs(current - previous) / previous <= tolerance
+        ):
+            return samples, rounds, True
         previous = current
     return samples, rounds, False

@@ -1,0 +1,275 @@
+"""An Android phone timed with the stock ``benchmark_model`` binary.
+
+Written once against :class:`~mnasfpn.devices.transport.Transport`; dropped connections
+are retried a bounded number of times by reconnecting and redoing the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shlex
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from mnasfpn.devices import sysinfo
+from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
+from mnasfpn.devices.benchmark_output import BenchmarkOutput, failure_hint, parse_benchmark_output
+from mnasfpn.devices.errors import ConnectionDropped, DeviceError, ModelRunError
+from mnasfpn.devices.profiles import Profile
+from mnasfpn.devices.results import DeviceInfo, TimingResult
+from mnasfpn.devices.stats import repeat_until_stable, summarize
+from mnasfpn.devices.transport import CommandTimeout, Transport
+
+T = TypeVar("T")
+
+_REMOTE_ROOT = "/data/local/tmp"
+_RUN_TIMEOUT_S = 600.0
+
+
+class AdbDevice(Device):
+    def __init__(
+        self,
+        profile: Profile,
+        transport: Transport,
+        *,
+        benchmark_binary: str | None = None,
+        retries: int = 3,
+        retry_delay_s: float = 0.5,
+    ) -> None:
+        if profile.kind != "adb":
+            raise DeviceError(f"profile {profile.name!r} is not an adb profile")
+        self.profile = profile
+        self.transport = transport
+        self.retries = retries
+        self.retry_delay_s = retry_delay_s
+        self.workdir = f"{_REMOTE_ROOT}/mnasfpn-{uuid.uuid4().hex[:8]}"
+        self._workdir_made = False
+        self.model = self._getprop("ro.product.model")
+        if not profile.matches_model(self.model):
+            raise DeviceError(
+                f"phone {transport.serial} is a {self.model!r} but profile {profile.name!r} "
+                f"expects {' or '.join(repr(m) for m in profile.expected_models)}; "
+                "use its own profile or --device generic-android"
+            )
+        self._mkdir()
+        self.binary = self._install_binary(benchmark_binary)
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _retry(self, what: str, step: Callable[[], T]) -> T:
+        last: ConnectionDropped | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.retry_delay_s * attempt)
+                try:
+                    self.transport.reconnect()
+                except ConnectionDropped as e:
+                    last = e
+                    continue
+            try:
+                return step()
+            except ConnectionDropped as e:
+                last = e
+        raise ConnectionDropped(
+            f"{last} (gave up on {what} after {self.retries + 1} attempts); "
+            "check the USB cable / network and rerun"
+        )
+
+    def _sh(self, cmd: str, timeout: float = 60.0) -> tuple[str, int]:
+        res = self._retry(cmd.split()[0], lambda: self.transport.shell(cmd, timeout))
+        return res.output, res.exit_code
+
+    def _read(self, cmd: str) -> str | None:
+        out, code = self._sh(cmd)
+        return out.strip() if code == 0 and out.strip() else None
+
+    def _getprop(self, name: str) -> str:
+        return self._read(f"getprop {name}") or ""
+
+    def _mkdir(self) -> None:
+        out, code = self._sh(f"mkdir -p {self.workdir}")
+        if code != 0:
+            raise DeviceError(
+                f"cannot create {self.workdir} on {self.transport.serial} "
+                f"({failure_hint(out)}); check free space and permissions"
+            )
+        self._workdir_made = True
+
+    def _push(self, local: Path, remote: str) -> None:
+        self._retry(f"push of {local.name}", lambda: self.transport.push(local, remote))
+
+    def _install_binary(self, local_binary: str | None) -> str:
+        serial = self.transport.serial
+        if local_binary:
+            local = Path(local_binary)
+            if not local.is_file():
+                raise DeviceError(f"benchmark binary {local} does not exist; check the path")
+            remote = f"{self.workdir}/benchmark_model"
+            self._push(local, remote)
+            self._sh(f"chmod 755 {remote}")
+            out, code = self._sh(f"{remote} --help")
+            # 126/127: not executable / not found; >128: killed by a signal (crash).
+            if code >= 126 or "graph" not in out:
+                raise DeviceError(
+                    f"the pushed benchmark binary does not run on {serial} (exit {code}: "
+                    f"{failure_hint(out)}); use a benchmark_model built for "
+                    f"{self._getprop('ro.product.cpu.abi') or 'this ABI'}"
+                )
+            return remote
+        remote = self.profile.benchmark_binary
+        _, code = self._sh(f"ls {shlex.quote(remote)}")
+        if code != 0:
+            raise DeviceError(
+                f"no benchmark_model at {remote} on {serial}; pass --benchmark-binary "
+                "PATH (the TFLite/LiteRT benchmark_model for this phone) to push one"
+            )
+        return remote
+
+    # -- Device ----------------------------------------------------------------------
+
+    def info(self) -> DeviceInfo:
+        core = self.profile.core
+        paths = sysinfo.cpufreq_paths(core)
+        temp = None
+        for zone in range(4):
+            temp = sysinfo.parse_temperature_c(
+                self._read(f"cat /sys/class/thermal/thermal_zone{zone}/temp")
+            )
+            if temp is not None:
+                break
+        md5 = self._read(f"md5sum {self.binary}")
+        release = self._getprop("ro.build.version.release")
+        sdk = self._getprop("ro.build.version.sdk")
+        return DeviceInfo(
+            profile=self.profile.name,
+            kind="adb",
+            model=self.model,
+            serial=self.transport.serial,
+            abi=self._getprop("ro.product.cpu.abi") or None,
+            cores=sysinfo.parse_cpu_count(self._read("cat /sys/devices/system/cpu/possible")),
+            core=core,
+            governor=self._read(f"cat {paths['governor']}"),
+            cur_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['cur']}")),
+            max_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['max']}")),
+            temperature_c=temp,
+            os_version=f"Android {release} (SDK {sdk})" if release else None,
+            runtime="tflite benchmark_model",
+            runtime_version=self._getprop("ro.build.fingerprint") or None,
+            binary=self.binary,
+            binary_version=f"md5 {md5.split()[0]}" if md5 else None,
+            extra={
+                "taskset_mask": self.profile.mask(),
+                "xnnpack": str(self.profile.use_xnnpack).lower(),
+            },
+        )
+
+    def _command(self, remote_model: str) -> str:
+        p = self.profile
+        return (
+            f"taskset {p.mask()} {self.binary} --graph={shlex.quote(remote_model)} "
+            f"--num_threads={p.threads} --warmup_runs={p.warmup_runs} "
+            f"--num_runs={p.num_runs} --use_xnnpack={'true' if p.use_xnnpack else 'false'}"
+        )
+
+    def _run_once(self, remote_model: str) -> BenchmarkOutput:
+        cmd = self._command(remote_model)
+        try:
+            out, code = self._sh(cmd, timeout=_RUN_TIMEOUT_S)
+        except CommandTimeout as e:
+            raise ModelRunError(f"benchmark_model did not finish: {e}") from e
+        if code != 0:
+            raise ModelRunError(f"benchmark_model exited with status {code}: {failure_hint(out)}")
+        return parse_benchmark_output(out)
+
+    def _time_remote(self, label: str, remote_model: str) -> TimingResult:
+        p = self.profile
+        outputs: list[BenchmarkOutput] = []
+
+        def one_round() -> list[float]:
+            outputs.append(self._run_once(remote_model))
+            return [outputs[-1].inference_avg_ms]
+
+        samples, rounds, stable = repeat_until_stable(
+            one_round,
+            min_repeats=p.min_repeats,
+            max_repeats=p.max_repeats,
+            tolerance=p.stability_tolerance,
+        )
+        runs = sum(o.inference.count if o.inference else p.num_runs for o in outputs)
+        mins = [o.inference.min_us / 1000 for o in outputs if o.inference and o.inference.min_us]
+        stds = [o.inference.std_us / 1000 for o in outputs if o.inference and o.inference.std_us]
+        std_ms = None
+        if len(stds) == len(outputs):
+            # Pooled per-run std over all rounds: within-round spread plus the drift of
+            # the round averages.
+            std_ms = math.sqrt(
+                statistics.fmean(s * s for s in stds) + statistics.pvariance(samples)
+            )
+        return summarize(
+            label,
+            samples,
+            repeats=rounds,
+            stable=stable,
+            runs=runs,
+            min_ms=min(mins) if mins else None,
+            std_ms=std_ms,
+        )
+
+    def time_models(
+        self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None
+    ) -> list[TimingResult]:
+        total = len(paths)
+        results: list[TimingResult | None] = [None] * total
+        remotes: dict[int, str] = {}
+        fatal: str | None = None
+        # Push the whole batch first so timing is not interleaved with USB traffic.
+        for i, path in enumerate(paths):
+            local = Path(path)
+            if not local.is_file():
+                results[i] = TimingResult.failed(model_label(path), f"model file not found: {path}")
+                continue
+            remote = f"{self.workdir}/{i:04d}.tflite"
+            try:
+                self._push(local, remote)
+                remotes[i] = remote
+            except ConnectionDropped as e:
+                fatal = str(e)
+                break
+        ran_one = False
+        for i, path in enumerate(paths):
+            label = model_label(path)
+            if results[i] is None:
+                if fatal is not None:
+                    results[i] = TimingResult.failed(label, f"not timed: {fatal}")
+                elif i not in remotes:
+                    results[i] = TimingResult.failed(label, "not pushed to the device")
+                else:
+                    if ran_one and self.profile.cooldown_s > 0:
+                        time.sleep(self.profile.cooldown_s)
+                    ran_one = True
+                    try:
+                        results[i] = self._time_remote(label, remotes[i])
+                        self._sh(f"rm -f {remotes[i]}")
+                    except ConnectionDropped as e:
+                        fatal = str(e)
+                        results[i] = TimingResult.failed(label, fatal)
+                    except DeviceError as e:
+                        results[i] = TimingResult.failed(label, str(e))
+            if progress is not None:
+                res = results[i]
+                assert res is not None
+                progress(i, total, res)
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        if self._workdir_made:
+            self._workdir_made = False
+            # A phone that is gone has nothing left that we could remove.
+            with contextlib.suppress(DeviceError):
+                self._retry("clean-up", lambda: self.transport.shell(f"rm -rf {self.workdir}", 60))
+        self.transport.close()
