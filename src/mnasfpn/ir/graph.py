@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnasfpn.ir.ops import MODEL_INPUT, PARTS, Op, Shape
+from mnasfpn.ir.ops import MODEL_INPUT, PARTS, WEIGHTED_OPS, Op, Shape
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class GraphBuilder:
     def __init__(self, input_shape: Shape) -> None:
         self.input = Tensor(MODEL_INPUT, input_shape)
         self.ops: list[Op] = []
+        self._weightless: dict[tuple[Any, ...], Tensor] = {}
 
     def emit(
         self,
@@ -36,6 +37,14 @@ class GraphBuilder:
         **attrs: Any,
     ) -> Tensor:
         ins = tuple(inputs)
+        # The TFLite converter merges identical weightless ops on the same inputs (common
+        # subexpressions, e.g. two blocks max-pooling one feature by the same stride), so
+        # the IR does too; ops with weights are always distinct.
+        cse_key = None
+        if op_type not in WEIGHTED_OPS:
+            cse_key = (op_type, tuple(t.op for t in ins), out_shape, tuple(sorted(attrs.items())))
+            if cse_key in self._weightless:
+                return self._weightless[cse_key]
         op = Op(
             id=len(self.ops),
             type=op_type,
@@ -47,7 +56,10 @@ class GraphBuilder:
             **attrs,
         )
         self.ops.append(op)
-        return Tensor(op.id, out_shape)
+        out = Tensor(op.id, out_shape)
+        if cse_key is not None:
+            self._weightless[cse_key] = out
+        return out
 
     # Shape-aware helpers, so callers never compute an output shape by hand.
 

@@ -25,6 +25,7 @@ TFLITE_OP: dict[str, str] = {
     "concat": "CONCATENATION",
 }
 PARTS: tuple[str, ...] = ("backbone", "head", "predictor")
+WEIGHTED_OPS = frozenset({"conv2d", "dwconv2d"})
 MODEL_INPUT = -1
 
 

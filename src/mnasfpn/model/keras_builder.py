@@ -1,0 +1,46 @@
+"""OpGraph → Keras model: one layer per live op; weight-shared ops reuse one layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from mnasfpn.ir.graph import OpGraph
+from mnasfpn.ir.ops import MODEL_INPUT
+from mnasfpn.model.layers import make_layer
+
+OUTPUT_NAMES = ("box_encodings", "class_logits")
+
+
+def layer_name(op_name: str) -> str:
+    return op_name.replace("/", "_")
+
+
+def build_keras_model(graph: OpGraph, *, seed: int | None = 0) -> keras.Model:
+    """The detector of `graph` (before NMS): image in [-1, 1] → (boxes [1,A,4], logits [1,A,K])."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    image = keras.Input(shape=graph.input_shape, batch_size=1, name="image")
+    tensors: dict[int, Any] = {MODEL_INPUT: image}
+    shared: dict[str, keras.layers.Layer] = {}
+    for op in graph.live_ops():
+        layer = shared.get(op.weight_group) if op.weight_group else None
+        if layer is None:
+            layer = make_layer(
+                op.type,
+                in_shapes=op.in_shapes,
+                out_shape=op.out_shape,
+                kernel=op.kernel,
+                stride=op.stride,
+                act=op.act,
+                batchnorm=op.batchnorm,
+                bias=op.bias,
+                name=layer_name(op.weight_group or op.name),
+            )
+            if op.weight_group:
+                shared[op.weight_group] = layer
+        args = [tensors[i] for i in op.inputs]
+        tensors[op.id] = layer(args if len(args) > 1 else args[0])
+    outputs = {name: tensors[i] for name, i in zip(OUTPUT_NAMES, graph.outputs, strict=True)}
+    return keras.Model(image, outputs, name=graph.meta.get("name") or "mnasfpn_detector")
