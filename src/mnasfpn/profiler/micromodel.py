@@ -1,0 +1,122 @@
+"""IR op key → single-op Keras model → .tflite, cached on disk by key and converter version.
+
+Each micro-model has the op's activation inputs as model inputs and the op as its only
+layer, built by the same layer factory as the detector, so the table times the very op
+the detector runs. Conversions run in worker processes (the converter is single-threaded
+for most of its time); files are written atomically, so a killed build leaves no half file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import cache
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+
+from mnasfpn.ir.ops import parse_key
+
+
+@cache
+def converter_version() -> str:
+    """The TensorFlow (converter) version, read without importing TensorFlow."""
+    return metadata.version("tensorflow")
+
+
+def cache_path(key: str, cache_dir: Path) -> Path:
+    # Keys are readable but long; a digest keeps file names short and safe everywhere.
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    op_type = key.split("/", 1)[0]
+    return Path(cache_dir) / f"tf-{converter_version()}" / f"{op_type}-{digest}.tflite"
+
+
+def build_micromodel(key: str):  # -> keras.Model
+    import keras
+
+    from mnasfpn.model.layers import make_layer
+
+    f = parse_key(key)
+    in_shapes = f["in_shapes"]
+    inputs = [keras.Input(shape=s, batch_size=1, name=f"x{i}") for i, s in enumerate(in_shapes)]
+    layer = make_layer(
+        str(f["type"]),
+        in_shapes=in_shapes,
+        out_shape=f["out_shape"],
+        kernel=int(f["kernel"]),
+        stride=int(f["stride"]),
+        act=str(f["act"]),
+        # After BN folding every conv of the detector carries a bias; time it that way.
+        batchnorm=False,
+        bias=True,
+    )
+    y = layer(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs, y)
+
+
+def convert_key(key: str, out: Path) -> Path:
+    from mnasfpn.model.export import convert_keras, write_atomic
+
+    return write_atomic(convert_keras(build_micromodel(key)), out)
+
+
+def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None]]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    done = []
+    for key in keys:
+        out = cache_path(key, Path(cache_dir))
+        try:
+            convert_key(key, out)
+            done.append((key, None))
+        except Exception as exc:  # reported per key by the caller
+            done.append((key, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    return done
+
+
+class MicromodelError(RuntimeError):
+    pass
+
+
+def micromodel_paths(
+    keys: Sequence[str],
+    cache_dir: Path | str,
+    *,
+    jobs: int = 2,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 8,
+) -> dict[str, Path]:
+    """Path of each key's micro-model, converting the missing ones (`jobs` processes).
+    `progress(n)` is called as n more keys are ready."""
+    cache_dir = Path(cache_dir)
+    paths = {key: cache_path(key, cache_dir) for key in dict.fromkeys(keys)}
+    missing = [k for k, p in paths.items() if not p.exists()]
+    if progress and len(paths) > len(missing):
+        progress(len(paths) - len(missing))
+    if not missing:
+        return paths
+    failures: list[tuple[str, str]] = []
+    batches = [missing[i : i + chunk] for i in range(0, len(missing), chunk)]
+    if jobs <= 1:
+        results = (_convert_many(b, str(cache_dir)) for b in batches)
+        for done in results:
+            failures += [(k, e) for k, e in done if e]
+            if progress:
+                progress(len(done))
+    else:
+        # spawn: TensorFlow is not fork-safe once imported by the parent.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_convert_many, b, str(cache_dir)) for b in batches]
+            for fut in as_completed(futures):
+                done = fut.result()
+                failures += [(k, e) for k, e in done if e]
+                if progress:
+                    progress(len(done))
+    if failures:
+        key, err = failures[0]
+        raise MicromodelError(
+            f"{len(failures)} op(s) failed to convert, first {key!r}: {err}"
+        )
+    return paths
