@@ -73,7 +73,7 @@ class Transport(abc.ABC):
         self.shell(f"rm -rf {remote}", timeout=30.0)
 
 
-def _server_address() -> tuple[str, int]:
+def adb_server_address() -> tuple[str, int]:
     host = os.environ.get("ANDROID_ADB_SERVER_HOST", "127.0.0.1")
     port = int(os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"))
     return host, port
@@ -81,7 +81,7 @@ def _server_address() -> tuple[str, int]:
 
 def adb_server_running() -> bool:
     """Probe the server socket ourselves: adbutils would start a server on its own."""
-    host, port = _server_address()
+    host, port = adb_server_address()
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -92,14 +92,14 @@ def adb_server_running() -> bool:
 def attached_serials() -> list[tuple[str, str]]:
     """(serial, state) of every device the adb server knows; DeviceError if no server."""
     if not adb_server_running():
-        host, port = _server_address()
+        host, port = adb_server_address()
         raise DeviceError(
             f"no adb server at {host}:{port}; start one with 'adb start-server' "
             "or use --adb-transport direct --adb-host HOST:PORT"
         )
     import adbutils
 
-    host, port = _server_address()
+    host, port = adb_server_address()
     client = adbutils.AdbClient(host=host, port=port)
     return [(d.serial, d.state) for d in client.list()]
 
@@ -129,7 +129,7 @@ class ServerTransport(Transport):
                 "check 'adb devices' and the serial"
             )
         self.serial = serial
-        host, port = _server_address()
+        host, port = adb_server_address()
         self._client = adbutils.AdbClient(host=host, port=port)
         self._dev = self._client.device(serial=serial)
 

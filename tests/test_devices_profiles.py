@@ -1,0 +1,105 @@
+"""Profiles as data files, and the repeat-until-stable statistics."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from mnasfpn.devices import DeviceError, list_profiles, load_profile, match_profile, open_device
+from mnasfpn.devices.stats import dispersion, repeat_until_stable, summarize
+from mnasfpn.devices.sysinfo import parse_cpu_count, parse_temperature_c
+
+
+def test_shipped_profiles() -> None:
+    assert list_profiles() == ["generic-android", "host", "pixel1", "pixel4"]
+    p1, p4 = load_profile("pixel1"), load_profile("pixel4")
+    assert p1.kind == p4.kind == "adb"
+    assert p1.expected_models == ("Pixel", "Pixel XL") and p1.core in (2, 3)
+    assert int(p1.mask(), 16) == 1 << p1.core
+    assert p4.core == 7 and p4.mask() == "80"
+    assert load_profile("host").kind == "host"
+    for name in list_profiles():
+        p = load_profile(name)
+        assert p.threads == 1
+        assert 1 <= p.min_repeats <= p.max_repeats
+
+
+@pytest.mark.parametrize(
+    ("model", "profile"),
+    [
+        ("Pixel", "pixel1"),
+        ("Pixel XL", "pixel1"),
+        ("Pixel 4 XL", "pixel4"),
+        ("Pixel 4", "pixel4"),
+        ("SM-G960F", "generic-android"),
+        ("Pixel 3", "generic-android"),
+    ],
+)
+def test_match_profile(model: str, profile: str) -> None:
+    assert match_profile(model) == profile
+    assert load_profile("generic-android").matches_model(model)
+
+
+def test_unknown_device_lists_known_ones() -> None:
+    with pytest.raises(DeviceError) as err:
+        open_device("pixel9")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "pixel9" in msg
+    for name in list_profiles():
+        assert name in msg
+
+
+def test_invalid_overrides_are_rejected() -> None:
+    p = load_profile("pixel4")
+    with pytest.raises(DeviceError, match="min_repeats"):
+        p.replace(min_repeats=5, max_repeats=2)
+    with pytest.raises(DeviceError, match="not hex"):
+        p.replace(taskset_mask="zz")
+    with pytest.raises(DeviceError, match="unknown profile field"):
+        p.replace(nmu_runs=3)
+    assert p.replace(num_runs=7).num_runs == 7
+
+
+def test_host_rejects_phone_options() -> None:
+    with pytest.raises(DeviceError, match="phones only"):
+        open_device("host", serial="abc")
+
+
+def test_repeat_stops_when_median_settles() -> None:
+    rounds = iter([[10.0, 10.0], [10.0, 10.1], [10.0, 10.0], [50.0, 50.0]])
+    samples, n, stable = repeat_until_stable(
+        lambda: next(rounds), min_repeats=2, max_repeats=10, tolerance=0.01
+    )
+    assert stable and n == 2 and len(samples) == 4
+
+
+def test_repeat_hits_the_cap_on_drifting_timings() -> None:
+    counter = itertools.count(1)
+    samples, n, stable = repeat_until_stable(
+        lambda: [float(next(counter)) ** 3], min_repeats=2, max_repeats=6, tolerance=0.001
+    )
+    assert (n, stable, len(samples)) == (6, False, 6)
+
+
+def test_repeat_respects_min_repeats() -> None:
+    _, n, stable = repeat_until_stable(lambda: [1.0], min_repeats=4, max_repeats=9, tolerance=0.5)
+    assert (n, stable) == (4, True)
+
+
+def test_summary_statistics() -> None:
+    r = summarize("m", [4.0, 1.0, 2.0, 3.0, 100.0], repeats=1, stable=True)
+    assert r.ok and r.median_ms == 3.0 and r.min_ms == 1.0 and r.runs == 5
+    assert r.dispersion == pytest.approx((4.0 - 2.0) / 3.0)
+    assert dispersion([5.0]) == 0.0
+    assert not summarize("m", [], repeats=0, stable=False).ok
+
+
+def test_sysfs_parsers() -> None:
+    assert parse_cpu_count("0-7") == 8
+    assert parse_cpu_count("0-3,6") == 5
+    assert parse_cpu_count("") is None
+    assert parse_temperature_c("36500") == 36.5
+    assert parse_temperature_c("41") == 41.0
+    assert parse_temperature_c("n/a") is None
