@@ -209,6 +209,23 @@ def test_pruning_follows_chains() -> None:
     assert {op.name.split("/")[2] for op in graph.dead_ops()} == {"block0", "block1"}
 
 
+def test_pruned_block_sharing_a_pool_with_a_live_one() -> None:
+    # Nobody reads b0, but its pools of node 0 (by 4) and node 1 (by 2) are the very pools
+    # that b1 and the level-5 output need: the IR keeps one of each, named after b0, as the
+    # converter does. b0 itself is still pruned.
+    blocks = (
+        Block((0, 1), 5, 64, 3),
+        Block((0, 2), 5, 64, 3),
+        *(Block((1, 5), lv, 64, 3) for lv in (3, 4, 5, 6)),
+    )
+    graph = build_opgraph(Genotype("mnasfpn", C, blocks, repeats=2))
+    assert graph.meta["live_blocks"] == [[1, 2, 3, 4, 5]] * 2
+    shared = [op for op in graph.live_ops() if op.name.startswith("head/cell0/block0/")]
+    assert [op.type for op in shared] == ["maxpool", "maxpool"]
+    assert {op.name.split("/")[2] for op in graph.dead_ops()} == {"block0"}
+    assert "project" in {op.name.split("/")[-1] for op in graph.dead_ops()}
+
+
 def test_paper_cell_has_nothing_to_prune() -> None:
     graph = build_opgraph(paper_mnasfpn())
     assert graph.dead_ops() == []

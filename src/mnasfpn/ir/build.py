@@ -99,7 +99,9 @@ def live_blocks(graph: OpGraph, genotype: Genotype) -> list[list[int]]:
     """Per cell, the indices of blocks that reach an output (the rest are pruned)."""
     alive: set[tuple[int, int]] = set()
     for op, is_live in zip(graph.ops, graph.live, strict=True):
-        if is_live and op.name.startswith("head/cell"):
+        # A weightless op shared between blocks carries the first block's name, so it can
+        # be live when that block is not; a block's own project conv is never shared.
+        if is_live and op.name.startswith("head/cell") and op.name.endswith("/project"):
             cell, block = op.name.split("/")[1:3]
             alive.add((int(cell[4:]), int(block[5:])))
     return [
@@ -135,7 +137,14 @@ def mobilenet_v2(g: GraphBuilder, image: Tensor, alpha: float) -> dict[int, Tens
 
 
 def resample(
-    g: GraphBuilder, x: Tensor, from_level: int, to_level: int, filters: int, *, sdo: bool, name: str
+    g: GraphBuilder,
+    x: Tensor,
+    from_level: int,
+    to_level: int,
+    filters: int,
+    *,
+    sdo: bool,
+    name: str,
 ) -> Tensor:
     """Bring a feature to (level, F). SDO pools before the 1×1 conv when downsampling and
     convolves before upsampling, so the conv always runs at the coarser resolution."""
@@ -185,11 +194,14 @@ def mnasfpn_block(
     """A generalized inverted residual: resample inputs to (R, F), merge + ReLU6,
     k×k depthwise, 1×1 conv F → C with BN and no activation, optional cell residual."""
     part = "head"
-    xs = [
-        resample(g, nodes[i], node_level(nodes[i], nodes), block.level, block.expansion,
-                 sdo=sdo, name=f"{name}/in{j}")  # fmt: skip
-        for j, i in enumerate(block.inputs)
-    ]
+    xs = []
+    for j, i in enumerate(block.inputs):
+        level = node_level(nodes[i], nodes)
+        xs.append(
+            resample(
+                g, nodes[i], level, block.level, block.expansion, sdo=sdo, name=f"{name}/in{j}"
+            )
+        )
     x = merge(g, xs, block.merge, name=name)
     x = g.dwconv(x, kernel=block.kernel, part=part, name=f"{name}/depthwise")
     x = g.conv(x, channels, part=part, name=f"{name}/project")

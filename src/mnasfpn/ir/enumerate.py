@@ -6,6 +6,8 @@ block input can have, so the enumeration cannot drift from `build_opgraph`.
 
 from __future__ import annotations
 
+import itertools
+
 from mnasfpn.ir.build import (
     MIN_LEVEL,
     BackboneConfig,
@@ -23,10 +25,14 @@ from mnasfpn.ir.ops import MODEL_INPUT
 from mnasfpn.searchspace.genotype import LEVELS
 from mnasfpn.searchspace.spaces import SearchSpace
 
+# GraphBuilder merges identical weightless ops on the same input op; stand-in features
+# need distinct ids, or e.g. the SE means of two different shapes would collapse into one.
+_stand_in_ids = itertools.count(MODEL_INPUT - 1, -1)
+
 
 def _feature(input_size: int, level: int, channels: int) -> Tensor:
     s = level_size(input_size, level)
-    return Tensor(MODEL_INPUT, (s, s, channels))
+    return Tensor(next(_stand_in_ids), (s, s, channels))
 
 
 def space_keys(

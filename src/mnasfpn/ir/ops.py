@@ -89,7 +89,8 @@ class Op:
         if self.type not in ("conv2d", "dwconv2d"):
             return 0
         cout = self.out_shape[2]
-        weights = self.keras_params - (4 * cout if self.batchnorm else 0) - (cout if self.bias else 0)
+        extra = (4 * cout if self.batchnorm else 0) + (cout if self.bias else 0)
+        weights = self.keras_params - extra
         return weights + (cout if (self.batchnorm or self.bias) else 0)
 
 
