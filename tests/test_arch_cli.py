@@ -255,8 +255,8 @@ def test_export_small_model(tmp_path: Path) -> None:
     assert out.is_file() and out.stat().st_size > 0
     assert str(out) in result.output
     anchors = (64 + 16 + 4 + 1) * 9
-    assert f"[1, {anchors}, 4]" in result.output
-    assert f"[1, {anchors}, 90]" in result.output
+    assert f"box encodings: [1, {anchors}, 4]" in result.output
+    assert f"class logits: [1, {anchors}, 90]" in result.output
 
 
 def test_export_needs_exactly_one(tmp_path: Path) -> None:

@@ -249,6 +249,7 @@ def export(
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     # TensorFlow loads only here: the other commands must stay instant.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mnasfpn.model.export import export_tflite
 
     try:
@@ -258,17 +259,26 @@ def export(
     size = written.stat().st_size
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes)")
     for name, shape in _output_shapes(written, graph):
-        click.echo(f"  output {name}: {shape}")
+        click.echo(f"  {name}: {shape}")
 
 
 def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
-    """Shapes as the .tflite file declares them; the IR's if the runtime is missing."""
+    """Shapes as the .tflite file declares them, labelled from the IR where the shape says
+    which output it is (the converter's own names are opaque); the IR's if no runtime."""
+    ir = [
+        (label, [1, *graph.ops[o].out_shape])
+        for label, o in zip(("box encodings", "class logits"), graph.outputs, strict=True)
+    ]
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        return [(graph.ops[o].name, [1, *graph.ops[o].out_shape]) for o in graph.outputs]
-    details = Interpreter(model_path=str(path)).get_output_details()
-    return [(d["name"], [int(x) for x in d["shape"]]) for d in details]
+        return ir
+    shapes = []
+    for d in Interpreter(model_path=str(path)).get_output_details():
+        shape = [int(x) for x in d["shape"]]
+        labels = [label for label, want in ir if want == shape]
+        shapes.append((labels[0] if len(labels) == 1 else str(d["name"]), shape))
+    return shapes
 
 
 @click.command()
