@@ -195,6 +195,13 @@ def test_sample_writes_genotypes(tmp_path: Path) -> None:
         assert json.loads(doc)["name"] == g.name
     human = run("describe", "--arch", str(out)).output
     assert all(g.name and g.name in human for g in loaded)
+    # Unnamed genotypes are labelled by where they came from.
+    unnamed = tmp_path / "unnamed.jsonl"
+    unnamed.write_text(
+        "".join(json.dumps(g.to_dict()) + "\n" for g in sample_genotypes("mnasfpn", 2, 0))
+    )
+    human = run("describe", "--arch", str(unnamed)).output
+    assert f"{unnamed} [2 of 2]: space mnasfpn" in human
     # Each line saved alone is a genotype file.
     single = tmp_path / "one.json"
     single.write_text(lines[2])

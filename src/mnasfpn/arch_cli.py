@@ -109,10 +109,10 @@ def _build(
     )
 
 
-def _label(genotype: Genotype, index: int, count: int) -> str:
+def _label(genotype: Genotype, arch: str, index: int, count: int) -> str:
     if genotype.name:
         return genotype.name
-    return f"genotype {index + 1} of {count}" if count > 1 else "genotype"
+    return f"{arch} [{index + 1} of {count}]" if count > 1 else arch
 
 
 def _billions(madds: int) -> str:
@@ -214,7 +214,9 @@ def describe(
         if as_json:
             chunks.append(json.dumps(graph.summary(), separators=(",", ":")))
         else:
-            chunks.append(format_summary(genotype, graph, _label(genotype, i, len(genotypes))))
+            chunks.append(
+                format_summary(genotype, graph, _label(genotype, arch, i, len(genotypes)))
+            )
     click.echo(("\n" if as_json else "\n\n").join(chunks))
 
 
