@@ -67,12 +67,13 @@ def test_host_rejects_phone_options() -> None:
         open_device("host", serial="abc")
 
 
-def test_repeat_stops_when_median_settles() -> None:
-    rounds = iter([[10.0, 10.0], [10.0, 10.1], [10.0, 10.0], [50.0, 50.0]])
+def test_repeat_stops_when_round_medians_agree() -> None:
+    rounds = iter([[20.0, 20.0], [10.0, 10.0], [10.0, 10.1], [10.0, 10.0], [50.0, 50.0]])
     samples, n, stable = repeat_until_stable(
         lambda: next(rounds), min_repeats=2, max_repeats=10, tolerance=0.01
     )
-    assert stable and n == 2 and len(samples) == 4
+    # Rounds 1-2 disagree (20 vs 10); rounds 2-3 agree within 1 %.
+    assert stable and n == 3 and len(samples) == 6
 
 
 def test_repeat_hits_the_cap_on_drifting_timings() -> None:
@@ -81,6 +82,15 @@ def test_repeat_hits_the_cap_on_drifting_timings() -> None:
         lambda: [float(next(counter)) ** 3], min_repeats=2, max_repeats=6, tolerance=0.001
     )
     assert (n, stable, len(samples)) == (6, False, 6)
+
+
+def test_slow_drift_is_not_called_stable() -> None:
+    # Each round 3 % slower than the last (a phone heating up): never within 2 %.
+    level = iter(100.0 * 1.03**i for i in range(100))
+    _, n, stable = repeat_until_stable(
+        lambda: [next(level)] * 5, min_repeats=3, max_repeats=12, tolerance=0.02
+    )
+    assert (n, stable) == (12, False)
 
 
 def test_repeat_respects_min_repeats() -> None:

@@ -52,25 +52,28 @@ def repeat_until_stable(
     max_repeats: int,
     tolerance: float,
 ) -> tuple[list[float], int, bool]:
-    """Run rounds until the running median moves by at most ``tolerance`` (relative).
+    """Run rounds until the last ``min_repeats`` round medians agree within ``tolerance``.
 
-    Returns all samples, the number of rounds and whether the median settled before the
-    cap. Comparing the running median of *all* samples (not per-round medians) means a
-    single throttled round cannot flip the verdict on its own.
+    Returns all samples, the number of rounds and whether the medians settled before the
+    cap. Agreement is (max - min) / median of the recent round medians: a cumulative
+    median would look "stable" after a few rounds by construction, even while another
+    process on a shared host, or a phone's throttling, keeps moving the latency.
     """
+    window = max(2, min_repeats)
     samples: list[float] = []
-    previous: float | None = None
-    rounds = 0
-    while rounds < max(1, max_repeats):
-        samples.extend(measure_round())
-        rounds += 1
-        current = statistics.median(samples)
+    round_medians: list[float] = []
+    while len(round_medians) < max(1, max_repeats):
+        batch = list(measure_round())
+        if not batch:
+            raise ValueError("a timing round returned no samples")
+        samples.extend(batch)
+        round_medians.append(statistics.median(batch))
+        recent = round_medians[-window:]
+        centre = statistics.median(recent)
         if (
-            previous is not None
-            and rounds >= min_repeats
-            and previous > 0
-            and abs(current - previous) / previous <= tolerance
+            len(recent) == window
+            and centre > 0
+            and (max(recent) - min(recent)) / centre <= tolerance
         ):
-            return samples, rounds, True
-        previous = current
-    return samples, rounds, False
+            return samples, len(round_medians), True
+    return samples, len(round_medians), False
