@@ -25,10 +25,7 @@ def resolve_archs(spec: str, repeats: int | None = None) -> list[Genotype]:
             f"--arch {spec!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
             "nor an existing .json/.jsonl file"
         )
-    if path.suffix == ".jsonl":
-        genotypes = load_jsonl(path)
-    else:
-        genotypes = [load_genotype(path)]
+    genotypes = load_jsonl(path) if path.suffix == ".jsonl" else [load_genotype(path)]
     if repeats is not None:
         genotypes = [g.with_repeats(repeats) for g in genotypes]
     return genotypes

@@ -105,8 +105,7 @@ def live_blocks(graph: OpGraph, genotype: Genotype) -> list[list[int]]:
             cell, block = op.name.split("/")[1:3]
             alive.add((int(cell[4:]), int(block[5:])))
     return [
-        [b for b in range(len(genotype.blocks)) if (r, b) in alive]
-        for r in range(genotype.repeats)
+        [b for b in range(len(genotype.blocks)) if (r, b) in alive] for r in range(genotype.repeats)
     ]
 
 

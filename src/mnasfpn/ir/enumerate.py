@@ -82,4 +82,3 @@ def space_keys(
                     g.dwconv(xf, kernel=k, part="head", name="depthwise")
                 g.conv(xf, c, part="head", name="project")
     return {op.key for op in g.ops}
-

@@ -42,7 +42,7 @@ class GraphBuilder:
         # the IR does too; ops with weights are always distinct.
         cse_key = None
         if op_type not in WEIGHTED_OPS:
-            cse_key = (op_type, tuple(t.op for t in ins), out_shape, tuple(sorted(attrs.items())))
+            cse_key = (op_type, ins, out_shape, tuple(sorted(attrs.items())))
             if cse_key in self._weightless:
                 return self._weightless[cse_key]
         op = Op(

@@ -10,15 +10,13 @@ from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import MODEL_INPUT
 from mnasfpn.model.layers import make_layer
 
-OUTPUT_NAMES = ("box_encodings", "class_logits")
-
 
 def layer_name(op_name: str) -> str:
     return op_name.replace("/", "_")
 
 
 def build_keras_model(graph: OpGraph, *, seed: int | None = 0) -> keras.Model:
-    """The detector of `graph` (before NMS): image in [-1, 1] → (boxes [1,A,4], logits [1,A,K])."""
+    """The detector of `graph` (before NMS): image in [-1, 1] → [boxes [1,A,4], logits [1,A,K]]."""
     if seed is not None:
         keras.utils.set_random_seed(seed)
     image = keras.Input(shape=graph.input_shape, batch_size=1, name="image")
@@ -42,5 +40,6 @@ def build_keras_model(graph: OpGraph, *, seed: int | None = 0) -> keras.Model:
                 shared[op.weight_group] = layer
         args = [tensors[i] for i in op.inputs]
         tensors[op.id] = layer(args if len(args) > 1 else args[0])
-    outputs = {name: tensors[i] for name, i in zip(OUTPUT_NAMES, graph.outputs, strict=True)}
+    # A list, not a dict: the .tflite keeps this order (box encodings first).
+    outputs = [tensors[i] for i in graph.outputs]
     return keras.Model(image, outputs, name=graph.meta.get("name") or "mnasfpn_detector")

@@ -116,7 +116,5 @@ def micromodel_paths(
                     progress(len(done))
     if failures:
         key, err = failures[0]
-        raise MicromodelError(
-            f"{len(failures)} op(s) failed to convert, first {key!r}: {err}"
-        )
+        raise MicromodelError(f"{len(failures)} op(s) failed to convert, first {key!r}: {err}")
     return paths
