@@ -1,0 +1,328 @@
+"""`mnasfpn-lut build`: measure every op key of the chosen spaces on one device.
+
+Resumable: the table commits each measured row in its own transaction, and a build first
+skips the keys already there. Conversion loads the CPU, so on the host every missing
+micro-model is converted first and timing runs alone afterwards; with phones, converting
+the next batch overlaps timing the current one, and several identical phones (`serials`)
+share one queue of keys, one thread each.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
+from mnasfpn.ir.enumerate import space_keys
+from mnasfpn.lut.predictor import Settings
+from mnasfpn.lut.store import SCHEMA_VERSION, TableError, TableStore, now
+from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
+from mnasfpn.searchspace.spaces import get_space
+
+NAMED_REPEATS = (3, 4, 5)
+PHONE_BATCH = 16
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MNASFPN_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnasfpn"
+
+
+def required_keys(spaces: Sequence[str], settings: Settings) -> list[str]:
+    """Every op key of the spaces (with backbone and predictor) and of the named
+    architectures at repeats 3..5, sorted."""
+    backbone = BackboneConfig(alpha=settings.alpha)
+    predictor = PredictorConfig(depth=settings.depth)
+    keys: set[str] = set()
+    for name in spaces:
+        keys |= space_keys(
+            get_space(name),
+            input_size=settings.input_size,
+            backbone=backbone,
+            predictor=predictor,
+            num_classes=settings.num_classes,
+        )
+    for arch in ARCHITECTURES:
+        for r in NAMED_REPEATS:
+            graph = build_opgraph(
+                get_architecture(arch, r),
+                backbone=backbone,
+                predictor=predictor,
+                input_size=settings.input_size,
+                num_classes=settings.num_classes,
+            )
+            keys |= set(graph.keys(live_only=False))
+    return sorted(keys)
+
+
+def identity_of(info: dict[str, Any], profile: str, settings: Settings) -> dict[str, Any]:
+    from mnasfpn.profiler.micromodel import converter_version
+
+    return {
+        "device": info.get("kind"),
+        "profile": profile,
+        "device_model": info.get("model"),
+        "abi": info.get("abi"),
+        "runtime": info.get("runtime"),
+        "runtime_version": info.get("runtime_version"),
+        "converter_version": converter_version(),
+        "input_size": settings.input_size,
+        "num_classes": settings.num_classes,
+        "alpha": settings.alpha,
+        "depth": settings.depth,
+    }
+
+
+@dataclass
+class DeviceOptions:
+    name: str
+    serials: tuple[str, ...] = ()
+    adb_transport: str = "server"
+    adb_host: str | None = None
+    benchmark_binary: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def open_all(self) -> list[Any]:
+        """One opened device per serial (one device when no serial is given)."""
+        from mnasfpn.devices import open_device
+
+        devices = []
+        try:
+            for serial in self.serials or (None,):
+                devices.append(
+                    open_device(
+                        self.name,
+                        serial=serial,
+                        adb_transport=self.adb_transport,
+                        adb_host=self.adb_host,
+                        benchmark_binary=self.benchmark_binary,
+                        overrides=self.overrides or None,
+                    )
+                )
+        except BaseException:
+            for d in devices:
+                d.close()
+            raise
+        return devices
+
+
+@dataclass
+class BuildReport:
+    keys: int
+    already: int
+    measured: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    convert_s: float = 0.0
+    time_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def missing(self) -> int:
+        return self.keys - self.already - self.measured
+
+
+def open_table_for(
+    out: Path, identity: dict[str, Any], info: dict[str, Any], spaces: Sequence[str]
+) -> TableStore:
+    """Open (or create) `out` for measurements of `identity`; refuse a mismatched file."""
+    store = TableStore.open(out, create=True)
+    try:
+        meta = store.meta()
+        if "device" in meta:
+            store.check_identity(identity)
+        merged = sorted(set(meta.get("spaces", [])) | set(spaces))
+        values = {
+            **identity,
+            "spaces": merged,
+            "device_info": info,
+            "schema_version": SCHEMA_VERSION,
+            "updated_at": now(),
+        }
+        store.set_meta(values)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def build_table(
+    out: Path,
+    spaces: Sequence[str],
+    device: DeviceOptions,
+    *,
+    settings: Settings,
+    jobs: int = 2,
+    cache_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> BuildReport:
+    from tqdm import tqdm
+
+    from mnasfpn.profiler.micromodel import micromodel_paths
+
+    t_start = time.perf_counter()
+    cache_dir = cache_dir or default_cache_dir() / "micromodels"
+    keys = required_keys(spaces, settings)
+    devices = device.open_all()
+    try:
+        infos = [d.info().to_dict() for d in devices]
+        models = {i.get("model") for i in infos}
+        if len(models) > 1:
+            raise TableError(
+                f"--serial devices are not identical ({', '.join(sorted(map(str, models)))}); "
+                "shard a build only across phones of one model"
+            )
+        info = infos[0]
+        identity = identity_of(info, device.name, settings)
+        store = open_table_for(out, identity, info, spaces)
+        try:
+            measured = store.measured_keys()
+            missing = [k for k in keys if k not in measured]
+            report = BuildReport(keys=len(keys), already=len(keys) - len(missing))
+            echo(
+                f"{out}: {len(keys)} op keys for {', '.join(spaces)} at {settings.input_size}; "
+                f"{report.already} measured, {len(missing)} to measure on {device.name}"
+            )
+            if missing:
+                session = store.start_session(
+                    "build", info, note=f"spaces={','.join(spaces)} missing={len(missing)}"
+                )
+                _measure(
+                    store,
+                    session,
+                    missing,
+                    devices,
+                    infos,
+                    report,
+                    convert=lambda ks, cb: micromodel_paths(ks, cache_dir, jobs=jobs, progress=cb),
+                    concurrent=info.get("kind") != "host",
+                    show_progress=show_progress,
+                    tqdm=tqdm,
+                )
+        finally:
+            store.close()
+    finally:
+        for d in devices:
+            d.close()
+    report.total_s = time.perf_counter() - t_start
+    return report
+
+
+def _chunks(items: Sequence[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield list(items[i : i + n])
+
+
+def _measure(
+    store: TableStore,
+    session: str,
+    missing: list[str],
+    devices: list[Any],
+    infos: list[dict[str, Any]],
+    report: BuildReport,
+    *,
+    convert: Callable[[list[str], Callable[[int], None] | None], dict[str, Path]],
+    concurrent: bool,
+    show_progress: bool,
+    tqdm: Any,
+) -> None:
+    work: queue.Queue[tuple[str, Path] | None] = queue.Queue()
+    lock = threading.Lock()
+    conv_bar = tqdm(total=len(missing), desc="convert", unit="op", disable=not show_progress)
+    time_bar = tqdm(total=len(missing), desc="time", unit="op", disable=not show_progress)
+    conv_error: list[str] = []
+
+    def producer() -> None:
+        t0 = time.perf_counter()
+        try:
+            batches = _chunks(missing, PHONE_BATCH) if concurrent else [missing]
+            for batch in batches:
+                paths = convert(batch, conv_bar.update)
+                for k in batch:
+                    work.put((k, paths[k]))
+        except Exception as exc:  # conversion failure: stop feeding, report
+            conv_error.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        finally:
+            report.convert_s = time.perf_counter() - t0
+            for _ in devices:
+                work.put(None)
+
+    def consumer(dev: Any, worker: str) -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            batch = [item]
+            # A phone takes a batch (one push); the host times one model at a time.
+            while concurrent and len(batch) < PHONE_BATCH:
+                try:
+                    nxt = work.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    work.put(None)
+                    break
+                batch.append(nxt)
+
+            def on_result(i: int, total: int, res: Any, batch: list = batch) -> None:
+                key = batch[i][0]
+                if res.ok and res.median_ms is not None:
+                    store.add_op(
+                        key,
+                        median_ms=res.median_ms,
+                        min_ms=res.min_ms,
+                        std_ms=res.std_ms,
+                        runs=res.runs,
+                        dispersion=res.dispersion,
+                        session=session,
+                        worker=worker,
+                    )
+                    with lock:
+                        report.measured += 1
+                else:
+                    store.add_failure(key, res.error or "failed", session=session)
+                    with lock:
+                        report.failed.append((key, res.error or "failed"))
+                time_bar.update(1)
+
+            try:
+                dev.time_models([p for _, p in batch], on_result)
+            except Exception as exc:  # the device went away: leave the rest for a resume
+                with lock:
+                    report.errors.append(f"{worker}: {str(exc).splitlines()[0]}")
+                return
+
+    try:
+        if concurrent:
+            prod = threading.Thread(target=producer, daemon=True)
+            prod.start()
+        else:
+            producer()  # host: convert everything first, then time alone
+        t0 = time.perf_counter()
+        threads = [
+            threading.Thread(
+                target=consumer, args=(d, str(i.get("serial") or i.get("model"))), daemon=True
+            )
+            for d, i in zip(devices, infos, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        report.time_s = time.perf_counter() - t0
+        if concurrent:
+            prod.join()
+    finally:
+        conv_bar.close()
+        time_bar.close()
+    if conv_error:
+        report.errors.append(f"conversion: {conv_error[0]}")

@@ -1,0 +1,128 @@
+"""The fitted calibration: latency ≈ overhead + Σ scale[feature] · (summed table latency).
+
+Stored as JSON inside the table (never a pickle), so a table outlives library versions.
+Features are per op type (``conv2d``) or per op type and part (``conv2d@head``). A feature
+the fit never saw keeps scale 1.0 (the raw table entry).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnasfpn.ir.ops import PARTS, TFLITE_OP
+
+OP_TYPES: tuple[str, ...] = tuple(TFLITE_OP)
+CALIBRATION_FORMAT = "mnasfpn-lut-calibration"
+CALIBRATION_VERSION = 1
+FEATURE_SETS = ("type", "type_part")
+
+
+def feature_columns() -> list[tuple[str, str]]:
+    """The (op type, part) columns every feature matrix uses, in a fixed order."""
+    return [(t, p) for t in OP_TYPES for p in PARTS]
+
+
+def feature_name(op_type: str, part: str, feature_set: str) -> str:
+    return op_type if feature_set == "type" else f"{op_type}@{part}"
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+@dataclass
+class Calibration:
+    intercept_ms: float
+    scales: dict[str, float]
+    feature_set: str = "type"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.feature_set not in FEATURE_SETS:
+            raise CalibrationError(
+                f"unknown calibration feature set {self.feature_set!r}; known: {FEATURE_SETS}"
+            )
+        if not math.isfinite(self.intercept_ms):
+            raise CalibrationError("calibration intercept is not a finite number")
+        for name, value in self.scales.items():
+            if not math.isfinite(value) or value < 0:
+                raise CalibrationError(f"calibration scale of {name!r} is {value!r}")
+
+    def column_scales(self) -> list[float]:
+        """One scale per `feature_columns()` entry (1.0 where the fit had no such feature)."""
+        return [
+            float(self.scales.get(feature_name(t, p, self.feature_set), 1.0))
+            for t, p in feature_columns()
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CALIBRATION_FORMAT,
+            "version": CALIBRATION_VERSION,
+            "feature_set": self.feature_set,
+            "intercept_ms": self.intercept_ms,
+            "scales": dict(sorted(self.scales.items())),
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Calibration:
+        if not isinstance(doc, Mapping) or doc.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError("not a calibration document")
+        if doc.get("version") != CALIBRATION_VERSION:
+            raise CalibrationError(
+                f"calibration version {doc.get('version')!r} is not supported "
+                f"(this mnasfpn reads {CALIBRATION_VERSION}); refit with mnasfpn-lut validate"
+            )
+        try:
+            scales = {str(k): float(v) for k, v in dict(doc["scales"]).items()}
+            return cls(
+                intercept_ms=float(doc["intercept_ms"]),
+                scales=scales,
+                feature_set=str(doc.get("feature_set", "type")),
+                stats=dict(doc.get("stats", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"malformed calibration document ({exc})") from None
+
+
+def collapse(features: Any, feature_set: str) -> tuple[Any, list[str]]:
+    """(n × len(feature_columns())) matrix → the fit's design matrix and feature names."""
+    import numpy as np
+
+    cols = feature_columns()
+    x = np.asarray(features, dtype=float)
+    if feature_set == "type_part":
+        return x, [feature_name(t, p, feature_set) for t, p in cols]
+    names = list(OP_TYPES)
+    out = np.zeros((x.shape[0], len(names)))
+    for j, (t, _) in enumerate(cols):
+        out[:, names.index(t)] += x[:, j]
+    return out, names
+
+
+def fit_calibration(
+    features: Any, measured: Sequence[float], feature_set: str = "type"
+) -> Calibration:
+    """Overhead + non-negative per-feature scales (scikit-learn, positive least squares)."""
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    x, names = collapse(features, feature_set)
+    y = np.asarray(measured, dtype=float)
+    used = np.flatnonzero(x.any(axis=0))
+    model = LinearRegression(positive=True)
+    model.fit(x[:, used], y)
+    scales = {names[j]: float(c) for j, c in zip(used, model.coef_, strict=True)}
+    pred = model.predict(x[:, used])
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    stats = {
+        "n_train": len(y),
+        "train_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
+        "train_mape": float(np.mean(np.abs(pred - y) / y)),
+    }
+    return Calibration(float(model.intercept_), scales, feature_set, stats)

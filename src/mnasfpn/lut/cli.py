@@ -1,0 +1,378 @@
+"""`mnasfpn-lut build | predict | validate | show | export`.
+
+TensorFlow loads only inside `build` and `validate`; `predict`, `show`, `export` and
+`--help` need SQLite, the IR and numpy only. Every error is one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mnasfpn.ir.ops import PARTS
+
+DEFAULT_OUT = "luts/{device}.sqlite"
+
+
+def _device_options(f: Any) -> Any:
+    options = [
+        click.option(
+            "--serial",
+            "serials",
+            multiple=True,
+            help="Phone serial; give several identical phones to shard the work.",
+        ),
+        click.option(
+            "--adb-transport",
+            type=click.Choice(["server", "direct"]),
+            default="server",
+            show_default=True,
+            help="adb server (adbutils) or straight to adbd (adb-shell).",
+        ),
+        click.option(
+            "--adb-host", default=None, help="HOST:PORT of adbd for --adb-transport direct."
+        ),
+        click.option(
+            "--benchmark-binary",
+            default=None,
+            help="Local benchmark_model binary to push to the phone.",
+        ),
+        click.option(
+            "--set",
+            "profile_set",
+            multiple=True,
+            metavar="FIELD=VALUE",
+            help="Override a device profile field, e.g. --set num_runs=20.",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise click.ClickException(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw
+    return out
+
+
+def _fail(exc: BaseException) -> click.ClickException:
+    text = str(exc).strip().splitlines()
+    return click.ClickException(text[0] if text else type(exc).__name__)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from mnasfpn.devices.errors import DeviceError
+    from mnasfpn.lut.calibration import CalibrationError
+    from mnasfpn.lut.store import TableError
+    from mnasfpn.searchspace.genotype import GenotypeError
+
+    return (TableError, DeviceError, GenotypeError, CalibrationError, OSError, ValueError, KeyError)
+
+
+@click.command("build")
+@click.option("--device", "device_name", required=True, help="Device profile: host, pixel1, ...")
+@click.option(
+    "--space",
+    "spaces",
+    multiple=True,
+    required=True,
+    help="Search space(s) whose op keys to measure (repeatable).",
+)
+@click.option("--input-size", type=int, default=320, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Table file [default: luts/<device>.sqlite].",
+)
+@_device_options
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Parallel conversion processes.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Micro-model cache [default: $MNASFPN_CACHE_DIR or ~/.cache/mnasfpn].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build_command(
+    device_name: str,
+    spaces: tuple[str, ...],
+    input_size: int,
+    out: Path | None,
+    serials: tuple[str, ...],
+    adb_transport: str,
+    adb_host: str | None,
+    benchmark_binary: str | None,
+    profile_set: tuple[str, ...],
+    jobs: int,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Measure every op key of the spaces (plus backbone, predictor and the named
+    architectures) on a device; resumes where an interrupted build stopped."""
+    from mnasfpn.ir.build import check_input_size
+    from mnasfpn.lut.build import DeviceOptions, build_table
+    from mnasfpn.lut.predictor import Settings
+    from mnasfpn.searchspace.spaces import get_space
+
+    try:
+        check_input_size(input_size)
+        for s in spaces:
+            get_space(s)
+    except (ValueError, KeyError) as exc:
+        raise _fail(exc) from None
+    out = out or Path(DEFAULT_OUT.format(device=device_name))
+    options = DeviceOptions(
+        device_name,
+        serials,
+        adb_transport,
+        adb_host,
+        benchmark_binary,
+        _parse_overrides(profile_set),
+    )
+    try:
+        report = build_table(
+            out,
+            list(dict.fromkeys(spaces)),
+            options,
+            settings=Settings(input_size=input_size),
+            jobs=jobs,
+            cache_dir=cache_dir / "micromodels" if cache_dir else None,
+            echo=click.echo,
+            show_progress=not quiet,
+        )
+    except _known_errors() as exc:
+        raise _fail(exc) from None
+    click.echo(
+        f"measured {report.measured} ops in {report.total_s:.1f} s (convert "
+        f"{report.convert_s:.1f} s, time {report.time_s:.1f} s); table has "
+        f"{report.already + report.measured}/{report.keys} keys: {out}"
+    )
+    if report.failed or report.errors or report.missing:
+        first = (
+            report.errors[0]
+            if report.errors
+            else (f"{report.failed[0][0]}: {report.failed[0][1]}" if report.failed else "")
+        )
+        raise click.ClickException(
+            f"{report.missing} op(s) still unmeasured ({len(report.failed)} failed; {first}); "
+            f"run the same build again to retry them"
+        )
+
+
+def _resolve(archs: tuple[str, ...], repeats: int | None) -> list[Any]:
+    from mnasfpn.archs import resolve_archs
+
+    out = []
+    for spec in archs:
+        out += resolve_archs(spec, repeats)
+    return out
+
+
+@click.command("predict")
+@click.option("--lut", "lut_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--arch",
+    "archs",
+    required=True,
+    multiple=True,
+    help="NAME | FILE.json | FILE.jsonl (repeatable).",
+)
+@click.option(
+    "--repeats", type=click.IntRange(1, 8), default=None, help="Override the cell repeat count."
+)
+@click.option(
+    "--input-size",
+    type=int,
+    default=None,
+    help="Check that the table was measured at this input size.",
+)
+@click.option("--raw", is_flag=True, help="Ignore the fitted calibration (raw table sum).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per architecture.")
+def predict_command(
+    lut_path: Path,
+    archs: tuple[str, ...],
+    repeats: int | None,
+    input_size: int | None,
+    raw: bool,
+    as_json: bool,
+) -> None:
+    """Latency of architectures from a table, with a backbone/head/predictor breakdown."""
+    from mnasfpn.lut.table import LatencyTable
+
+    try:
+        table = LatencyTable.open(lut_path)
+        if input_size is not None and input_size != table.input_size:
+            raise click.ClickException(
+                f"{lut_path} was measured at input size {table.input_size}, not {input_size}; "
+                f"build a table at {input_size} with mnasfpn-lut build --input-size {input_size}"
+            )
+        genotypes = _resolve(archs, repeats)
+        calibrated = table.calibration is not None and not raw
+        parts = table.breakdown(genotypes, calibrated=calibrated)
+    except _known_errors() as exc:
+        raise _fail(exc) from None
+    method = "calibrated" if calibrated else "raw table sum"
+    for i, g in enumerate(genotypes):
+        name = g.name or f"{archs[0] if len(archs) == 1 else 'arch'}#{i}"
+        row = {p: float(parts[p][i]) for p in (*PARTS, "overhead", "total")}
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "arch": name,
+                        "repeats": g.repeats,
+                        "space": g.space,
+                        "latency_ms": row["total"],
+                        "method": method,
+                        "input_size": table.input_size,
+                        "breakdown_ms": {k: row[k] for k in (*PARTS, "overhead")},
+                        "lut": str(lut_path),
+                    }
+                )
+            )
+            continue
+        total = row["total"]
+        click.echo(f"{name} (repeats {g.repeats}, {table.input_size}px): {total:.2f} ms [{method}]")
+        for p in (*PARTS, "overhead"):
+            if p == "overhead" and not calibrated:
+                continue
+            share = 100 * row[p] / total if total else 0.0
+            click.echo(f"  {p:<10} {row[p]:8.2f} ms  {share:5.1f}%")
+
+
+@click.command("show")
+@click.argument("lut_path", type=click.Path(path_type=Path))
+@click.option(
+    "--top",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="How many of the slowest ops to list.",
+)
+def show_command(lut_path: Path, top: int) -> None:
+    """Summary of a table: device, settings, counts, calibration, slowest ops."""
+    from mnasfpn.lut.show import describe
+
+    try:
+        click.echo(describe(lut_path, top=top))
+    except _known_errors() as exc:
+        raise _fail(exc) from None
+
+
+@click.command("export")
+@click.argument("lut_path", type=click.Path(path_type=Path))
+@click.option("--csv", "csv_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def export_command(lut_path: Path, csv_out: Path) -> None:
+    """Write the op rows of a table as CSV."""
+    from mnasfpn.lut.show import export_csv
+
+    try:
+        n = export_csv(lut_path, csv_out)
+    except _known_errors() as exc:
+        raise _fail(exc) from None
+    click.echo(f"wrote {n} rows to {csv_out}")
+
+
+@click.command("validate")
+@click.option("--lut", "lut_path", required=True, type=click.Path(path_type=Path))
+@click.option("--samples", type=click.IntRange(4), default=40, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-r2", type=float, default=0.97, show_default=True)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report folder [default: reports/<lut stem>/].",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Parallel exports (done before any timing).",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Interleaved timing rounds per architecture (median taken).",
+)
+@click.option(
+    "--space", "spaces", multiple=True, help="Sample from these spaces [default: the table's]."
+)
+@_device_options
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def validate_command(
+    lut_path: Path,
+    samples: int,
+    seed: int,
+    min_r2: float,
+    report_dir: Path | None,
+    jobs: int,
+    rounds: int,
+    spaces: tuple[str, ...],
+    serials: tuple[str, ...],
+    adb_transport: str,
+    adb_host: str | None,
+    benchmark_binary: str | None,
+    profile_set: tuple[str, ...],
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Measure sampled architectures end to end, fit the calibration, report fidelity."""
+    from mnasfpn.lut.validate import validate
+
+    report_dir = report_dir or Path("reports") / lut_path.stem
+    try:
+        result = validate(
+            lut_path,
+            samples=samples,
+            seed=seed,
+            report_dir=report_dir,
+            jobs=jobs,
+            rounds=rounds,
+            spaces=list(spaces) or None,
+            serials=serials,
+            adb_transport=adb_transport,
+            adb_host=adb_host,
+            benchmark_binary=benchmark_binary,
+            overrides=_parse_overrides(profile_set),
+            cache_dir=cache_dir,
+            echo=click.echo,
+            show_progress=not quiet,
+        )
+    except _known_errors() as exc:
+        raise _fail(exc) from None
+    click.echo(result.summary_text())
+    click.echo(f"report: {result.report_path}  plot: {result.plot_path}")
+    r2 = result.metrics["calibrated"]["r2"]
+    if r2 < min_r2:
+        raise click.ClickException(
+            f"held-out R² of the calibrated table is {r2:.4f} < --min-r2 {min_r2}"
+        )
+
+
+def register(group: click.Group) -> None:
+    for cmd in (build_command, predict_command, validate_command, show_command, export_command):
+        group.add_command(cmd)

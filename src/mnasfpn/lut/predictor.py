@@ -1,0 +1,568 @@
+"""Fast table look-ups: a genotype's latency without building its OpGraph.
+
+A detector's live ops split into components whose keys depend on few things:
+  * the backbone (with C6) — on C only;
+  * the predictor — on C only;
+  * one block of one cell — on its input nodes' (level, channels), R, F, k, merge, C,
+    SDO and whether it adds a residual. The first cell reads backbone taps, later cells
+    read C-channel nodes, so a block has a first-cell and a later-cell component.
+Each component's key multiset is made once, by the same IR emitters `build_opgraph` uses
+(`mobilenet_v2`, `mnasfpn_block`, `ssd_predictor`), and memoized by that signature.
+
+Liveness (paper §3.4, connectivity): every cell's output blocks are live — the last
+cell's feed the predictor, and each later cell's output blocks add their cell input as a
+residual (all C channels), which keeps the earlier cell's outputs alive; the first cell
+adds C6 at level 6, which keeps the whole backbone alive. So a block is live iff an output
+block of the same cell reaches it, the same in every cell. Tests check that this fast
+path equals the sum over `build_opgraph(g).live_ops()` on random genotypes of every space.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter, itemgetter
+from typing import Any
+
+import numpy as np
+
+from mnasfpn.ir.build import (
+    PredictorConfig,
+    level_size,
+    mnasfpn_block,
+    mobilenet_v2,
+    ssd_predictor,
+)
+from mnasfpn.ir.graph import GraphBuilder, Tensor
+from mnasfpn.ir.ops import MODEL_INPUT, PARTS
+from mnasfpn.lut.calibration import Calibration, feature_columns
+from mnasfpn.searchspace.genotype import LEVELS, NUM_CELL_INPUTS, Block, Genotype
+from mnasfpn.searchspace.spaces import CHANNELS, EXPANSIONS, KERNELS, SPACES
+
+_COLUMNS = feature_columns()
+_COLUMN_INDEX = {c: i for i, c in enumerate(_COLUMNS)}
+_MAX_BLOCKS = 16
+# Channel and expansion values of every space (F = C in some), and the other choices.
+_VALUES: tuple[int, ...] = tuple(sorted(set(CHANNELS) | set(EXPANSIONS)))
+_KERNELS: tuple[int, ...] = KERNELS
+_MERGES: tuple[str, ...] = ("add", "se")
+_VALUE_INDEX = np.full(max(_VALUES) + 1, -1, dtype=np.int64)
+_VALUE_INDEX[list(_VALUES)] = np.arange(len(_VALUES))
+_KERNEL_INDEX = np.full(max(_KERNELS) + 1, -1, dtype=np.int64)
+_KERNEL_INDEX[list(_KERNELS)] = np.arange(len(_KERNELS))
+# Dense signature grids (mixed radix): resample (first, sdo, src node, R, F, C) and block
+# body (first, is_output, R, F, k, merge, inputs - 1, C).
+_RS_DIMS = (2, 2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES), len(_VALUES))
+_POOL_DIMS = (2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES))
+_BODY_DIMS = (2, 2, len(LEVELS), len(_VALUES), len(_KERNELS), 2, 4, len(_VALUES))
+_HEAD = attrgetter("channels", "sdo", "repeats", "blocks")
+_INTS = attrgetter("level", "expansion", "kernel")
+_SPACE = attrgetter("space")
+_AT_LEAST_TWO = {name: sp.min_inputs >= 2 for name, sp in SPACES.items()}
+
+
+def _flatten(indices: Sequence[Any], dims: Sequence[int]) -> np.ndarray:
+    flat = np.zeros_like(np.asarray(indices[-1]), dtype=np.int64)
+    for idx, d in zip(indices, dims, strict=True):
+        flat = flat * d + np.asarray(idx, dtype=np.int64)
+    return flat
+
+
+def _unflatten(flat: int, dims: Sequence[int]) -> list[int]:
+    out = []
+    for d in reversed(dims):
+        out.append(flat % d)
+        flat //= d
+    return out[::-1]
+
+
+def _distinct(codes: np.ndarray) -> np.ndarray:
+    """Sorted distinct non-negative codes (a mark array: faster than np.unique)."""
+    if len(codes) == 0:
+        return codes
+    marks = np.zeros(int(codes.max()) + 1, dtype=bool)
+    marks[codes] = True
+    return np.flatnonzero(marks)
+
+
+def _index(table: np.ndarray, values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.int64)
+    bad = (v < 0) | (v >= len(table))
+    idx = table[np.where(bad, 0, v)]
+    bad |= idx < 0
+    if bad.any():
+        raise ValueError(f"{what} {int(v[np.argmax(bad)])} is not a value of any search space")
+    return idx
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a table was measured for: the ops of one detector configuration."""
+
+    input_size: int = 320
+    num_classes: int = 90
+    alpha: float = 1.0
+    depth: int = 64
+
+
+class MissingOpError(KeyError):
+    """A genotype needs an op the table has no entry for."""
+
+    def __init__(self, key: str, genotype_index: int, genotype: Genotype) -> None:
+        super().__init__(key)
+        self.key = key
+        self.genotype_index = genotype_index
+        self.genotype = genotype
+
+
+class CostModel:
+    """Maps genotypes to per-(op type, part) summed table latencies, fast."""
+
+    def __init__(self, latencies: Mapping[str, float], settings: Settings) -> None:
+        self.latencies = dict(latencies)
+        self.settings = settings
+        s = settings.input_size
+        g = GraphBuilder((s, s, 3))
+        taps = mobilenet_v2(g, g.input, settings.alpha)
+        self._tap_channels = {lv: t.shape[2] for lv, t in taps.items()}
+        self._comp_index: dict[tuple, int] = {}
+        self._comp_keys: list[Counter[str]] = []
+        self._comp_part: list[int] = []
+        self._comp_vec: list[np.ndarray] = []
+        self._comp_missing: list[str | None] = []
+        self._fixed_memo: dict[int, tuple[int, int]] = {}
+        self._bb_table = np.full(len(_VALUES), -1, dtype=np.int64)
+        self._pr_table = np.full(len(_VALUES), -1, dtype=np.int64)
+        self._rs_table = np.full(int(np.prod(_RS_DIMS)), -1, dtype=np.int64)
+        self._pool_table = np.full(int(np.prod(_POOL_DIMS)), -1, dtype=np.int64)
+        self._body_table = np.full(int(np.prod(_BODY_DIMS)), -1, dtype=np.int64)
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    # -- components -------------------------------------------------------------------
+
+    def _add_component(self, sig: tuple, ops: Sequence) -> int:
+        idx = self._comp_index.get(sig)
+        if idx is not None:
+            return idx
+        keys: Counter[str] = Counter(op.key for op in ops)
+        parts = {op.part for op in ops}
+        assert len(parts) == 1, parts
+        vec = np.zeros(len(_COLUMNS))
+        missing = None
+        for op in ops:
+            lat = self.latencies.get(op.key)
+            if lat is None:
+                missing = missing or op.key
+                continue
+            vec[_COLUMN_INDEX[(op.type, op.part)]] += lat
+        idx = len(self._comp_keys)
+        self._comp_index[sig] = idx
+        self._comp_keys.append(keys)
+        self._comp_part.append(PARTS.index(parts.pop()))
+        self._comp_vec.append(vec)
+        self._comp_missing.append(missing)
+        self._arrays = None
+        return idx
+
+    def _fixed(self, channels: int) -> tuple[int, int]:
+        """Component ids of the backbone (with C6) and the predictor for width C."""
+        pair = self._fixed_memo.get(channels)
+        if pair is not None:
+            return pair
+        st = self.settings
+        s = st.input_size
+        g = GraphBuilder((s, s, 3))
+        taps = mobilenet_v2(g, g.input, st.alpha)
+        c6 = g.maxpool(taps[5], stride=2, part="backbone", name="backbone/c6/maxpool")
+        g.conv(c6, channels, part="backbone", name="backbone/c6/conv1x1")
+        backbone = self._add_component(("backbone", channels), g.ops)
+        g = GraphBuilder((s, s, 3))
+        feats = [self._tensor(lv, channels) for lv in LEVELS]
+        ssd_predictor(g, feats, PredictorConfig(depth=st.depth), st.num_classes)
+        predictor = self._add_component(("predictor", channels), g.ops)
+        pair = (backbone, predictor)
+        self._fixed_memo[channels] = pair
+        return pair
+
+    def _tensor(self, level: int, channels: int, node: int = 0) -> Tensor:
+        # Each stand-in node gets its own (negative) id, so the builder's merging of
+        # identical weightless ops never joins two different nodes.
+        n = level_size(self.settings.input_size, level)
+        return Tensor(MODEL_INPUT - 1 - node, (n, n, channels))
+
+    def _cell_inputs(self, first: bool, channels: int) -> list[Tensor]:
+        return [
+            self._tensor(
+                lv,
+                self._tap_channels[lv] if first and lv in self._tap_channels else channels,
+                node=i,
+            )
+            for i, lv in enumerate(LEVELS)
+        ]
+
+    def _emit_block(
+        self,
+        first: bool,
+        channels: int,
+        sdo: bool,
+        is_output: bool,
+        level: int,
+        expansion: int,
+        kernel: int,
+        merge: str,
+        in_sigs: Sequence[int],
+    ) -> list:
+        """The ops of one block, made by `mnasfpn_block` itself."""
+        cell_in = self._cell_inputs(first, channels)
+        nodes = list(cell_in)
+        inputs = []
+        for s in in_sigs:
+            if s < NUM_CELL_INPUTS:
+                inputs.append(s)
+            else:
+                nodes.append(self._tensor(LEVELS[s - NUM_CELL_INPUTS], channels, len(nodes)))
+                inputs.append(len(nodes) - 1)
+        residual = None
+        if is_output:
+            r = cell_in[level - LEVELS[0]]
+            if r.shape[2] == channels:
+                residual = r
+        g = GraphBuilder((self.settings.input_size,) * 2 + (3,))
+        block = Block(tuple(inputs), level, expansion, kernel, merge)
+        mnasfpn_block(g, block, nodes, channels, sdo=sdo, residual=residual, name="head/block")
+        return g.ops
+
+    def _resample_ops(
+        self, first: int, sdo: int, src: int, r: int, f: int, c: int
+    ) -> tuple[list, list]:
+        """Bringing one input node (signature `src`) to (R, F): the block's `in0` ops, split
+        into the SDO pre-pool that reads the node itself (shared by every block of the cell
+        that pools the same node by the same stride) and the rest."""
+        ops = self._emit_block(
+            bool(first), _VALUES[c], bool(sdo), False, LEVELS[r], _VALUES[f], 3, "add", [src]
+        )
+        ops = [op for op in ops if op.name.split("/")[2].startswith("in")]
+        pre = [op for op in ops if op.type == "maxpool" and op.inputs[0] < MODEL_INPUT]
+        rest = [op for op in ops if op not in pre]
+        return pre, rest
+
+    def _resample_component(self, flat: int) -> int:
+        _, rest = self._resample_ops(*_unflatten(flat, _RS_DIMS))
+        return self._add_component(("resample", flat), rest)
+
+    def _pool_component(self, flat: int) -> int:
+        first, src, r, c = _unflatten(flat, _POOL_DIMS)
+        pre, _ = self._resample_ops(first, 1, src, r, 0, c)
+        assert len(pre) == 1, pre
+        return self._add_component(("pool", flat), pre)
+
+    def _body_component(self, flat: int) -> int:
+        """Merge + ReLU6, depthwise, project and residual of a block (all but its inputs)."""
+        first, is_out, r, f, k, merge, n_in, c = _unflatten(flat, _BODY_DIMS)
+        ops = self._emit_block(
+            bool(first),
+            _VALUES[c],
+            True,
+            bool(is_out),
+            LEVELS[r],
+            _VALUES[f],
+            _KERNELS[k],
+            _MERGES[merge],
+            list(range(n_in + 1)),
+        )
+        ops = [op for op in ops if not op.name.split("/")[2].startswith("in")]
+        return self._add_component(("body", flat), ops)
+
+    def _matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = (np.array(self._comp_vec), np.array(self._comp_part))
+        return self._arrays
+
+    # -- per-genotype encoding --------------------------------------------------------
+
+    def _lookup(self, table: np.ndarray, flat: np.ndarray, make) -> np.ndarray:
+        ids = table[flat]
+        todo = flat[ids < 0]
+        if len(todo):
+            for v in np.unique(todo).tolist():
+                table[v] = make(v)
+            ids = table[flat]
+        return ids
+
+    def encode(
+        self, genotypes: Sequence[Genotype], *, naive: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat (genotype index, component id, count) triples of the live components.
+
+        With `naive`, every block counts, connected to an output or not (the baseline).
+        """
+        n = len(genotypes)
+        heads = list(map(_HEAD, genotypes))
+        if n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0)
+        chan = np.fromiter(map(itemgetter(0), heads), dtype=np.int64, count=n)
+        sdo = np.fromiter(map(itemgetter(1), heads), dtype=np.int64, count=n)
+        rep = np.fromiter(map(itemgetter(2), heads), dtype=np.int64, count=n)
+        block_lists = list(map(itemgetter(3), heads))
+        nb = np.fromiter(map(len, block_lists), dtype=np.int64, count=n)
+        mb = int(nb.max())
+        if mb > _MAX_BLOCKS:
+            raise ValueError(f"a genotype has more than {_MAX_BLOCKS} blocks")
+        blocks = list(chain.from_iterable(block_lists))
+        total = len(blocks)
+
+        ints = np.fromiter(
+            chain.from_iterable(map(_INTS, blocks)), dtype=np.int64, count=3 * total
+        ).reshape(total, 3)
+        gi = np.repeat(np.arange(n), nb)
+        slot = np.arange(total) - np.repeat(np.cumsum(nb) - nb, nb)
+        nint = nb - NUM_CELL_INPUTS
+
+        def grid(values: np.ndarray) -> np.ndarray:
+            out = np.zeros((n, mb), dtype=np.int64)
+            out[gi, slot] = values
+            return out
+
+        lv = grid(ints[:, 0] - LEVELS[0])
+        fi = grid(_index(_VALUE_INDEX, ints[:, 1], "expansion"))
+        ki = grid(_index(_KERNEL_INDEX, ints[:, 2], "kernel"))
+        merges = map(attrgetter("merge"), blocks)
+        mi = grid(np.fromiter(map("se".__eq__, merges), dtype=np.int64, count=total))
+        ci = _index(_VALUE_INDEX, chan, "channels")
+        ins = list(map(attrgetter("inputs"), blocks))
+        flat_in = np.fromiter(chain.from_iterable(ins), dtype=np.int64)
+        # In spaces whose blocks read at least two inputs, 2 per block on average means
+        # exactly 2 each; otherwise count them.
+        two = len(flat_in) == 2 * total and all(
+            _AT_LEAST_TWO.get(sp, False) for sp in set(map(_SPACE, genotypes))
+        )
+        widths = None if two else np.fromiter(map(len, ins), dtype=np.int64, count=total)
+        if widths is None or int(widths.min()) == int(widths.max()):
+            w = 2 if widths is None else int(widths.max())
+            arr = flat_in.reshape(total, w)
+        else:
+            w = int(widths.max())
+            arr = np.full((total, w), -1, dtype=np.int64)
+            row = np.repeat(np.arange(total), widths)
+            col = np.arange(len(flat_in)) - np.repeat(np.cumsum(widths) - widths, widths)
+            arr[row, col] = flat_in
+        inp = np.full((n, mb, w), -1, dtype=np.int64)
+        inp[gi, slot] = arr
+        valid = np.arange(mb)[None, :] < nb[:, None]
+        is_out = valid & (np.arange(mb)[None, :] >= nint[:, None])
+        if naive:
+            live = valid
+        else:
+            live = is_out.copy()
+            rr = np.arange(n)
+            for b in range(mb - 1, -1, -1):
+                for j in range(w):
+                    src = inp[:, b, j]
+                    m = live[:, b] & (src >= NUM_CELL_INPUTS)
+                    live[rr[m], src[m] - NUM_CELL_INPUTS] = True
+        # Input node signatures: a cell input 0..3, or 4 + level index of a block node.
+        node_lv = np.concatenate([np.tile(np.arange(4), (n, 1)), NUM_CELL_INPUTS + lv], axis=1)
+        has = inp >= 0
+        src_sig = np.take_along_axis(node_lv, np.where(has, inp, 0).reshape(n, -1), axis=1)
+        src_sig = src_sig.reshape(n, mb, w)
+        n_in = has.sum(axis=2)
+        g_parts: list[np.ndarray] = []
+        c_parts: list[np.ndarray] = []
+        k_parts: list[np.ndarray] = []
+        src_level = np.where(src_sig < NUM_CELL_INPUTS, src_sig, src_sig - NUM_CELL_INPUTS)
+        # SDO pre-pools: on the node itself, merged across blocks of a cell by the builder.
+        pre = has & (sdo[:, None, None] == 1) & (lv[:, :, None] > src_level)
+        # In the first cell, pooling C5 by 2 is the backbone's own C6 max-pool.
+        c6_pool = (inp == 2) & (lv[:, :, None] == 3)
+        self._pools(
+            g_parts, c_parts, k_parts, pre & live[:, :, None], c6_pool, inp, lv, ci, nint, rep
+        )
+
+        bb_ids = self._lookup(self._bb_table, ci, lambda c: self._fixed(_VALUES[c])[0])
+        pr_ids = self._lookup(self._pr_table, ci, lambda c: self._fixed(_VALUES[c])[1])
+        later = (rep - 1).astype(np.float64)
+        g_parts += [np.arange(n), np.arange(n)]
+        c_parts += [bb_ids, pr_ids]
+        k_parts += [np.ones(n), np.ones(n)]
+        for first in (1, 0):
+            mult = np.ones(n) if first else later
+            # Resampled inputs.
+            m = has & live[:, :, None] & (mult[:, None, None] > 0)
+            gsel, bsel, jsel = np.nonzero(m)
+            flat = _flatten(
+                (
+                    first,
+                    sdo[gsel],
+                    src_sig[gsel, bsel, jsel],
+                    lv[gsel, bsel],
+                    fi[gsel, bsel],
+                    ci[gsel],
+                ),
+                _RS_DIMS,
+            )
+            g_parts.append(gsel)
+            c_parts.append(self._lookup(self._rs_table, flat, self._resample_component))
+            k_parts.append(mult[gsel])
+            # Block bodies.
+            m = live & (mult[:, None] > 0)
+            gsel, bsel = np.nonzero(m)
+            flat = _flatten(
+                (
+                    first,
+                    is_out[gsel, bsel],
+                    lv[gsel, bsel],
+                    fi[gsel, bsel],
+                    ki[gsel, bsel],
+                    mi[gsel, bsel],
+                    n_in[gsel, bsel] - 1,
+                    ci[gsel],
+                ),
+                _BODY_DIMS,
+            )
+            g_parts.append(gsel)
+            c_parts.append(self._lookup(self._body_table, flat, self._body_component))
+            k_parts.append(mult[gsel])
+        return (
+            np.concatenate(g_parts).astype(np.int64),
+            np.concatenate(c_parts).astype(np.int64),
+            np.concatenate(k_parts).astype(np.float64),
+        )
+
+    def _pools(
+        self,
+        g_parts: list[np.ndarray],
+        c_parts: list[np.ndarray],
+        k_parts: list[np.ndarray],
+        pooled: np.ndarray,
+        c6_pool: np.ndarray,
+        inp: np.ndarray,
+        lv: np.ndarray,
+        ci: np.ndarray,
+        nint: np.ndarray,
+        rep: np.ndarray,
+    ) -> None:
+        """Count SDO pre-pools once per pooled tensor and target level.
+
+        The builder merges identical max-pools of one tensor, also across cells: a cell's
+        output node is the next cell's input node, so a pool of it by the blocks of either
+        cell is one op. `pooled` marks (genotype, block, input slot) entries that pool.
+        """
+        nlev = len(LEVELS)
+        g, b, j = np.nonzero(pooled)
+        node = inp[g, b, j]
+        target = lv[g, b]
+        later = rep - 1
+        is_cell_input = node < NUM_CELL_INPUTS
+        block_of = node - NUM_CELL_INPUTS
+        is_output_node = ~is_cell_input & (block_of >= nint[g])
+
+        def add(gs: np.ndarray, flat: np.ndarray, counts: np.ndarray) -> None:
+            keep = counts > 0
+            g_parts.append(gs[keep])
+            c_parts.append(self._lookup(self._pool_table, flat[keep], self._pool_component))
+            k_parts.append(counts[keep].astype(np.float64))
+
+        # Intermediate nodes: one pool per (node, target) in every cell.
+        m = ~is_cell_input & ~is_output_node
+        code = _distinct((g[m] * _MAX_BLOCKS + block_of[m]) * nlev + target[m])
+        gg, rest = np.divmod(code, _MAX_BLOCKS * nlev)
+        bb, tt = np.divmod(rest, nlev)
+        sig = NUM_CELL_INPUTS + lv[gg, bb]
+        add(gg, _flatten((0, sig, tt, ci[gg]), _POOL_DIMS), rep[gg])
+        # The first cell's inputs (backbone taps and C6), except C5 by 2 (that is C6's).
+        m = is_cell_input & ~c6_pool[g, b, j]
+        code = _distinct((g[m] * NUM_CELL_INPUTS + node[m]) * nlev + target[m])
+        gg, rest = np.divmod(code, NUM_CELL_INPUTS * nlev)
+        nn, tt = np.divmod(rest, nlev)
+        add(gg, _flatten((1, nn, tt, ci[gg]), _POOL_DIMS), np.ones(len(gg)))
+        # Output tensor of level l: pooled inside its cell (set A) and, for all but the
+        # last cell, as input l of the next cell (set B): (R-1)·|A ∪ B| + |A| pools.
+        m = is_output_node
+        a = _distinct((g[m] * nlev + (block_of[m] - nint[g[m]])) * nlev + target[m])
+        m = is_cell_input & (later[g] > 0)
+        bset = _distinct((g[m] * nlev + node[m]) * nlev + target[m])
+        union = _distinct(np.concatenate([a, bset]))
+        for codes, counts_of in ((union, later), (a, np.ones_like(later))):
+            gl, tt = np.divmod(codes, nlev)
+            gg, ll = np.divmod(gl, nlev)
+            add(gg, _flatten((0, NUM_CELL_INPUTS + ll, tt, ci[gg]), _POOL_DIMS), counts_of[gg])
+
+    def _check_missing(
+        self, genotypes: Sequence[Genotype], gidx: np.ndarray, comps: np.ndarray
+    ) -> None:
+        missing = np.array([m is not None for m in self._comp_missing])
+        bad = np.flatnonzero(missing[comps])
+        if len(bad):
+            first = int(bad[0])
+            n = int(gidx[first])
+            key = self._comp_missing[int(comps[first])]
+            assert key is not None
+            raise MissingOpError(key, n, genotypes[n])
+
+    def features(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
+        """(n × len(feature_columns())) summed table latencies per (op type, part)."""
+        gidx, comps, counts = self.encode(genotypes, naive=naive)
+        self._check_missing(genotypes, gidx, comps)
+        vecs, _ = self._matrices()
+        n = len(genotypes)
+        out = np.empty((n, vecs.shape[1]))
+        weights = vecs[comps] * counts[:, None]
+        for j in range(vecs.shape[1]):
+            out[:, j] = np.bincount(gidx, weights=weights[:, j], minlength=n)
+        return out
+
+    def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
+        vecs, _ = self._matrices()
+        if calibration is None:
+            return vecs.sum(axis=1)
+        return vecs @ np.asarray(calibration.column_scales())
+
+    def predict(
+        self,
+        genotypes: Sequence[Genotype],
+        calibration: Calibration | None = None,
+        *,
+        naive: bool = False,
+    ) -> np.ndarray:
+        gidx, comps, counts = self.encode(genotypes, naive=naive)
+        self._check_missing(genotypes, gidx, comps)
+        scal = self.component_scalars(calibration)
+        out = np.bincount(gidx, weights=scal[comps] * counts, minlength=len(genotypes))
+        if calibration is not None:
+            out += calibration.intercept_ms
+        return out
+
+    def breakdown(
+        self,
+        genotypes: Sequence[Genotype],
+        calibration: Calibration | None = None,
+        *,
+        naive: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Per part (backbone, head, predictor) plus the fitted overhead, and the total."""
+        gidx, comps, counts = self.encode(genotypes, naive=naive)
+        self._check_missing(genotypes, gidx, comps)
+        scal = self.component_scalars(calibration)
+        _, part = self._matrices()
+        n = len(genotypes)
+        w = scal[comps] * counts
+        cpart = part[comps]
+        out = {
+            name: np.bincount(gidx, weights=np.where(cpart == i, w, 0.0), minlength=n)
+            for i, name in enumerate(PARTS)
+        }
+        out["overhead"] = np.full(n, calibration.intercept_ms if calibration else 0.0)
+        out["total"] = sum(out[p] for p in (*PARTS, "overhead"))
+        return out
+
+    def key_counts(self, genotype: Genotype, *, naive: bool = False) -> Counter[str]:
+        """The live (or, with `naive`, all) op keys of one genotype, with multiplicity."""
+        _, comps, counts = self.encode([genotype], naive=naive)
+        total: Counter[str] = Counter()
+        for c, k in zip(comps.tolist(), counts.tolist(), strict=True):
+            for key, m in self._comp_keys[c].items():
+                total[key] += int(m * k)
+        return total

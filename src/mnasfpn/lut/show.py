@@ -1,0 +1,109 @@
+"""`show` and `export`: read a table without TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnasfpn.lut.calibration import Calibration
+from mnasfpn.lut.store import TableStore
+
+
+def describe(path: Path, *, top: int = 10) -> str:
+    with TableStore.open(path) as store:
+        meta = store.meta()
+        rows = store.op_rows()
+        e2e = store.e2e_archs()
+        runs = store.e2e_runs()
+        doc = store.calibration_doc()
+        log = store.measurement_log()
+        sessions = store.sessions()
+    info = meta.get("device_info") or {}
+    lines = [
+        f"table: {path}",
+        f"  format {meta.get('format')} schema {meta.get('schema_version')}; created "
+        f"{meta.get('created_at')}, updated {meta.get('updated_at')}",
+        f"  device: {meta.get('profile')} ({meta.get('device_model')}, {meta.get('abi')}); "
+        f"{meta.get('runtime')} {meta.get('runtime_version')}; converter "
+        f"tensorflow {meta.get('converter_version')}",
+        f"  device details: governor {info.get('governor')}, core {info.get('core')}, "
+        f"freq {info.get('cur_freq_khz')}/{info.get('max_freq_khz')} kHz, "
+        f"os {info.get('os_version')}",
+        f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
+        f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
+        f"{', '.join(meta.get('spaces', [])) or '-'}",
+        f"  ops: {len(rows)} measured ({sum(1 for _, _, ok, _ in log if not ok)} failed "
+        f"attempts logged) over {sum(1 for s in sessions if s['kind'] == 'build')} build "
+        f"session(s)",
+    ]
+    by_type: dict[str, list[float]] = {}
+    for r in rows:
+        by_type.setdefault(r.key.split("/", 1)[0], []).append(r.median_ms)
+    if by_type:
+        lines.append(
+            "  per type: "
+            + ", ".join(f"{t} {len(v)} ({sum(v):.2f} ms)" for t, v in sorted(by_type.items()))
+        )
+    complete = sum(1 for a in e2e if a in runs)
+    lines.append(f"  end-to-end: {len(e2e)} architectures, {complete} measured")
+    if doc is None:
+        lines.append("  calibration: none (predictions are raw table sums); run validate")
+    else:
+        cal = Calibration.from_dict(doc)
+        scales = ", ".join(f"{k} {v:.3f}" for k, v in sorted(cal.scales.items()))
+        stats = cal.stats
+        lines.append(
+            f"  calibration ({cal.feature_set}): overhead {cal.intercept_ms:.3f} ms; {scales}"
+        )
+        if stats:
+            lines.append(
+                "  calibration fit: "
+                + ", ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in sorted(stats.items())
+                    if not isinstance(v, dict)
+                )
+            )
+    if top and rows:
+        lines.append(f"  slowest {min(top, len(rows))} ops:")
+        for r in sorted(rows, key=lambda r: -r.median_ms)[:top]:
+            lines.append(f"    {r.median_ms:9.4f} ms  {r.key}")
+    return "\n".join(lines)
+
+
+def export_csv(path: Path, out: Path) -> int:
+    import pandas as pd
+
+    with TableStore.open(path) as store:
+        rows = store.op_rows()
+    frame = pd.DataFrame(
+        [
+            {
+                "key": r.key,
+                "type": r.key.split("/", 1)[0],
+                "median_ms": r.median_ms,
+                "min_ms": r.min_ms,
+                "std_ms": r.std_ms,
+                "runs": r.runs,
+                "dispersion": r.dispersion,
+                "measured_at": r.measured_at,
+                "session": r.session,
+                "worker": r.worker,
+            }
+            for r in rows
+        ],
+        columns=[
+            "key",
+            "type",
+            "median_ms",
+            "min_ms",
+            "std_ms",
+            "runs",
+            "dispersion",
+            "measured_at",
+            "session",
+            "worker",
+        ],
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    return len(frame)
