@@ -195,6 +195,21 @@ def test_persistent_drop_mid_push_fails_cleanly(
     assert emulator.drops["push"] == dev.retries + 1
 
 
+def test_cooldown_between_models_only(emulator: AdbdEmulator, models: dict[str, Path]) -> None:
+    pauses: list[float] = []
+    with open_device(
+        "pixel4",
+        adb_transport="direct",
+        adb_host=emulator.address,
+        overrides={**QUICK, "cooldown_s": 2.5},
+    ) as dev:
+        assert isinstance(dev, AdbDevice)
+        dev._sleep = pauses.append  # type: ignore[method-assign]
+        results = dev.time_models([models["tiny"], models["small"], models["tiny"]])
+    assert all(r.ok for r in results)
+    assert pauses == [2.5, 2.5]
+
+
 def test_no_adbd_listening() -> None:
     with pytest.raises(DeviceError, match="cannot reach adbd"):
         open_device("pixel4", adb_transport="direct", adb_host=f"127.0.0.1:{free_port()}")

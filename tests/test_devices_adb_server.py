@@ -109,6 +109,12 @@ def test_devices_lists_the_phone_with_its_profile(phone: AdbdEmulator) -> None:
     assert any(phone.address in ln and "Pixel 4" in ln and "profile: pixel4" in ln for ln in lines)
 
 
+def test_no_phone_attached(adb_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(adb_port))
+    with pytest.raises(DeviceError, match="no phone attached"):
+        open_device("generic-android")
+
+
 def test_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(free_port()))
     with pytest.raises(DeviceError, match="no adb server"):

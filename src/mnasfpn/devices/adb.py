@@ -32,6 +32,9 @@ _RUN_TIMEOUT_S = 600.0
 
 
 class AdbDevice(Device):
+    # Indirection so tests can observe cool-downs without waiting for them.
+    _sleep = staticmethod(time.sleep)
+
     def __init__(
         self,
         profile: Profile,
@@ -159,10 +162,12 @@ class AdbDevice(Device):
             temperature_c=temp,
             os_version=f"Android {release} (SDK {sdk})" if release else None,
             runtime="tflite benchmark_model",
-            runtime_version=self._getprop("ro.build.fingerprint") or None,
+            # The stock binary prints no version of its own; its hash identifies it.
+            runtime_version=None,
             binary=self.binary,
             binary_version=f"md5 {md5.split()[0]}" if md5 else None,
             extra={
+                "fingerprint": self._getprop("ro.build.fingerprint"),
                 "taskset_mask": self.profile.mask(),
                 "xnnpack": str(self.profile.use_xnnpack).lower(),
             },
@@ -250,7 +255,7 @@ class AdbDevice(Device):
                     results[i] = TimingResult.failed(label, "not pushed to the device")
                 else:
                     if ran_one and self.profile.cooldown_s > 0:
-                        time.sleep(self.profile.cooldown_s)
+                        self._sleep(self.profile.cooldown_s)
                     ran_one = True
                     try:
                         results[i] = self._time_remote(label, remotes[i])
