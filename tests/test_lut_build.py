@@ -1,0 +1,174 @@
+"""Building tables for real: resume after SIGKILL, and a phone build through the emulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnasfpn.cli import lut_main
+from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
+from mnasfpn.lut.predictor import Settings
+from mnasfpn.lut.store import TableStore
+from mnasfpn.lut.table import LatencyTable
+
+SPACE = "nasfpnlite-s"
+SIZE = 64
+CLI = "from mnasfpn.cli import lut_main; lut_main()"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lut-cache")
+
+
+def _build_cmd(out: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        CLI,
+        "build",
+        "--device",
+        "host",
+        "--space",
+        SPACE,
+        "--input-size",
+        str(SIZE),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _row_count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as c:
+            return int(c.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_build_resumes_after_sigkill_without_remeasuring(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "host.sqlite"
+    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    # Slow timing (many runs per op) so the kill lands in the middle of the timing phase.
+    slow = ("--set", "num_runs=3000", "--set", "min_repeats=3", "--set", "max_repeats=3")
+    proc = subprocess.Popen(
+        _build_cmd(out, cache_dir, *slow),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while _row_count(out) < 5:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "build never committed a row"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = _row_count(out)
+    assert 5 <= killed_at < len(expected), "the kill must interrupt the build"
+
+    res = subprocess.run(_build_cmd(out, cache_dir), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{killed_at} measured, {len(expected) - killed_at} to measure" in res.stdout
+
+    with TableStore.open(out) as store:
+        rows = store.op_rows()
+        log = store.measurement_log()
+        sessions = [s["id"] for s in store.sessions() if s["kind"] == "build"]
+    assert {r.key for r in rows} == expected
+    assert len(sessions) == 2
+    per_session = Counter(r.session for r in rows)
+    assert per_session[sessions[0]] == killed_at
+    assert per_session[sessions[1]] == len(expected) - killed_at
+    # Every key was measured exactly once, over both runs together.
+    measured = Counter(k for k, _, ok, _ in log if ok)
+    assert set(measured) == expected and set(measured.values()) == {1}
+    with sqlite3.connect(out) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # A third build has nothing left to do.
+    res = subprocess.run(_build_cmd(out, cache_dir), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "0 to measure" in res.stdout
+    table = LatencyTable.open(out)
+    assert len(table.latencies) == len(expected)
+    assert all(v > 0 for v in table.latencies.values())
+
+
+def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
+    cases = [
+        (["--space", "nope"], "unknown search space 'nope'"),
+        (["--space", SPACE, "--input-size", "100"], "multiple of 64"),
+        (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'"),
+        (["--space", SPACE, "--serial", "x"], "apply to phones only"),
+    ]
+    for extra, message in cases:
+        args = ["build", "--out", str(tmp_path / "t.sqlite"), *extra]
+        if "--device" not in extra:
+            args += ["--device", "host"]
+        res = CliRunner().invoke(lut_main, args)
+        assert res.exit_code == 1, res.output
+        assert message in res.output and res.output.count("\n") == 1
+
+
+@pytest.mark.slow  # ~2 min: the emulator's benchmark_model really runs every micro-model
+def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> None:
+    emulator = pytest.importorskip("adbd_emulator")
+    from adbd_emulator.fixtures import QUICK
+
+    out = tmp_path / "pixel4.sqlite"
+    with emulator.AdbdEmulator(emulator.EmulatorConfig()) as emu:
+        opts = DeviceOptions(
+            "pixel4", adb_transport="direct", adb_host=emu.address, overrides=dict(QUICK)
+        )
+        report = build_table(
+            out,
+            [SPACE],
+            opts,
+            settings=Settings(input_size=SIZE),
+            cache_dir=cache_dir / "micromodels",
+            show_progress=False,
+        )
+        pushed = len(emu.pushed)
+    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    assert report.measured == len(expected) and not report.failed and not report.errors
+    assert pushed >= len(expected)
+    with TableStore.open(out) as store:
+        meta = store.meta()
+        assert store.measured_keys() == expected
+    assert (meta["profile"], meta["device_model"], meta["abi"]) == (
+        "pixel4",
+        "Pixel 4",
+        "arm64-v8a",
+    )
+    # The same table cannot take host measurements.
+    res = CliRunner().invoke(
+        lut_main,
+        [
+            "build",
+            "--device",
+            "host",
+            "--space",
+            SPACE,
+            "--input-size",
+            str(SIZE),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 1 and "profile 'pixel4' here vs 'host' now" in res.output
