@@ -172,3 +172,39 @@ def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> Non
         ],
     )
     assert res.exit_code == 1 and "profile 'pixel4' here vs 'host' now" in res.output
+
+
+@pytest.mark.slow  # ~2 min: two emulated phones run every micro-model
+def test_build_sharded_across_two_phones(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = pytest.importorskip("adbd_emulator")
+    from adbd_emulator.fixtures import QUICK, adb_connect, private_adb_server
+
+    out = tmp_path / "pixel4.sqlite"
+    with (
+        private_adb_server() as port,
+        emulator.AdbdEmulator(emulator.EmulatorConfig()) as a,
+        emulator.AdbdEmulator(emulator.EmulatorConfig()) as b,
+    ):
+        monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
+        adb_connect(port, a.address)
+        adb_connect(port, b.address)
+        opts = DeviceOptions("pixel4", serials=(a.address, b.address), overrides=dict(QUICK))
+        report = build_table(
+            out,
+            [SPACE],
+            opts,
+            settings=Settings(input_size=SIZE),
+            cache_dir=cache_dir / "micromodels",
+            show_progress=False,
+        )
+        pushed = (len(a.pushed), len(b.pushed))
+    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    assert report.measured == len(expected) and not report.errors
+    with TableStore.open(out) as store:
+        rows = store.op_rows()
+    assert {r.key for r in rows} == expected
+    per_phone = Counter(r.worker for r in rows)
+    assert set(per_phone) == {a.address, b.address}
+    assert all(n > 0 for n in pushed)

@@ -105,9 +105,12 @@ def collapse(features: Any, feature_set: str) -> tuple[Any, list[str]]:
 
 
 def fit_calibration(
-    features: Any, measured: Sequence[float], feature_set: str = "type"
+    features: Any, measured: Sequence[float], feature_set: str = "type", *, relative: bool = False
 ) -> Calibration:
-    """Overhead + non-negative per-feature scales (scikit-learn, positive least squares)."""
+    """Overhead + non-negative per-feature scales (scikit-learn, positive least squares).
+
+    With `relative`, squared errors are weighted by 1/measured², i.e. the fit minimizes
+    relative rather than absolute error (what a ±10% target asks for)."""
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
@@ -115,7 +118,7 @@ def fit_calibration(
     y = np.asarray(measured, dtype=float)
     used = np.flatnonzero(x.any(axis=0))
     model = LinearRegression(positive=True)
-    model.fit(x[:, used], y)
+    model.fit(x[:, used], y, sample_weight=1.0 / y**2 if relative else None)
     scales = {names[j]: float(c) for j, c in zip(used, model.coef_, strict=True)}
     pred = model.predict(x[:, used])
     ss_res = float(((y - pred) ** 2).sum())
@@ -124,5 +127,6 @@ def fit_calibration(
         "n_train": len(y),
         "train_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
         "train_mape": float(np.mean(np.abs(pred - y) / y)),
+        "weighting": "relative" if relative else "absolute",
     }
     return Calibration(float(model.intercept_), scales, feature_set, stats)

@@ -20,7 +20,7 @@ path equals the sum over `build_opgraph(g).live_ops()` on random genotypes of ev
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
@@ -138,7 +138,7 @@ class CostModel:
         self._rs_table = np.full(int(np.prod(_RS_DIMS)), -1, dtype=np.int64)
         self._pool_table = np.full(int(np.prod(_POOL_DIMS)), -1, dtype=np.int64)
         self._body_table = np.full(int(np.prod(_BODY_DIMS)), -1, dtype=np.int64)
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- components -------------------------------------------------------------------
 
@@ -275,9 +275,14 @@ class CostModel:
         ops = [op for op in ops if not op.name.split("/")[2].startswith("in")]
         return self._add_component(("body", flat), ops)
 
-    def _matrices(self) -> tuple[np.ndarray, np.ndarray]:
+    def _matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per component: latency per feature column, part index, has-a-missing-key."""
         if self._arrays is None:
-            self._arrays = (np.array(self._comp_vec), np.array(self._comp_part))
+            self._arrays = (
+                np.array(self._comp_vec).reshape(-1, len(_COLUMNS)),
+                np.array(self._comp_part, dtype=np.int64),
+                np.array([m is not None for m in self._comp_missing], dtype=bool),
+            )
         return self._arrays
 
     # -- per-genotype encoding --------------------------------------------------------
@@ -387,49 +392,70 @@ class CostModel:
         g_parts += [np.arange(n), np.arange(n)]
         c_parts += [bb_ids, pr_ids]
         k_parts += [np.ones(n), np.ones(n)]
-        for first in (1, 0):
-            mult = np.ones(n) if first else later
-            # Resampled inputs.
-            m = has & live[:, :, None] & (mult[:, None, None] > 0)
-            gsel, bsel, jsel = np.nonzero(m)
-            flat = _flatten(
-                (
-                    first,
-                    sdo[gsel],
-                    src_sig[gsel, bsel, jsel],
-                    lv[gsel, bsel],
-                    fi[gsel, bsel],
-                    ci[gsel],
-                ),
-                _RS_DIMS,
-            )
-            g_parts.append(gsel)
-            c_parts.append(self._lookup(self._rs_table, flat, self._resample_component))
-            k_parts.append(mult[gsel])
-            # Block bodies.
-            m = live & (mult[:, None] > 0)
-            gsel, bsel = np.nonzero(m)
-            flat = _flatten(
-                (
-                    first,
-                    is_out[gsel, bsel],
-                    lv[gsel, bsel],
-                    fi[gsel, bsel],
-                    ki[gsel, bsel],
-                    mi[gsel, bsel],
-                    n_in[gsel, bsel] - 1,
-                    ci[gsel],
-                ),
-                _BODY_DIMS,
-            )
-            g_parts.append(gsel)
-            c_parts.append(self._lookup(self._body_table, flat, self._body_component))
-            k_parts.append(mult[gsel])
+        # Resampled inputs and block bodies, once for the first cell and once (with
+        # multiplicity repeats - 1) for the later ones: `first` is the leading digit.
+        later_f = later.astype(np.float64)
+        gsel, bsel, jsel = np.nonzero(has & live[:, :, None])
+        gb = (gsel, bsel)
+        rest = _flatten(
+            (sdo[gsel], src_sig[gsel, bsel, jsel], lv[gb], fi[gb], ci[gsel]), _RS_DIMS[1:]
+        )
+        self._both_cells(
+            g_parts,
+            c_parts,
+            k_parts,
+            gsel,
+            rest,
+            later_f,
+            self._rs_table,
+            _RS_DIMS,
+            self._resample_component,
+        )
+        gsel, bsel = np.nonzero(live)
+        gb = (gsel, bsel)
+        rest = _flatten(
+            (is_out[gb], lv[gb], fi[gb], ki[gb], mi[gb], n_in[gb] - 1, ci[gsel]), _BODY_DIMS[1:]
+        )
+        self._both_cells(
+            g_parts,
+            c_parts,
+            k_parts,
+            gsel,
+            rest,
+            later_f,
+            self._body_table,
+            _BODY_DIMS,
+            self._body_component,
+        )
         return (
             np.concatenate(g_parts).astype(np.int64),
             np.concatenate(c_parts).astype(np.int64),
             np.concatenate(k_parts).astype(np.float64),
         )
+
+    def _both_cells(
+        self,
+        g_parts: list[np.ndarray],
+        c_parts: list[np.ndarray],
+        k_parts: list[np.ndarray],
+        gsel: np.ndarray,
+        rest: np.ndarray,
+        later: np.ndarray,
+        table: np.ndarray,
+        dims: Sequence[int],
+        make: Callable[[int], int],
+    ) -> None:
+        stride = int(np.prod(dims[1:]))
+        g_parts.append(gsel)
+        c_parts.append(self._lookup(table, rest + stride, make))
+        k_parts.append(np.ones(len(gsel)))
+        mult = later[gsel]
+        keep = mult > 0
+        if not keep.all():
+            gsel, rest, mult = gsel[keep], rest[keep], mult[keep]
+        g_parts.append(gsel)
+        c_parts.append(self._lookup(table, rest, make))
+        k_parts.append(mult)
 
     def _pools(
         self,
@@ -493,7 +519,7 @@ class CostModel:
     def _check_missing(
         self, genotypes: Sequence[Genotype], gidx: np.ndarray, comps: np.ndarray
     ) -> None:
-        missing = np.array([m is not None for m in self._comp_missing])
+        _, _, missing = self._matrices()
         bad = np.flatnonzero(missing[comps])
         if len(bad):
             first = int(bad[0])
@@ -506,7 +532,7 @@ class CostModel:
         """(n × len(feature_columns())) summed table latencies per (op type, part)."""
         gidx, comps, counts = self.encode(genotypes, naive=naive)
         self._check_missing(genotypes, gidx, comps)
-        vecs, _ = self._matrices()
+        vecs, _, _ = self._matrices()
         n = len(genotypes)
         out = np.empty((n, vecs.shape[1]))
         weights = vecs[comps] * counts[:, None]
@@ -515,7 +541,7 @@ class CostModel:
         return out
 
     def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
-        vecs, _ = self._matrices()
+        vecs, _, _ = self._matrices()
         if calibration is None:
             return vecs.sum(axis=1)
         return vecs @ np.asarray(calibration.column_scales())
@@ -546,7 +572,7 @@ class CostModel:
         gidx, comps, counts = self.encode(genotypes, naive=naive)
         self._check_missing(genotypes, gidx, comps)
         scal = self.component_scalars(calibration)
-        _, part = self._matrices()
+        _, part, _ = self._matrices()
         n = len(genotypes)
         w = scal[comps] * counts
         cpart = part[comps]

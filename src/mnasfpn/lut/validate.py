@@ -167,12 +167,16 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [f for f in np.array_split(idx, min(k, n)) if len(f)]
 
 
-def _cv_mape(x: np.ndarray, y: np.ndarray, feature_set: str, seed: int) -> float:
+FIT_CHOICES: tuple[tuple[str, bool], ...] = tuple(
+    (fs, rel) for fs in FEATURE_SETS for rel in (False, True)
+)
+
+
+def _cv_mape(x: np.ndarray, y: np.ndarray, choice: tuple[str, bool], seed: int) -> float:
     errs = []
-    folds = _folds(len(y), FOLDS, seed)
-    for test in folds:
+    for test in _folds(len(y), FOLDS, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
-        cal = fit_calibration(x[train], y[train], feature_set)
+        cal = fit_calibration(x[train], y[train], choice[0], relative=choice[1])
         pred = apply_calibration(cal, x[test])
         errs += list(np.abs(pred - y[test]) / y[test])
     return float(np.mean(errs))
@@ -182,13 +186,16 @@ def apply_calibration(cal: Calibration, features: np.ndarray) -> np.ndarray:
     return cal.intercept_ms + np.asarray(features) @ np.asarray(cal.column_scales())
 
 
-def choose_feature_set(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[str, dict[str, float]]:
-    """Per op type unless per (op type, part) is better in cross-validation on (x, y)."""
+def choose_fit(
+    x: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[tuple[str, bool], dict[str, float]]:
+    """Per op type, absolute errors, unless per (op type, part) features or relative
+    weighting do better in cross-validation on (x, y) alone (the caller's training split)."""
     if len(y) < 2 * FOLDS:
-        return "type", {}
-    scores = {fs: _cv_mape(x, y, fs, seed) for fs in FEATURE_SETS}
-    best = min(FEATURE_SETS, key=lambda fs: (scores[fs], FEATURE_SETS.index(fs)))
-    return best, scores
+        return ("type", False), {}
+    scores = {c: _cv_mape(x, y, c, seed) for c in FIT_CHOICES}
+    best = min(FIT_CHOICES, key=lambda c: (scores[c], FIT_CHOICES.index(c)))
+    return best, {f"{fs}/{'relative' if rel else 'absolute'}": v for (fs, rel), v in scores.items()}
 
 
 def cross_validate(
@@ -208,14 +215,22 @@ def cross_validate(
     details = []
     for f, test in enumerate(_folds(n, FOLDS, seed)):
         train = np.setdiff1d(np.arange(n), test)
-        fs, _ = choose_feature_set(x[train], y[train], seed + 1 + f)
-        cal = fit_calibration(x[train], y[train], fs)
+        (fs, rel), _ = choose_fit(x[train], y[train], seed + 1 + f)
+        cal = fit_calibration(x[train], y[train], fs, relative=rel)
         out["calibrated"][test] = apply_calibration(cal, x[test])
-        ncal = fit_calibration(x_naive[train], y[train], fs)
+        ncal = fit_calibration(x_naive[train], y[train], fs, relative=rel)
         out["naive_calibrated"][test] = apply_calibration(ncal, x_naive[test])
         lin = LinearRegression().fit(madds[train, None], y[train])
         out["madds_linear"][test] = lin.predict(madds[test, None])
-        details.append({"fold": f, "train": len(train), "test": len(test), "feature_set": fs})
+        details.append(
+            {
+                "fold": f,
+                "train": len(train),
+                "test": len(test),
+                "feature_set": fs,
+                "weighting": "relative" if rel else "absolute",
+            }
+        )
     return out, details
 
 
@@ -250,7 +265,8 @@ class ValidationResult:
             )
         cal = self.calibration
         lines.append(
-            f"stored calibration ({cal.feature_set}): overhead {cal.intercept_ms:.3f} ms, "
+            f"stored calibration (per {cal.feature_set}, {cal.stats.get('weighting')} errors): "
+            f"overhead {cal.intercept_ms:.3f} ms, "
             + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items()))
         )
         return "\n".join(lines)
@@ -372,8 +388,8 @@ def validate(
     )
     preds, folds = cross_validate(x, x_naive, madds, y, seed)
     results = {m: metrics(preds[m], y) for m in METHODS}
-    fs, scores = choose_feature_set(x, y, seed)
-    cal = fit_calibration(x, y, fs)
+    (fs, rel), scores = choose_fit(x, y, seed)
+    cal = fit_calibration(x, y, fs, relative=rel)
     cal.stats.update(
         {
             "n_archs": len(y),
@@ -382,7 +398,7 @@ def validate(
             "cv_mape": results["calibrated"]["mape"],
             "cv_within10": results["calibrated"]["within10"],
             "cv_kendall_tau": results["calibrated"]["kendall_tau"],
-            "feature_set_cv_mape": scores,
+            "fit_choice_cv_mape": scores,
             "seed": seed,
         }
     )
@@ -543,7 +559,8 @@ def write_report(
     cal = result.calibration
     lines += [
         "",
-        f"Stored calibration (fitted on all {result.n}, features per {cal.feature_set}): "
+        f"Stored calibration (fitted on all {result.n}, features per {cal.feature_set}, "
+        f"{cal.stats.get('weighting')} errors; chosen by inner cross-validation): "
         f"overhead {cal.intercept_ms:.3f} ms; "
         + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items())),
         "",

@@ -1,0 +1,75 @@
+"""Wall time of a full host table build, with its breakdown.
+
+    python benchmarks/lut_build_time.py [--space mnasfpn] [--input-size 320] [--jobs 2]
+                                        [--cache-dir DIR] [--out FILE]
+
+By default both the micro-model cache and the table are fresh temporary folders, so the
+figure includes converting every micro-model. Prints keys, conversion and timing phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
+from mnasfpn.lut.predictor import Settings
+from mnasfpn.lut.store import TableStore
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", action="append", default=None)
+    ap.add_argument("--input-size", type=int, default=320)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    spaces = args.space or ["mnasfpn"]
+    tmp = tempfile.TemporaryDirectory()
+    cache = args.cache_dir or Path(tmp.name) / "cache"
+    out = args.out or Path(tmp.name) / "host.sqlite"
+    settings = Settings(input_size=args.input_size)
+    t0 = time.perf_counter()
+    n_keys = len(required_keys(spaces, settings))
+    enum_s = time.perf_counter() - t0
+    report = build_table(
+        out,
+        spaces,
+        DeviceOptions("host"),
+        settings=settings,
+        jobs=args.jobs,
+        cache_dir=cache / "micromodels",
+        echo=lambda s: None,
+        show_progress=False,
+    )
+    with TableStore.open(out) as store:
+        rows = store.op_rows()
+    count = Counter(r.key.split("/", 1)[0] for r in rows)
+    total_ms = Counter()
+    for r in rows:
+        total_ms[r.key.split("/", 1)[0]] += r.median_ms
+    print(
+        f"host build of {', '.join(spaces)} at {args.input_size}x{args.input_size}, "
+        f"--jobs {args.jobs}, cache {'reused' if args.cache_dir else 'fresh'}"
+    )
+    print(f"{'phase':<34} {'seconds':>9}")
+    print(f"{f'enumerate {n_keys} keys':<34} {enum_s:>9.2f}")
+    print(f"{'convert micro-models (parallel)':<34} {report.convert_s:>9.2f}")
+    print(f"{'time micro-models (alone)':<34} {report.time_s:>9.2f}")
+    print(f"{'total build':<34} {report.total_s:>9.2f}")
+    print(
+        f"keys: {report.keys} ({report.measured} measured now, {report.already} already, "
+        f"{len(report.failed)} failed)"
+    )
+    print(f"{'op type':<16} {'keys':>6} {'sum of medians (ms)':>20}")
+    for t, n in sorted(count.items()):
+        print(f"{t:<16} {n:>6} {total_ms[t]:>20.3f}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
