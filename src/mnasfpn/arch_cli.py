@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from mnasfpn.archs import resolve_archs
+from mnasfpn.atomic import write_atomic
 from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph, check_input_size
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
@@ -311,7 +311,10 @@ def sample(
             genotype = genotype.with_repeats(repeats)
         genotype = dataclasses.replace(genotype, name=f"{space_name}-seed{seed}-{i}")
         lines.append(json.dumps(genotype.to_dict(), separators=(",", ":")))
-    _write_atomic(out, "\n".join(lines) + "\n")
+    try:
+        write_atomic(out, "\n".join(lines) + "\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
     unique = len({(g.channels, g.blocks) for g in genotypes})
     reps = genotypes[0].repeats if repeats is None else repeats
     fixed = " (a fixed cell: every line is the same)" if SPACES[space_name].fixed else ""
@@ -319,21 +322,6 @@ def sample(
         f"wrote {count} genotypes of space {space_name} (seed {seed}, {reps} repeats, "
         f"{unique} distinct) to {out}{fixed}"
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A half-written .jsonl would later fail as "truncated": write aside, then rename.
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
 
 
 @click.command()

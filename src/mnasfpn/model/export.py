@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.ir.graph import OpGraph
 
 
@@ -31,22 +31,8 @@ def convert_keras(model: Any) -> bytes:
     return tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
 
 
-def write_atomic(data: bytes, out: Path) -> Path:
-    """Write via a temporary file and rename, so a killed run never leaves half a model."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 def export_tflite(graph: OpGraph, out: Path | str, *, seed: int = 0) -> Path:
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(graph, seed=seed)
-    return write_atomic(convert_keras(model), Path(out))
+    return write_atomic(out, convert_keras(model))

@@ -57,9 +57,10 @@ def build_micromodel(key: str):  # -> keras.Model
 
 
 def convert_key(key: str, out: Path) -> Path:
-    from mnasfpn.model.export import convert_keras, write_atomic
+    from mnasfpn.atomic import write_atomic
+    from mnasfpn.model.export import convert_keras
 
-    return write_atomic(convert_keras(build_micromodel(key)), out)
+    return write_atomic(out, convert_keras(build_micromodel(key)))
 
 
 def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None]]:
