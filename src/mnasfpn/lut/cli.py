@@ -318,6 +318,13 @@ def export_command(lut_path: Path, csv_out: Path) -> None:
     help="Interleaved timing rounds per architecture (median taken).",
 )
 @click.option(
+    "--target",
+    type=click.Choice(["median", "min"]),
+    default="median",
+    show_default=True,
+    help="End-to-end figure to fit: median of round medians, or fastest run.",
+)
+@click.option(
     "--space", "spaces", multiple=True, help="Sample from these spaces [default: the table's]."
 )
 @_device_options
@@ -331,6 +338,7 @@ def validate_command(
     report_dir: Path | None,
     jobs: int,
     rounds: int,
+    target: str,
     spaces: tuple[str, ...],
     serials: tuple[str, ...],
     adb_transport: str,
@@ -352,6 +360,7 @@ def validate_command(
             report_dir=report_dir,
             jobs=jobs,
             rounds=rounds,
+            target=target,
             spaces=list(spaces) or None,
             serials=serials,
             adb_transport=adb_transport,

@@ -1,20 +1,27 @@
 """Fast table look-ups: a genotype's latency without building its OpGraph.
 
 A detector's live ops split into components whose keys depend on few things:
-  * the backbone (with C6) — on C only;
-  * the predictor — on C only;
-  * one block of one cell — on its input nodes' (level, channels), R, F, k, merge, C,
-    SDO and whether it adds a residual. The first cell reads backbone taps, later cells
-    read C-channel nodes, so a block has a first-cell and a later-cell component.
-Each component's key multiset is made once, by the same IR emitters `build_opgraph` uses
-(`mobilenet_v2`, `mnasfpn_block`, `ssd_predictor`), and memoized by that signature.
+  * the backbone (with C6) and the predictor: on C only;
+  * one input of one block brought to (R, F): on the input node's (level, channels), R,
+    F, C and SDO; the body of a block (merge, ReLU6, depthwise, project, residual): on R,
+    F, k, merge, the number of inputs, C and whether it is an output block. The first cell
+    reads backbone taps, later cells read C-channel nodes, so each has a first-cell and a
+    later-cell component;
+  * an SDO pre-pool (max-pool of a node itself): the builder merges identical weightless
+    ops, so one pool of a tensor by one stride serves every block that asks for it, in its
+    own cell and (for a cell output) in the next cell; pooling C5 by 2 in the first cell is
+    the backbone's C6 pool. These are counted once per (tensor, stride).
+Each component's key multiset is made once, by the IR emitters `build_opgraph` uses
+(`mobilenet_v2`, `mnasfpn_block`, `ssd_predictor`), and memoized in dense signature grids;
+genotypes are encoded to integer arrays and everything after that is numpy.
 
-Liveness (paper §3.4, connectivity): every cell's output blocks are live — the last
+Liveness (paper §3.4, connectivity): every cell's output blocks are live: the last
 cell's feed the predictor, and each later cell's output blocks add their cell input as a
 residual (all C channels), which keeps the earlier cell's outputs alive; the first cell
 adds C6 at level 6, which keeps the whole backbone alive. So a block is live iff an output
 block of the same cell reaches it, the same in every cell. Tests check that this fast
-path equals the sum over `build_opgraph(g).live_ops()` on random genotypes of every space.
+path equals `build_opgraph(g).live_ops()` (and, naive, all ops) on random genotypes of
+every space.
 """
 
 from __future__ import annotations
@@ -179,7 +186,7 @@ class CostModel:
         g.conv(c6, channels, part="backbone", name="backbone/c6/conv1x1")
         backbone = self._add_component(("backbone", channels), g.ops)
         g = GraphBuilder((s, s, 3))
-        feats = [self._tensor(lv, channels) for lv in LEVELS]
+        feats = [self._tensor(lv, channels, node=i) for i, lv in enumerate(LEVELS)]
         ssd_predictor(g, feats, PredictorConfig(depth=st.depth), st.num_classes)
         predictor = self._add_component(("predictor", channels), g.ops)
         pair = (backbone, predictor)
