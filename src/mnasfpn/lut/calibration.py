@@ -17,7 +17,11 @@ from mnasfpn.ir.ops import PARTS, TFLITE_OP
 OP_TYPES: tuple[str, ...] = tuple(TFLITE_OP)
 CALIBRATION_FORMAT = "mnasfpn-lut-calibration"
 CALIBRATION_VERSION = 1
-FEATURE_SETS = ("type", "type_part")
+# "major": one scale each for the op types that carry most of the latency and one for
+# all the others together (few parameters, least prone to fitting noise); "type": one
+# per op type; "type_part": one per op type and part.
+FEATURE_SETS = ("major", "type", "type_part")
+MAJOR_TYPES = ("conv2d", "dwconv2d")
 
 
 def feature_columns() -> list[tuple[str, str]]:
@@ -26,6 +30,8 @@ def feature_columns() -> list[tuple[str, str]]:
 
 
 def feature_name(op_type: str, part: str, feature_set: str) -> str:
+    if feature_set == "major":
+        return op_type if op_type in MAJOR_TYPES else "other"
     return op_type if feature_set == "type" else f"{op_type}@{part}"
 
 
@@ -95,12 +101,10 @@ def collapse(features: Any, feature_set: str) -> tuple[Any, list[str]]:
 
     cols = feature_columns()
     x = np.asarray(features, dtype=float)
-    if feature_set == "type_part":
-        return x, [feature_name(t, p, feature_set) for t, p in cols]
-    names = list(OP_TYPES)
+    names = list(dict.fromkeys(feature_name(t, p, feature_set) for t, p in cols))
     out = np.zeros((x.shape[0], len(names)))
-    for j, (t, _) in enumerate(cols):
-        out[:, names.index(t)] += x[:, j]
+    for j, (t, p) in enumerate(cols):
+        out[:, names.index(feature_name(t, p, feature_set))] += x[:, j]
     return out, names
 
 

@@ -213,10 +213,12 @@ def apply_calibration(cal: Calibration, features: np.ndarray) -> np.ndarray:
 def choose_fit(
     x: np.ndarray, y: np.ndarray, seed: int
 ) -> tuple[tuple[str, bool], dict[str, float]]:
-    """Per op type, absolute errors, unless per (op type, part) features or relative
-    weighting do better in cross-validation on (x, y) alone (the caller's training split)."""
+    """The calibration form (feature set, error weighting) with the best cross-validated
+    MAPE on (x, y) alone (the caller's training split); with too few points, the
+    smallest form. Candidates: feature sets major, type, type_part × absolute or relative
+    error weighting."""
     if len(y) < 2 * FOLDS:
-        return ("type", False), {}
+        return ("major", False), {}
     scores = {c: _cv_mape(x, y, c, seed) for c in FIT_CHOICES}
     best = min(FIT_CHOICES, key=lambda c: (scores[c], FIT_CHOICES.index(c)))
     return best, {f"{fs}/{'relative' if rel else 'absolute'}": v for (fs, rel), v in scores.items()}
