@@ -333,7 +333,11 @@ class CostModel:
         slot = np.arange(total) - np.repeat(np.cumsum(nb) - nb, nb)
         nint = nb - NUM_CELL_INPUTS
 
+        uniform = int(nb.min()) == mb  # the usual case: one block count in the batch
+
         def grid(values: np.ndarray) -> np.ndarray:
+            if uniform:
+                return values.reshape(n, mb)
             out = np.zeros((n, mb), dtype=np.int64)
             out[gi, slot] = values
             return out
@@ -361,8 +365,11 @@ class CostModel:
             row = np.repeat(np.arange(total), widths)
             col = np.arange(len(flat_in)) - np.repeat(np.cumsum(widths) - widths, widths)
             arr[row, col] = flat_in
-        inp = np.full((n, mb, w), -1, dtype=np.int64)
-        inp[gi, slot] = arr
+        if uniform:
+            inp = arr.reshape(n, mb, w)
+        else:
+            inp = np.full((n, mb, w), -1, dtype=np.int64)
+            inp[gi, slot] = arr
         valid = np.arange(mb)[None, :] < nb[:, None]
         is_out = valid & (np.arange(mb)[None, :] >= nint[:, None])
         if naive:
@@ -401,7 +408,7 @@ class CostModel:
         k_parts += [np.ones(n), np.ones(n)]
         # Resampled inputs and block bodies, once for the first cell and once (with
         # multiplicity repeats - 1) for the later ones: `first` is the leading digit.
-        later_f = later.astype(np.float64)
+        later_f = later
         gsel, bsel, jsel = np.nonzero(has & live[:, :, None])
         gb = (gsel, bsel)
         rest = _flatten(
@@ -435,9 +442,9 @@ class CostModel:
             self._body_component,
         )
         return (
-            np.concatenate(g_parts).astype(np.int64),
-            np.concatenate(c_parts).astype(np.int64),
-            np.concatenate(k_parts).astype(np.float64),
+            np.concatenate(g_parts).astype(np.int64, copy=False),
+            np.concatenate(c_parts).astype(np.int64, copy=False),
+            np.concatenate(k_parts).astype(np.float64, copy=False),
         )
 
     def _both_cells(
