@@ -208,3 +208,45 @@ def test_build_sharded_across_two_phones(
     per_phone = Counter(r.worker for r in rows)
     assert set(per_phone) == {a.address, b.address}
     assert all(n > 0 for n in pushed)
+
+
+def test_a_failed_conversion_leaves_only_that_op_unmeasured(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnasfpn.profiler import micromodel
+
+    real = micromodel.micromodel_paths
+    expected = required_keys((SPACE,), Settings(input_size=SIZE))
+    bad = expected[len(expected) // 2]
+
+    def failing(keys, cache, **kw):  # type: ignore[no-untyped-def]
+        real([k for k in keys if k != bad], cache, **kw)
+        raise micromodel.MicromodelError(f"1 op(s) failed to convert, first {bad!r}: boom")
+
+    monkeypatch.setattr(micromodel, "micromodel_paths", failing)
+    # The table's cache folder holds no file for `bad` (a fresh cache would not either).
+    cache = tmp_path / "cache"
+    out = tmp_path / "t.sqlite"
+    report = build_table(
+        out,
+        [SPACE],
+        DeviceOptions("host"),
+        settings=Settings(input_size=SIZE),
+        cache_dir=cache,
+        show_progress=False,
+    )
+    assert report.measured == len(expected) - 1 and report.missing == 1
+    assert report.errors and bad in report.errors[0]
+    with TableStore.open(out) as store:
+        assert store.measured_keys() == set(expected) - {bad}
+    # The next build (conversions working again) measures just that op.
+    monkeypatch.setattr(micromodel, "micromodel_paths", real)
+    report = build_table(
+        out,
+        [SPACE],
+        DeviceOptions("host"),
+        settings=Settings(input_size=SIZE),
+        cache_dir=cache_dir / "micromodels",
+        show_progress=False,
+    )
+    assert (report.already, report.measured, report.missing) == (len(expected) - 1, 1, 0)

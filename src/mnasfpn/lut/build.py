@@ -167,7 +167,7 @@ def build_table(
 ) -> BuildReport:
     from tqdm import tqdm
 
-    from mnasfpn.profiler.micromodel import micromodel_paths
+    from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
 
     t_start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir() / "micromodels"
@@ -204,6 +204,7 @@ def build_table(
                     infos,
                     report,
                     convert=lambda ks, cb: micromodel_paths(ks, cache_dir, jobs=jobs, progress=cb),
+                    path_of=lambda k: cache_path(k, cache_dir),
                     concurrent=info.get("kind") != "host",
                     show_progress=show_progress,
                     tqdm=tqdm,
@@ -231,6 +232,7 @@ def _measure(
     report: BuildReport,
     *,
     convert: Callable[[list[str], Callable[[int], None] | None], dict[str, Path]],
+    path_of: Callable[[str], Path],
     concurrent: bool,
     show_progress: bool,
     tqdm: Any,
@@ -246,11 +248,14 @@ def _measure(
         try:
             batches = _chunks(missing, PHONE_BATCH) if concurrent else [missing]
             for batch in batches:
-                paths = convert(batch, conv_bar.update)
+                try:
+                    paths = convert(batch, conv_bar.update)
+                except Exception as exc:  # some ops failed to convert: time the others
+                    conv_error.append((str(exc).splitlines() or [type(exc).__name__])[0])
+                    paths = {k: p for k in batch if (p := path_of(k)).is_file()}
                 for k in batch:
-                    work.put((k, paths[k]))
-        except Exception as exc:  # conversion failure: stop feeding, report
-            conv_error.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    if k in paths:
+                        work.put((k, paths[k]))
         finally:
             report.convert_s = time.perf_counter() - t0
             for _ in devices:
