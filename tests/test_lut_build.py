@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -224,8 +225,11 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         raise micromodel.MicromodelError(f"1 op(s) failed to convert, first {bad!r}: boom")
 
     monkeypatch.setattr(micromodel, "micromodel_paths", failing)
-    # The table's cache folder holds no file for `bad` (a fresh cache would not either).
+    # A copy of the shared cache (conversions already made) without `bad`'s micro-model.
     cache = tmp_path / "cache"
+    if (cache_dir / "micromodels").is_dir():
+        shutil.copytree(cache_dir / "micromodels", cache)
+        micromodel.cache_path(bad, cache).unlink(missing_ok=True)
     out = tmp_path / "t.sqlite"
     report = build_table(
         out,
