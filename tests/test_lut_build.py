@@ -52,12 +52,12 @@ def _build_cmd(out: Path, cache: Path, *extra: str) -> list[str]:
     ]
 
 
-def _row_count(path: Path) -> int:
+def _count(path: Path, table: str) -> int:
     if not path.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as c:
-            return int(c.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
+            return int(c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
     except sqlite3.Error:
         return 0
 
@@ -65,50 +65,73 @@ def _row_count(path: Path) -> int:
 def test_build_resumes_after_sigkill_without_remeasuring(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "host.sqlite"
     expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    timings = 2 * len(expected)  # two passes over every key
     # Slow timing (many runs per op) so the kill lands in the middle of the timing phase.
     slow = ("--set", "num_runs=3000", "--set", "min_repeats=3", "--set", "max_repeats=3")
     proc = subprocess.Popen(
-        _build_cmd(out, cache_dir, *slow),
+        _build_cmd(out, cache_dir, "--passes", "2", *slow),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
     try:
-        while _row_count(out) < 5:
+        while _count(out, "op_passes") < 5:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < deadline, "build never committed a row"
             time.sleep(0.02)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed_at = _row_count(out)
-    assert 5 <= killed_at < len(expected), "the kill must interrupt the build"
+    killed_at = _count(out, "op_passes")
+    assert 5 <= killed_at < timings, "the kill must interrupt the build"
 
-    res = subprocess.run(_build_cmd(out, cache_dir), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        _build_cmd(out, cache_dir, "--passes", "2"), capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"{killed_at} measured, {len(expected) - killed_at} to measure" in res.stdout
+    assert f"({timings - killed_at} timings, 2 passes)" in res.stdout
 
     with TableStore.open(out) as store:
         rows = store.op_rows()
-        log = store.measurement_log()
         sessions = [s["id"] for s in store.sessions() if s["kind"] == "build"]
     assert {r.key for r in rows} == expected
     assert len(sessions) == 2
-    per_session = Counter(r.session for r in rows)
-    assert per_session[sessions[0]] == killed_at
-    assert per_session[sessions[1]] == len(expected) - killed_at
-    # Every key was measured exactly once, over both runs together.
-    measured = Counter(k for k, _, ok, _ in log if ok)
-    assert set(measured) == expected and set(measured.values()) == {1}
     with sqlite3.connect(out) as c:
+        passes = c.execute("SELECT key, pass, session FROM op_passes").fetchall()
+        log = c.execute("SELECT key, pass FROM measurements WHERE ok = 1").fetchall()
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    per_session = Counter(session for _, _, session in passes)
+    assert per_session[sessions[0]] == killed_at
+    assert per_session[sessions[1]] == timings - killed_at
+    # Every (key, pass) was timed exactly once, over both runs together.
+    measured = Counter(log)
+    assert set(measured) == {(k, p) for k in expected for p in (0, 1)}
+    assert set(measured.values()) == {1}
     # A third build has nothing left to do.
-    res = subprocess.run(_build_cmd(out, cache_dir), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        _build_cmd(out, cache_dir, "--passes", "2"), capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0 and "0 to measure" in res.stdout
     table = LatencyTable.open(out)
     assert len(table.latencies) == len(expected)
     assert all(v > 0 for v in table.latencies.values())
+
+
+def test_an_op_entry_is_its_fastest_pass(tmp_path: Path) -> None:
+    with TableStore.open(tmp_path / "t.sqlite", create=True) as store:
+        sid = store.start_session("build", {"kind": "host"})
+        key = "add/8x8x64/act=none"
+        for p, median in enumerate((2.0, 1.5, 3.0)):
+            done = store.add_op_pass(
+                key, p, passes=3, median_ms=median, min_ms=median - 0.1, std_ms=0.1,
+                runs=10, dispersion=0.01, session=sid,
+            )  # fmt: skip
+            assert done == (p == 2)
+            assert (key in store.measured_keys()) == done
+        (row,) = store.op_rows()
+    assert (row.median_ms, row.min_ms, row.runs) == (1.5, 1.4, 30)
+    assert row.dispersion == pytest.approx((3.0 - 1.5) / 1.5)
 
 
 def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
@@ -142,6 +165,7 @@ def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> Non
             [SPACE],
             opts,
             settings=Settings(input_size=SIZE),
+            passes=1,
             cache_dir=cache_dir / "micromodels",
             show_progress=False,
         )
@@ -197,6 +221,7 @@ def test_build_sharded_across_two_phones(
             [SPACE],
             opts,
             settings=Settings(input_size=SIZE),
+            passes=1,
             cache_dir=cache_dir / "micromodels",
             show_progress=False,
         )
@@ -236,6 +261,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         [SPACE],
         DeviceOptions("host"),
         settings=Settings(input_size=SIZE),
+        passes=1,
         cache_dir=cache,
         show_progress=False,
     )
@@ -250,6 +276,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         [SPACE],
         DeviceOptions("host"),
         settings=Settings(input_size=SIZE),
+        passes=1,
         cache_dir=cache_dir / "micromodels",
         show_progress=False,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -117,8 +118,10 @@ class DeviceOptions:
 @dataclass
 class BuildReport:
     keys: int
-    already: int
-    measured: int = 0
+    already: int  # keys complete (every pass) before this run
+    passes: int = 1
+    measured: int = 0  # keys completed by this run
+    timings: int = 0  # single-pass timings done by this run
     failed: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     convert_s: float = 0.0
@@ -128,6 +131,14 @@ class BuildReport:
     @property
     def missing(self) -> int:
         return self.keys - self.already - self.measured
+
+
+def pass_order(keys: Sequence[str], pass_index: int) -> list[str]:
+    """The keys in this pass's own order, so that a burst of load on the machine slows
+    different ops in different passes (and the fastest pass of each op is a quiet one)."""
+    order = list(keys)
+    random.Random(pass_index).shuffle(order)
+    return order
 
 
 def open_table_for(
@@ -161,6 +172,7 @@ def build_table(
     *,
     settings: Settings,
     jobs: int = 2,
+    passes: int = 3,
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
@@ -185,21 +197,29 @@ def build_table(
         identity = identity_of(info, device.name, settings)
         store = open_table_for(out, identity, info, spaces)
         try:
-            measured = store.measured_keys()
-            missing = [k for k in keys if k not in measured]
-            report = BuildReport(keys=len(keys), already=len(keys) - len(missing))
+            complete = store.measured_keys()
+            done = store.passes_done()
+            work = [
+                (k, p)
+                for p in range(passes)
+                for k in pass_order(keys, p)
+                if k not in complete and p not in done.get(k, ())
+            ]
+            missing = {k for k, _ in work}
+            report = BuildReport(keys=len(keys), already=len(keys) - len(missing), passes=passes)
             echo(
                 f"{out}: {len(keys)} op keys for {', '.join(spaces)} at {settings.input_size}; "
-                f"{report.already} measured, {len(missing)} to measure on {device.name}"
+                f"{report.already} measured, {len(missing)} to measure on {device.name} "
+                f"({len(work)} timings, {passes} passes)"
             )
-            if missing:
+            if work:
                 session = store.start_session(
                     "build", info, note=f"spaces={','.join(spaces)} missing={len(missing)}"
                 )
                 _measure(
                     store,
                     session,
-                    missing,
+                    work,
                     devices,
                     infos,
                     report,
@@ -226,7 +246,7 @@ def _chunks(items: Sequence[str], n: int) -> Iterable[list[str]]:
 def _measure(
     store: TableStore,
     session: str,
-    missing: list[str],
+    work_items: list[tuple[str, int]],
     devices: list[Any],
     infos: list[dict[str, Any]],
     report: BuildReport,
@@ -237,25 +257,35 @@ def _measure(
     show_progress: bool,
     tqdm: Any,
 ) -> None:
-    work: queue.Queue[tuple[str, Path] | None] = queue.Queue()
+    work: queue.Queue[tuple[str, int, Path] | None] = queue.Queue()
     lock = threading.Lock()
+    first_pass: dict[str, int] = {}
+    for k, p in work_items:
+        first_pass.setdefault(k, p)
+    missing = list(first_pass)
+    passes = report.passes
     conv_bar = tqdm(total=len(missing), desc="convert", unit="op", disable=not show_progress)
-    time_bar = tqdm(total=len(missing), desc="time", unit="op", disable=not show_progress)
+    time_bar = tqdm(total=len(work_items), desc="time", unit="op", disable=not show_progress)
     conv_error: list[str] = []
 
     def producer() -> None:
         t0 = time.perf_counter()
         try:
             batches = _chunks(missing, PHONE_BATCH) if concurrent else [missing]
+            paths: dict[str, Path] = {}
             for batch in batches:
                 try:
-                    paths = convert(batch, conv_bar.update)
+                    paths.update(convert(batch, conv_bar.update))
                 except Exception as exc:  # some ops failed to convert: time the others
                     conv_error.append((str(exc).splitlines() or [type(exc).__name__])[0])
-                    paths = {k: p for k in batch if (p := path_of(k)).is_file()}
-                for k in batch:
-                    if k in paths:
-                        work.put((k, paths[k]))
+                    paths.update({k: p for k in batch if (p := path_of(k)).is_file()})
+                if concurrent:  # a phone times each op once while the rest converts
+                    for k in batch:
+                        if k in paths:
+                            work.put((k, first_pass[k], paths[k]))
+            for k, p in work_items:
+                if k in paths and not (concurrent and p == first_pass[k]):
+                    work.put((k, p, paths[k]))
         finally:
             report.convert_s = time.perf_counter() - t0
             for _ in devices:
@@ -273,16 +303,18 @@ def _measure(
                     nxt = work.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    work.put(None)
+                if nxt is None or any(nxt[0] == k for k, _, _ in batch):
+                    work.put(nxt)  # one copy of a model per push: its next pass waits
                     break
                 batch.append(nxt)
 
             def on_result(i: int, total: int, res: Any, batch: list = batch) -> None:
-                key = batch[i][0]
+                key, pass_index = batch[i][0], batch[i][1]
                 if res.ok and res.median_ms is not None:
-                    store.add_op(
+                    completed = store.add_op_pass(
                         key,
+                        pass_index,
+                        passes=passes,
                         median_ms=res.median_ms,
                         min_ms=res.min_ms,
                         std_ms=res.std_ms,
@@ -292,15 +324,18 @@ def _measure(
                         worker=worker,
                     )
                     with lock:
-                        report.measured += 1
+                        report.timings += 1
+                        report.measured += completed
                 else:
-                    store.add_failure(key, res.error or "failed", session=session)
+                    store.add_failure(
+                        key, res.error or "failed", session=session, pass_index=pass_index
+                    )
                     with lock:
                         report.failed.append((key, res.error or "failed"))
                 time_bar.update(1)
 
             try:
-                dev.time_models([p for _, p in batch], on_result)
+                dev.time_models([path for _, _, path in batch], on_result)
             except Exception as exc:  # the device went away: leave the rest for a resume
                 with lock:
                     report.errors.append(f"{worker}: {str(exc).splitlines()[0]}")

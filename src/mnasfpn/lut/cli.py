@@ -105,6 +105,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     help="Parallel conversion processes.",
 )
 @click.option(
+    "--passes",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Timing passes per op, each over all ops in a new order; an op's entry is its "
+    "fastest pass, so a pass slowed by other load on the device is outvoted.",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -122,6 +130,7 @@ def build_command(
     benchmark_binary: str | None,
     profile_set: tuple[str, ...],
     jobs: int,
+    passes: int,
     cache_dir: Path | None,
     quiet: bool,
 ) -> None:
@@ -154,6 +163,7 @@ def build_command(
             options,
             settings=Settings(input_size=input_size),
             jobs=jobs,
+            passes=passes,
             cache_dir=cache_dir / "micromodels" if cache_dir else None,
             echo=click.echo,
             show_progress=not quiet,
@@ -161,8 +171,8 @@ def build_command(
     except _known_errors() as exc:
         raise _fail(exc) from None
     click.echo(
-        f"measured {report.measured} ops in {report.total_s:.1f} s (convert "
-        f"{report.convert_s:.1f} s, time {report.time_s:.1f} s); table has "
+        f"measured {report.measured} ops ({report.timings} timings) in {report.total_s:.1f} s "
+        f"(convert {report.convert_s:.1f} s, time {report.time_s:.1f} s); table has "
         f"{report.already + report.measured}/{report.keys} keys: {out}"
     )
     if report.failed or report.errors or report.missing:

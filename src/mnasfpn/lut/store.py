@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "mnasfpn-lut"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -45,9 +45,23 @@ CREATE TABLE IF NOT EXISTS ops (
     session TEXT NOT NULL,
     worker TEXT
 );
+CREATE TABLE IF NOT EXISTS op_passes (
+    key TEXT NOT NULL,
+    pass INTEGER NOT NULL,
+    median_ms REAL NOT NULL,
+    min_ms REAL,
+    std_ms REAL,
+    runs INTEGER NOT NULL,
+    dispersion REAL,
+    measured_at TEXT NOT NULL,
+    session TEXT NOT NULL,
+    worker TEXT,
+    PRIMARY KEY (key, pass)
+);
 CREATE TABLE IF NOT EXISTS measurements (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
+    pass INTEGER,
     session TEXT NOT NULL,
     ok INTEGER NOT NULL,
     error TEXT,
@@ -79,7 +93,16 @@ CREATE TABLE IF NOT EXISTS calibration (
     fitted_at TEXT NOT NULL
 );
 """
-_TABLES = ("meta", "sessions", "ops", "measurements", "e2e_archs", "e2e_runs", "calibration")
+_TABLES = (
+    "meta",
+    "sessions",
+    "ops",
+    "op_passes",
+    "measurements",
+    "e2e_archs",
+    "e2e_runs",
+    "calibration",
+)
 
 # What makes two tables comparable: a build never mixes measurements that differ in these.
 IDENTITY_FIELDS: tuple[str, ...] = (
@@ -354,37 +377,78 @@ class TableStore:
         session: str,
         worker: str | None = None,
     ) -> None:
-        """Insert one measured op and its log entry in a single transaction."""
+        """Insert one op measured in a single pass (entry and log in one transaction)."""
+        self.add_op_pass(
+            key, 0, passes=1, median_ms=median_ms, min_ms=min_ms, std_ms=std_ms, runs=runs,
+            dispersion=dispersion, session=session, worker=worker,
+        )  # fmt: skip
+
+    def add_op_pass(
+        self,
+        key: str,
+        pass_index: int,
+        *,
+        passes: int,
+        median_ms: float,
+        min_ms: float | None,
+        std_ms: float | None,
+        runs: int,
+        dispersion: float | None,
+        session: str,
+        worker: str | None = None,
+    ) -> bool:
+        """Record one timing pass of `key` in one transaction; once `passes` passes are in,
+        write the op's entry in the same transaction. True when the entry was written.
+
+        The entry is the fastest pass median: load from other processes only ever slows a
+        pass down, so a pass that ran beside other work is outvoted by a quiet one."""
         if not (median_ms == median_ms) or median_ms < 0:  # NaN or negative
             raise ValueError(f"{key}: invalid latency {median_ms!r}")
         at = now()
         with self._tx() as c:
             c.execute(
-                "INSERT INTO ops(key, type, median_ms, min_ms, std_ms, runs, dispersion, "
+                "INSERT INTO op_passes(key, pass, median_ms, min_ms, std_ms, runs, dispersion, "
                 "measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    op_type_of(key),
-                    median_ms,
-                    min_ms,
-                    std_ms,
-                    runs,
-                    dispersion,
-                    at,
-                    session,
-                    worker,
-                ),
-            )
+                (key, pass_index, median_ms, min_ms, std_ms, runs, dispersion, at, session,
+                 worker),
+            )  # fmt: skip
             c.execute(
-                "INSERT INTO measurements(key, session, ok, error, at) VALUES (?, ?, 1, NULL, ?)",
-                (key, session, at),
+                "INSERT INTO measurements(key, pass, session, ok, error, at) "
+                "VALUES (?, ?, ?, 1, NULL, ?)",
+                (key, pass_index, session, at),
             )
+            rows = c.execute(
+                "SELECT median_ms, min_ms, runs FROM op_passes WHERE key = ? ORDER BY median_ms",
+                (key,),
+            ).fetchall()
+            if len(rows) < passes:
+                return False
+            medians = [r[0] for r in rows]
+            mins = [r[1] for r in rows if r[1] is not None]
+            # Across passes, the spread of the medians says how much the machine moved.
+            spread = (medians[-1] - medians[0]) / medians[0] if medians[0] > 0 else None
+            c.execute(
+                "INSERT OR REPLACE INTO ops(key, type, median_ms, min_ms, std_ms, runs, "
+                "dispersion, measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, op_type_of(key), medians[0], min(mins) if mins else None, std_ms,
+                 sum(r[2] for r in rows), spread, at, session, worker),
+            )  # fmt: skip
+            return True
 
-    def add_failure(self, key: str, error: str, *, session: str) -> None:
+    def passes_done(self) -> dict[str, set[int]]:
+        done: dict[str, set[int]] = {}
+        for key, p in self._query("SELECT key, pass FROM op_passes"):
+            done.setdefault(key, set()).add(int(p))
+        return done
+
+    def add_failure(
+        self, key: str, error: str, *, session: str, pass_index: int | None = None
+    ) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO measurements(key, session, ok, error, at) VALUES (?, ?, 0, ?, ?)",
-                (key, session, error, now()),
+                "INSERT INTO measurements(key, pass, session, ok, error, at) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (key, pass_index, session, error, now()),
             )
 
     def measurement_log(self) -> list[tuple[str, str, bool, str | None]]:
