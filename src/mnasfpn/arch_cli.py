@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
 from mnasfpn.searchspace.genotype import Genotype, GenotypeError
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
+from mnasfpn.tfenv import quiet_tensorflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -251,7 +251,7 @@ def export(
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     # TensorFlow loads only here: the other commands must stay instant.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     from mnasfpn.model.export import export_tflite
 
     try:

@@ -108,10 +108,27 @@ def collapse(features: Any, feature_set: str) -> tuple[Any, list[str]]:
     return out, names
 
 
+# Pull of each scale toward 1 (the raw table), in units of the milliseconds that scale
+# moves on an average training architecture (at least 1% of the mean latency, so a sliver
+# op type cannot stand in for something else at scale 70). Small: it decides only what
+# the data leave undecided.
+SHRINK = 0.01
+PULL_FLOOR = 0.01
+# A feature whose summed latency varies less than this (relative) across the training
+# architectures cannot be told apart from the overhead term: its scale stays 1.
+CONSTANT_CV = 0.01
+
+
 def fit_calibration(
-    features: Any, measured: Sequence[float], feature_set: str = "type", *, relative: bool = False
+    features: Any,
+    measured: Sequence[float],
+    feature_set: str = "type",
+    *,
+    relative: bool = False,
+    shrink: float = SHRINK,
 ) -> Calibration:
-    """Overhead + non-negative per-feature scales (scikit-learn, positive least squares).
+    """Overhead + non-negative per-feature scales (scikit-learn positive least squares),
+    shrunk toward the raw table.
 
     With `relative`, squared errors are weighted by 1/measured², i.e. the fit minimizes
     relative rather than absolute error (what a ±10% target asks for)."""
@@ -120,17 +137,37 @@ def fit_calibration(
 
     x, names = collapse(features, feature_set)
     y = np.asarray(measured, dtype=float)
-    used = np.flatnonzero(x.any(axis=0))
-    model = LinearRegression(positive=True)
-    model.fit(x[:, used], y, sample_weight=1.0 / y**2 if relative else None)
-    scales = {names[j]: float(c) for j, c in zip(used, model.coef_, strict=True)}
-    pred = model.predict(x[:, used])
+    n = len(y)
+    mean = x.mean(axis=0)
+    varies = x.std(axis=0) > CONSTANT_CV * np.maximum(mean, 1e-12)
+    fitted = np.flatnonzero(x.any(axis=0) & varies)
+    fixed = np.flatnonzero(x.any(axis=0) & ~varies)
+    target = y - x[:, fixed].sum(axis=1)  # constant features keep scale 1
+    k = len(fitted)
+    # Columns: the fitted features, then +1 and -1 so the overhead may take either sign
+    # while LinearRegression(positive=True) keeps every scale >= 0.
+    design = np.hstack([x[:, fitted], np.ones((n, 1)), -np.ones((n, 1))])
+    weight = 1.0 / y**2 if relative else np.ones(n)
+    if k and shrink > 0:
+        pull = np.sqrt(shrink * n) * np.maximum(mean[fitted], PULL_FLOOR * y.mean())
+        design = np.vstack([design, np.hstack([np.diag(pull), np.zeros((k, 2))])])
+        target = np.concatenate([target, pull])  # row j: pull · s_j ≈ pull
+        weight = np.concatenate([weight, np.full(k, weight[:n].mean())])
+    model = LinearRegression(positive=True, fit_intercept=False)
+    model.fit(design, target, sample_weight=weight)
+    coef = model.coef_
+    scales = {names[j]: float(c) for j, c in zip(fitted, coef[:k], strict=True)}
+    scales.update({names[j]: 1.0 for j in fixed})
+    intercept = float(coef[k] - coef[k + 1])
+    pred = intercept + x[:, fitted] @ coef[:k] + x[:, fixed].sum(axis=1)
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     stats = {
-        "n_train": len(y),
+        "n_train": n,
         "train_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
         "train_mape": float(np.mean(np.abs(pred - y) / y)),
         "weighting": "relative" if relative else "absolute",
+        "shrink": shrink,
+        "fixed_at_1": [names[j] for j in fixed],
     }
-    return Calibration(float(model.intercept_), scales, feature_set, stats)
+    return Calibration(intercept, scales, feature_set, stats)

@@ -25,9 +25,9 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  device: {meta.get('profile')} ({meta.get('device_model')}, {meta.get('abi')}); "
         f"{meta.get('runtime')} {meta.get('runtime_version')}; converter "
         f"tensorflow {meta.get('converter_version')}",
-        f"  device details: governor {info.get('governor')}, core {info.get('core')}, "
-        f"freq {info.get('cur_freq_khz')}/{info.get('max_freq_khz')} kHz, "
-        f"os {info.get('os_version')}",
+        f"  device details: governor {_known(info.get('governor'))}, core "
+        f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
+        f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
         f"{', '.join(meta.get('spaces', [])) or '-'}",
@@ -107,3 +107,8 @@ def export_csv(path: Path, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     return len(frame)
+
+
+def _known(value: object) -> object:
+    # A VM or a locked-down phone may not expose cpufreq; say so rather than "None".
+    return "unreadable" if value is None else value

@@ -31,6 +31,7 @@ from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
+from mnasfpn.tfenv import quiet_tensorflow
 
 SAMPLE_REPEATS = (3, 4, 5)
 POOL_PER_SAMPLE = 50
@@ -90,10 +91,8 @@ def sample_architectures(
 
 
 def _export_one(doc: dict[str, Any], settings: dict[str, Any], out: str) -> tuple[str, float]:
-    import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    quiet_tensorflow()
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from mnasfpn.atomic import write_atomic
 from mnasfpn.ir.graph import OpGraph
+from mnasfpn.tfenv import quiet_tensorflow
 
 
 def convert_keras(model: Any) -> bytes:
     """Float32 TFLite flatbuffer of a Keras model, outputs in the model's output order."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,

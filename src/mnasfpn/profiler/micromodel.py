@@ -9,7 +9,6 @@ for most of its time); files are written atomically, so a killed build leaves no
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
@@ -18,6 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from mnasfpn.ir.ops import parse_key
+from mnasfpn.tfenv import quiet_tensorflow
 
 
 @cache
@@ -64,8 +64,7 @@ def convert_key(key: str, out: Path) -> Path:
 
 
 def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None]]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    quiet_tensorflow()
     done = []
     for key in keys:
         out = cache_path(key, Path(cache_dir))
