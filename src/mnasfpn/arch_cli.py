@@ -22,7 +22,6 @@ from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
 from mnasfpn.searchspace.genotype import Genotype, GenotypeError
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
-from mnasfpn.tfenv import quiet_tensorflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -251,7 +250,6 @@ def export(
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     # TensorFlow loads only here: the other commands must stay instant.
-    quiet_tensorflow()
     from mnasfpn.model.export import export_tflite
 
     try:

@@ -1,13 +1,41 @@
-"""Quiet TensorFlow start-up, set before it is first imported in this process or in the
+"""Quiet TensorFlow start-up: set before it is first imported in this process or in the
 worker processes it spawns (they inherit the environment)."""
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from typing import Any
 
 
 def quiet_tensorflow() -> None:
-    # 3 hides the C++ start-up chatter, including the "failed call to cuInit" error every
-    # CPU-only machine prints; a user can still set their own level beforehand.
+    # 3 hides TensorFlow's own C++ logging below errors; a user's own setting wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def load_tensorflow() -> Any:
+    """Import TensorFlow (and with it Keras' backend) without its start-up banner.
+
+    On a CPU-only machine its import prints oneDNN and "no CUDA driver" lines through absl
+    before any log level applies; they would bury a command's real output (and repeat once
+    per worker process). The import's stderr is held back and shown only if it fails."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    quiet_tensorflow()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf

@@ -31,7 +31,6 @@ from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
-from mnasfpn.tfenv import quiet_tensorflow
 
 SAMPLE_REPEATS = (3, 4, 5)
 POOL_PER_SAMPLE = 50
@@ -91,11 +90,6 @@ def sample_architectures(
 
 
 def _export_one(doc: dict[str, Any], settings: dict[str, Any], out: str) -> tuple[str, float]:
-
-    quiet_tensorflow()
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
     from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
     from mnasfpn.model.export import export_tflite
 

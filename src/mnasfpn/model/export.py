@@ -8,13 +8,12 @@ from typing import Any
 
 from mnasfpn.atomic import write_atomic
 from mnasfpn.ir.graph import OpGraph
-from mnasfpn.tfenv import quiet_tensorflow
+from mnasfpn.tfenv import load_tensorflow
 
 
 def convert_keras(model: Any) -> bytes:
     """Float32 TFLite flatbuffer of a Keras model, outputs in the model's output order."""
-    quiet_tensorflow()
-    import tensorflow as tf
+    tf = load_tensorflow()
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -41,6 +40,7 @@ def convert_keras(model: Any) -> bytes:
 
 
 def export_tflite(graph: OpGraph, out: Path | str, *, seed: int = 0) -> Path:
+    load_tensorflow()
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(graph, seed=seed)

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from mnasfpn.ir.ops import parse_key
-from mnasfpn.tfenv import quiet_tensorflow
+from mnasfpn.tfenv import load_tensorflow
 
 
 @cache
@@ -34,6 +34,7 @@ def cache_path(key: str, cache_dir: Path) -> Path:
 
 
 def build_micromodel(key: str):  # -> keras.Model
+    load_tensorflow()
     import keras
 
     from mnasfpn.model.layers import make_layer
@@ -64,7 +65,6 @@ def convert_key(key: str, out: Path) -> Path:
 
 
 def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None]]:
-    quiet_tensorflow()
     done = []
     for key in keys:
         out = cache_path(key, Path(cache_dir))
