@@ -150,7 +150,6 @@ def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert message in res.output and res.output.count("\n") == 1
 
 
-@pytest.mark.slow  # ~2 min: the emulator's benchmark_model really runs every micro-model
 def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> None:
     emulator = pytest.importorskip("adbd_emulator")
     from adbd_emulator.fixtures import QUICK
@@ -199,7 +198,6 @@ def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> Non
     assert res.exit_code == 1 and "profile 'pixel4' here vs 'host' now" in res.output
 
 
-@pytest.mark.slow  # ~2 min: two emulated phones run every micro-model
 def test_build_sharded_across_two_phones(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
