@@ -36,6 +36,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/host_timing_spread.py
+	$(BIN)/python benchmarks/lut_build_time.py
 	$(BIN)/python benchmarks/lut_predict_speed.py
 
 clean:

@@ -13,18 +13,18 @@ sharing the pinned core inflates less than the median).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def build_models(directory: Path) -> dict[str, Path]:
+    from mnasfpn.model.export import convert_keras
+    from mnasfpn.tfenv import load_tensorflow
+
+    load_tensorflow()
     import keras
-    import tensorflow as tf
 
     layers = keras.layers
     tiny = keras.Sequential(
@@ -41,7 +41,7 @@ def build_models(directory: Path) -> dict[str, Path]:
     out = {}
     for name, model in (("tiny_conv", tiny), ("conv_stack", mid), ("mobilenetv2_0.35", mobilenet)):
         path = directory / f"{name}.tflite"
-        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        path.write_bytes(convert_keras(model))
         out[name] = path
     return out
 

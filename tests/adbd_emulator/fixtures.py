@@ -20,13 +20,15 @@ def build_models(directory: Path) -> dict[str, Path]:
     """Two small float models and a corrupt file; built once per test process."""
     if _MODELS:
         return dict(_MODELS)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mnasfpn.model.export import convert_keras
+    from mnasfpn.tfenv import load_tensorflow
+
+    load_tensorflow()
     import keras
-    import tensorflow as tf
 
     def convert(model: keras.Model, name: str) -> Path:
         path = directory / f"{name}.tflite"
-        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        path.write_bytes(convert_keras(model))
         return path
 
     tiny = keras.Sequential(
