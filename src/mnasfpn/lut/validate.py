@@ -28,6 +28,7 @@ from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of
 from mnasfpn.lut.calibration import FEATURE_SETS, Calibration, fit_calibration
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
+from mnasfpn.parallel import spawn_map
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
@@ -117,21 +118,10 @@ def export_models(
     todo = [(g, p) for g, p in jobs_list if not p.exists()]
     if not todo:
         return 0.0
-    if jobs <= 1:
-        for g, p in todo:
-            _export_one(g.to_dict(), settings, str(p))
-            if progress:
-                progress(1)
-    else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_export_one, g.to_dict(), settings, str(p)) for g, p in todo]
-            for fut in as_completed(futures):
-                fut.result()
-                if progress:
-                    progress(1)
+    tasks = [(g.to_dict(), settings, str(p)) for g, p in todo]
+    for _ in spawn_map(_export_one, tasks, jobs):
+        if progress:
+            progress(1)
     return time.perf_counter() - t0
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
 from importlib import metadata
-from multiprocessing import get_context
 from pathlib import Path
 
 from mnasfpn.ir.ops import parse_key
+from mnasfpn.parallel import spawn_map
 from mnasfpn.tfenv import load_tensorflow
 
 
@@ -99,21 +98,10 @@ def micromodel_paths(
         return paths
     failures: list[tuple[str, str]] = []
     batches = [missing[i : i + chunk] for i in range(0, len(missing), chunk)]
-    if jobs <= 1:
-        results = (_convert_many(b, str(cache_dir)) for b in batches)
-        for done in results:
-            failures += [(k, e) for k, e in done if e]
-            if progress:
-                progress(len(done))
-    else:
-        # spawn: TensorFlow is not fork-safe once imported by the parent.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_convert_many, b, str(cache_dir)) for b in batches]
-            for fut in as_completed(futures):
-                done = fut.result()
-                failures += [(k, e) for k, e in done if e]
-                if progress:
-                    progress(len(done))
+    for done in spawn_map(_convert_many, [(b, str(cache_dir)) for b in batches], jobs):
+        failures += [(k, e) for k, e in done if e]
+        if progress:
+            progress(len(done))
     if failures:
         key, err = failures[0]
         raise MicromodelError(f"{len(failures)} op(s) failed to convert, first {key!r}: {err}")
