@@ -1,0 +1,59 @@
+"""What a detector is built for, apart from its head: one place for the defaults that the
+IR, the table, validation, training and search all share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph, check_input_size
+from mnasfpn.ir.graph import OpGraph
+from mnasfpn.searchspace.genotype import Genotype
+
+
+class ConfigError(MnasfpnError, ValueError):
+    """A detector configuration that cannot be built (bad input size, width, ...)."""
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Input size, classes, backbone width and predictor depth (the paper's defaults)."""
+
+    input_size: int = 320
+    num_classes: int = 90
+    alpha: float = 1.0
+    depth: int = 64
+
+    def __post_init__(self) -> None:
+        try:
+            check_input_size(self.input_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {self.num_classes}")
+        if not 0 < self.alpha <= 2:
+            raise ConfigError(f"backbone alpha must be in (0, 2], got {self.alpha}")
+        if self.depth < 1:
+            raise ConfigError(f"predictor depth must be at least 1, got {self.depth}")
+
+    @property
+    def backbone(self) -> BackboneConfig:
+        return BackboneConfig(alpha=self.alpha)
+
+    @property
+    def predictor(self) -> PredictorConfig:
+        return PredictorConfig(depth=self.depth)
+
+    def opgraph(self, genotype: Genotype) -> OpGraph:
+        """The whole detector's OpGraph for `genotype` under this configuration."""
+        return build_opgraph(
+            genotype,
+            backbone=self.backbone,
+            predictor=self.predictor,
+            input_size=self.input_size,
+            num_classes=self.num_classes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
