@@ -199,12 +199,13 @@ class AdbDevice(Device):
             outputs.append(self._run_once(remote_model))
             return [outputs[-1].inference_avg_ms]
 
-        samples, rounds, stable = repeat_until_stable(
+        by_round, rounds, stable = repeat_until_stable(
             one_round,
             min_repeats=p.min_repeats,
             max_repeats=p.max_repeats,
             tolerance=p.stability_tolerance,
         )
+        samples = [x for r in by_round for x in r]
         runs = sum(o.inference.count if o.inference else p.num_runs for o in outputs)
         mins = [o.inference.min_us / 1000 for o in outputs if o.inference and o.inference.min_us]
         stds = [o.inference.std_us / 1000 for o in outputs if o.inference and o.inference.std_us]
