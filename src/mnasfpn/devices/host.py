@@ -233,7 +233,7 @@ class HostDevice(Device):
         except DeviceError as e:
             # A crash in native code kills only the worker; the next model gets a new one.
             return TimingResult.failed(label, str(e))
-        n, stable = tries[attempts.index(kept)]
+        n, stable = tries[next(i for i, a in enumerate(attempts) if a is kept)]
         return summarize(
             label,
             [x for r in kept.rounds for x in r],
