@@ -416,10 +416,12 @@ class AdbdEmulator:
         return self
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
+        # Its own reference: stop() may clear the attribute while accept() waits.
+        listener = self._listener
+        assert listener is not None
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

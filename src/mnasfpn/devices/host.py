@@ -131,7 +131,7 @@ class HostDevice(Device):
     model's), otherwise wall time.
     """
 
-    settle_s = 0.5
+    settle_s = 0.25
 
     def __init__(
         self, profile: Profile, *, statistic: str = DEFAULT_STATISTIC, clock: str | None = None

@@ -61,7 +61,7 @@ class Worker:
         if op == "run":
             return self.run(int(req["n"]))
         if op == "ref":
-            return self.reference(int(req.get("reps", 7)))
+            return self.reference(int(req.get("reps", 15)))
         if op == "unload":
             self.interp = None
             return {"ok": True}
