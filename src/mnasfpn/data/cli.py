@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mnasfpn.errors import MnasfpnError
+from mnasfpn.cli_common import handle_errors
 
 
 @click.group("data")
@@ -22,6 +22,7 @@ def data_group() -> None:
 @click.option("--classes", type=int, default=6, show_default=True, help="Shape classes (1..10).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the splits in a non-empty --out.")
+@handle_errors
 def synth_cmd(
     out: Path, n_train: int, n_val: int, size: int, classes: int, seed: int, force: bool
 ) -> None:
@@ -31,13 +32,10 @@ def synth_cmd(
     from mnasfpn.data.synth import SynthSpec, check_target, write_synthetic
 
     spec = SynthSpec(train=n_train, val=n_val, size=size, classes=classes, seed=seed)
-    try:
-        spec.check()
-        check_target(out, force)
-        with tqdm(total=n_train + n_val, unit="img", desc="synth") as bar:
-            counts = write_synthetic(out, spec, force=force, progress=bar.update)
-    except MnasfpnError as exc:
-        raise click.ClickException(str(exc)) from None
+    spec.check()
+    check_target(out, force)
+    with tqdm(total=n_train + n_val, unit="img", desc="synth") as bar:
+        counts = write_synthetic(out, spec, force=force, progress=bar.update)
     boxes = ", ".join(f"{split}: {n} boxes" for split, n in counts.items())
     click.echo(f"wrote {out} ({n_train} train / {n_val} val images; {boxes})")
 
@@ -50,6 +48,7 @@ def synth_cmd(
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing train/val splits in --out.")
+@handle_errors
 def split_cmd(
     root: Path,
     split: str,
@@ -62,31 +61,26 @@ def split_cmd(
     """Carve search-train / search-val splits (named train, val) out of one split."""
     from mnasfpn.data.split import split_coco
 
-    try:
-        counts = split_coco(
-            root, split, out, val_count=val_count, val_fraction=val_fraction, seed=seed,
-            force=force,
-        )  # fmt: skip
-    except MnasfpnError as exc:
-        raise click.ClickException(str(exc)) from None
+    counts = split_coco(
+        root, split, out, val_count=val_count, val_fraction=val_fraction, seed=seed,
+        force=force,
+    )  # fmt: skip
     click.echo(f"wrote {out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
 
 
 @data_group.command("show")
 @click.option("--data", "root", type=click.Path(path_type=Path), required=True)
 @click.option("--split", default="val", show_default=True)
+@handle_errors
 def show_cmd(root: Path, split: str) -> None:
     """Check one split and summarize it (images, boxes, classes, skipped annotations)."""
     import warnings
 
     from mnasfpn.data.coco import load_coco
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the summary reports the skipped counts
-            coco = load_coco(root, split)
-    except MnasfpnError as exc:
-        raise click.ClickException(str(exc)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the summary reports the skipped counts
+        coco = load_coco(root, split)
     click.echo(coco.summary())
     click.echo("classes: " + ", ".join(f"{i}={n}" for i, n in coco.categories))
 
