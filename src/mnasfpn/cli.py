@@ -23,10 +23,12 @@ def lut_main() -> None:
 
 def _register() -> None:
     from mnasfpn.arch_cli import register as register_arch
+    from mnasfpn.data.cli import register as register_data
     from mnasfpn.devices.cli import register as register_devices
     from mnasfpn.lut.cli import register as register_lut
 
     register_arch(main)
+    register_data(main)
     register_devices(lut_main)
     register_lut(lut_main)
 
