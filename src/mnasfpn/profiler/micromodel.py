@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.ops import parse_key
+from mnasfpn.ir.ops import op_type_of, parse_key
 from mnasfpn.parallel import spawn_map
 from mnasfpn.tfenv import load_tensorflow
 
@@ -29,8 +29,7 @@ def converter_version() -> str:
 def cache_path(key: str, cache_dir: Path) -> Path:
     # Keys are readable but long; a digest keeps file names short and safe everywhere.
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
-    op_type = key.split("/", 1)[0]
-    return Path(cache_dir) / f"tf-{converter_version()}" / f"{op_type}-{digest}.tflite"
+    return Path(cache_dir) / f"tf-{converter_version()}" / f"{op_type_of(key)}-{digest}.tflite"
 
 
 def build_micromodel(key: str):  # -> keras.Model
