@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.errors import MnasfpnError
+
 FORMAT = "mnasfpn-lut"
 SCHEMA_VERSION = 2
 
@@ -120,7 +122,7 @@ IDENTITY_FIELDS: tuple[str, ...] = (
 )
 
 
-class TableError(Exception):
+class TableError(MnasfpnError):
     """A latency table cannot be used as asked (the message is one line)."""
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.errors import MnasfpnError
+
 LEVELS: tuple[int, ...] = (3, 4, 5, 6)
 NUM_CELL_INPUTS = len(LEVELS)
 MERGES: tuple[str, ...] = ("add", "se")
@@ -20,7 +22,7 @@ FORMAT = "mnasfpn-genotype"
 FORMAT_VERSION = 1
 
 
-class GenotypeError(ValueError):
+class GenotypeError(MnasfpnError, ValueError):
     """A genotype document that is not a valid architecture; the message is one line."""
 
 
