@@ -28,6 +28,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from mnasfpn.atomic import write_atomic
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import MODEL_INPUT, Op, Shape, parse_key
 
@@ -70,7 +71,7 @@ OPCODES: dict[str, OpCode] = {
 }
 
 
-class WriterError(ValueError):
+class WriterError(MnasfpnError, ValueError):
     """An op the writer cannot express (an unknown type or activation)."""
 
 
