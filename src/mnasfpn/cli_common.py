@@ -165,6 +165,17 @@ def model_options(func: F) -> F:
 
     defaults = DetectorConfig()
 
+    def check(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+        # Each value is checked by DetectorConfig itself, so the error names the option.
+        def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            try:
+                DetectorConfig(**{field: value})
+            except ConfigError as exc:
+                raise click.BadParameter(one_line(exc), ctx=ctx, param=param) from None
+            return value
+
+        return callback
+
     @functools.wraps(func)
     def wrapper(
         *args: Any, input_size: int, num_classes: int, alpha: float, depth: int, **kwargs: Any
@@ -180,6 +191,7 @@ def model_options(func: F) -> F:
     options = [
         click.option(
             "--input-size",
+            callback=check("input_size"),
             type=int,
             default=defaults.input_size,
             show_default=True,
@@ -187,12 +199,14 @@ def model_options(func: F) -> F:
         ),
         click.option(
             "--num-classes",
+            callback=check("num_classes"),
             type=click.IntRange(min=1),
             default=defaults.num_classes,
             show_default=True,
         ),
         click.option(
             "--alpha",
+            callback=check("alpha"),
             type=float,
             default=defaults.alpha,
             show_default=True,
@@ -200,6 +214,7 @@ def model_options(func: F) -> F:
         ),
         click.option(
             "--depth",
+            callback=check("depth"),
             type=click.IntRange(min=1),
             default=defaults.depth,
             show_default=True,
