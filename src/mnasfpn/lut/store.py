@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.ops import op_type_of
+
 FORMAT = "mnasfpn-lut"
 SCHEMA_VERSION = 2
 
@@ -120,16 +123,12 @@ IDENTITY_FIELDS: tuple[str, ...] = (
 )
 
 
-class TableError(Exception):
+class TableError(MnasfpnError):
     """A latency table cannot be used as asked (the message is one line)."""
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-
-def op_type_of(key: str) -> str:
-    return key.split("/", 1)[0]
 
 
 @dataclass
