@@ -60,7 +60,8 @@ def test_a_model_timed_while_throttled_is_timed_again_after_a_cool_down(
     latencies = [r.latency_ms for r in results]
     assert all(x is not None for x in latencies)
     level = statistics.median(latencies)  # type: ignore[type-var]
-    assert max(latencies) < 2 * level  # type: ignore[type-var,operator]
+    # The kept timing is the unthrottled one (the throttled runs were 3× slower).
+    assert results[2].latency_ms < 2 * level  # type: ignore[operator]
     assert results[2].statistic == dev.statistic and results[2].clock == "wall"
 
 
