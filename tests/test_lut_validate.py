@@ -10,16 +10,16 @@ from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
 from mnasfpn.lut.calibration import FEATURE_SETS, feature_columns, fit_calibration
-from mnasfpn.lut.store import TableStore
-from mnasfpn.lut.table import LatencyTable
-from mnasfpn.lut.validate import (
+from mnasfpn.lut.fidelity import (
     METHODS,
     apply_calibration,
     choose_fit,
     cross_validate,
     metrics,
-    sample_architectures,
 )
+from mnasfpn.lut.store import TableStore
+from mnasfpn.lut.table import LatencyTable
+from mnasfpn.lut.validate import sample_architectures
 from test_lut_predict import make_table
 
 

@@ -86,7 +86,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     "--space",
     "spaces",
     multiple=True,
-    required=True,
+    default=("mnasfpn",),
+    show_default=True,
     help="Search space(s) whose op keys to measure (repeatable).",
 )
 @click.option("--input-size", type=int, default=320, show_default=True)
@@ -137,8 +138,8 @@ def build_command(
     """Measure every op key of the spaces (plus backbone, predictor and the named
     architectures) on a device; resumes where an interrupted build stopped."""
     from mnasfpn.ir.build import check_input_size
+    from mnasfpn.ir.config import DetectorConfig
     from mnasfpn.lut.build import DeviceOptions, build_table
-    from mnasfpn.lut.predictor import Settings
     from mnasfpn.searchspace.spaces import get_space
 
     try:
@@ -161,7 +162,7 @@ def build_command(
             out,
             list(dict.fromkeys(spaces)),
             options,
-            settings=Settings(input_size=input_size),
+            config=DetectorConfig(input_size=input_size),
             jobs=jobs,
             passes=passes,
             cache_dir=cache_dir / "micromodels" if cache_dir else None,
@@ -170,12 +171,19 @@ def build_command(
         )
     except _known_errors() as exc:
         raise _fail(exc) from None
+    if report.interrupted:
+        click.echo(
+            f"interrupted: {report.timings} timings of this run are kept in {out}; "
+            "run the same build again to resume",
+            err=True,
+        )
+        raise SystemExit(130)
     click.echo(
         f"measured {report.measured} ops ({report.timings} timings) in {report.total_s:.1f} s "
         f"(convert {report.convert_s:.1f} s, time {report.time_s:.1f} s); table has "
-        f"{report.already + report.measured}/{report.keys} keys: {out}"
+        f"{report.keys - report.missing}/{report.keys} keys: {out}"
     )
-    if report.failed or report.errors or report.missing:
+    if not report.ok:
         first = (
             report.errors[0]
             if report.errors

@@ -9,7 +9,7 @@ from mnasfpn.lut.store import TableStore
 
 
 def describe(path: Path, *, top: int = 10) -> str:
-    with TableStore.open(path) as store:
+    with TableStore.open(path, readonly=True) as store:
         meta = store.meta()
         rows = store.op_rows()
         e2e = store.e2e_archs()
@@ -73,7 +73,7 @@ def describe(path: Path, *, top: int = 10) -> str:
 def export_csv(path: Path, out: Path) -> int:
     import pandas as pd
 
-    with TableStore.open(path) as store:
+    with TableStore.open(path, readonly=True) as store:
         rows = store.op_rows()
     frame = pd.DataFrame(
         [
