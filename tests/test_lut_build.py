@@ -138,18 +138,23 @@ def test_an_op_entry_is_its_fastest_pass(tmp_path: Path) -> None:
 
 def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
     cases = [
-        (["--space", "nope"], "unknown search space 'nope'"),
-        (["--space", SPACE, "--input-size", "100"], "multiple of 64"),
-        (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'"),
-        (["--space", SPACE, "--serial", "x"], "apply to phones only"),
+        (["--space", "nope"], "unknown search space 'nope'", 1),
+        (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'", 1),
+        (["--space", SPACE, "--serial", "x"], "apply to phones only", 1),
+        # Option values are usage errors (status 2), still one "Error:" line.
+        (["--space", SPACE, "--input-size", "100"], "multiple of 64", 2),
+        (["--space", SPACE, "--set", "num_runs=abc"], "num_runs", 2),
     ]
-    for extra, message in cases:
+    for extra, message, code in cases:
         args = ["build", "--out", str(tmp_path / "t.sqlite"), *extra]
         if "--device" not in extra:
             args += ["--device", "host"]
         res = CliRunner().invoke(lut_main, args)
-        assert res.exit_code == 1, res.output
-        assert message in res.output and res.output.count("\n") == 1
+        assert res.exit_code == code, res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and message in errors[0], res.output
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "t.sqlite").exists()
 
 
 def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> None:

@@ -151,3 +151,29 @@ def test_rows_are_atomic(tmp_path: Path) -> None:
     with sqlite3.connect(path) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sqlite"]
+
+
+def test_export_never_overwrites_without_force(tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    make_table(table)
+    other = tmp_path / "other.sqlite"
+    make_table(other, ("nasfpnlite",))
+    before = {p: p.read_bytes() for p in (table, other)}
+    runner = CliRunner()
+    for target, force, message in (
+        (table, False, "is the input"),
+        (table, True, "is the input"),
+        (other, False, "exists; pass --force"),
+    ):
+        args = ["export", str(table), "--csv", str(target), *(["--force"] if force else [])]
+        res = runner.invoke(lut_main, args)
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert res.output.count("\n") == 1
+    assert {p: p.read_bytes() for p in (table, other)} == before
+    csv = tmp_path / "rows.csv"
+    assert runner.invoke(lut_main, ["export", str(table), "--csv", str(csv)]).exit_code == 0
+    rows = csv.read_text()
+    assert runner.invoke(lut_main, ["export", str(table), "--csv", str(csv)]).exit_code == 1
+    res = runner.invoke(lut_main, ["export", str(table), "--csv", str(csv), "--force"])
+    assert res.exit_code == 0 and csv.read_text() == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite", "rows.csv", "t.sqlite"]

@@ -155,7 +155,10 @@ class Database:
     def _open_writer(cls, path: Path, schema: Schema, *, fresh: bool, timeout: float) -> Database:
         err = schema.error
         if fresh:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise err(f"{path}: cannot create its folder ({exc.strerror or exc})") from None
         if not _writable_place(path):
             what = "file" if path.exists() and not os.access(path, os.W_OK) else "folder"
             raise err(

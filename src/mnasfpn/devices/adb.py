@@ -28,11 +28,12 @@ from mnasfpn.devices.transport import CommandTimeout, Transport
 T = TypeVar("T")
 
 _REMOTE_ROOT = "/data/local/tmp"
+_q = shlex.quote  # every remote path goes through the device's shell
 _RUN_TIMEOUT_S = 600.0
 
 
 class AdbDevice(Device):
-    # Indirection so tests can observe cool-downs without waiting for them.
+    # Indirection so tests can observe cool-downs and retry pauses without waiting.
     _sleep = staticmethod(time.sleep)
 
     def __init__(
@@ -68,7 +69,7 @@ class AdbDevice(Device):
         last: ConnectionDropped | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.retry_delay_s * attempt)
+                self._sleep(self.retry_delay_s * attempt)
                 try:
                     self.transport.reconnect()
                 except ConnectionDropped as e:
@@ -95,7 +96,7 @@ class AdbDevice(Device):
         return self._read(f"getprop {name}") or ""
 
     def _mkdir(self) -> None:
-        out, code = self._sh(f"mkdir -p {self.workdir}")
+        out, code = self._sh(f"mkdir -p {_q(self.workdir)}")
         if code != 0:
             raise DeviceError(
                 f"cannot create {self.workdir} on {self.transport.serial} "
@@ -114,8 +115,8 @@ class AdbDevice(Device):
                 raise DeviceError(f"benchmark binary {local} does not exist; check the path")
             remote = f"{self.workdir}/benchmark_model"
             self._push(local, remote)
-            self._sh(f"chmod 755 {remote}")
-            out, code = self._sh(f"{remote} --help")
+            self._sh(f"chmod 755 {_q(remote)}")
+            out, code = self._sh(f"{_q(remote)} --help")
             # 126/127: not executable / not found; >128: killed by a signal (crash).
             if code >= 126 or "graph" not in out:
                 raise DeviceError(
@@ -125,7 +126,7 @@ class AdbDevice(Device):
                 )
             return remote
         remote = self.profile.benchmark_binary
-        _, code = self._sh(f"ls {shlex.quote(remote)}")
+        _, code = self._sh(f"ls {_q(remote)}")
         if code != 0:
             raise DeviceError(
                 f"no benchmark_model at {remote} on {serial}; pass --benchmark-binary "
@@ -141,11 +142,11 @@ class AdbDevice(Device):
         temp = None
         for zone in range(4):
             temp = sysinfo.parse_temperature_c(
-                self._read(f"cat /sys/class/thermal/thermal_zone{zone}/temp")
+                self._read(f"cat {_q(f'/sys/class/thermal/thermal_zone{zone}/temp')}")
             )
             if temp is not None:
                 break
-        md5 = self._read(f"md5sum {self.binary}")
+        md5 = self._read(f"md5sum {_q(self.binary)}")
         release = self._getprop("ro.build.version.release")
         sdk = self._getprop("ro.build.version.sdk")
         return DeviceInfo(
@@ -156,9 +157,9 @@ class AdbDevice(Device):
             abi=self._getprop("ro.product.cpu.abi") or None,
             cores=sysinfo.parse_cpu_count(self._read("cat /sys/devices/system/cpu/possible")),
             core=core,
-            governor=self._read(f"cat {paths['governor']}"),
-            cur_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['cur']}")),
-            max_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['max']}")),
+            governor=self._read(f"cat {_q(paths['governor'])}"),
+            cur_freq_khz=sysinfo.parse_int(self._read(f"cat {_q(paths['cur'])}")),
+            max_freq_khz=sysinfo.parse_int(self._read(f"cat {_q(paths['max'])}")),
             temperature_c=temp,
             os_version=f"Android {release} (SDK {sdk})" if release else None,
             runtime="tflite benchmark_model",
@@ -176,7 +177,7 @@ class AdbDevice(Device):
     def _command(self, remote_model: str) -> str:
         p = self.profile
         return (
-            f"taskset {p.mask()} {self.binary} --graph={shlex.quote(remote_model)} "
+            f"taskset {_q(p.mask())} {_q(self.binary)} --graph={_q(remote_model)} "
             f"--num_threads={p.threads} --warmup_runs={p.warmup_runs} "
             f"--num_runs={p.num_runs} --use_xnnpack={'true' if p.use_xnnpack else 'false'}"
         )
@@ -259,7 +260,7 @@ class AdbDevice(Device):
                     ran_one = True
                     try:
                         results[i] = self._time_remote(label, remotes[i])
-                        self._sh(f"rm -f {remotes[i]}")
+                        self._sh(f"rm -f {_q(remotes[i])}")
                     except ConnectionDropped as e:
                         fatal = str(e)
                         results[i] = TimingResult.failed(label, fatal)
@@ -276,5 +277,5 @@ class AdbDevice(Device):
             self._workdir_made = False
             # A phone that is gone has nothing left that we could remove.
             with contextlib.suppress(DeviceError):
-                self._retry("clean-up", lambda: self.transport.shell(f"rm -rf {self.workdir}", 60))
+                self._retry("clean-up", lambda: self.transport.remove(self.workdir))
         self.transport.close()

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import (
     PredictorConfig,
     level_size,
@@ -114,7 +115,7 @@ class Settings:
     depth: int = 64
 
 
-class MissingOpError(KeyError):
+class MissingOpError(MnasfpnError, KeyError):
     """A genotype needs an op the table has no entry for."""
 
     def __init__(self, key: str, genotype_index: int, genotype: Genotype) -> None:

@@ -70,8 +70,12 @@ def describe(path: Path, *, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def export_csv(path: Path, out: Path) -> int:
+def export_csv(path: Path, out: Path, *, replace: bool = False) -> int:
+    """Write the table's op rows to `out` as CSV, atomically; an existing `out` is
+    replaced only with `replace`. Returns the number of rows."""
     import pandas as pd
+
+    from mnasfpn.atomic import OutputError, write_atomic
 
     with TableStore.open(path, readonly=True) as store:
         rows = store.op_rows()
@@ -104,8 +108,10 @@ def export_csv(path: Path, out: Path) -> int:
             "worker",
         ],
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    try:
+        write_atomic(out, frame.to_csv(index=False), replace=replace)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
     return len(frame)
 
 

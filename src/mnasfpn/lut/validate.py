@@ -129,6 +129,7 @@ def validate(
     rounds: int = 3,
     target: str = "median",
     spaces: list[str] | None = None,
+    device: str | None = None,
     serials: Sequence[str] = (),
     adb_transport: str = "server",
     adb_host: str | None = None,
@@ -192,7 +193,7 @@ def validate(
                 rounds,
                 seed,
                 DeviceOptions(
-                    str(meta.get("profile")),
+                    device or str(meta.get("profile")),
                     tuple(serials),
                     adb_transport,
                     adb_host,

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.ops import parse_key
 from mnasfpn.parallel import spawn_map
 from mnasfpn.tfenv import load_tensorflow
@@ -75,7 +76,7 @@ def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None
     return done
 
 
-class MicromodelError(RuntimeError):
+class MicromodelError(MnasfpnError, RuntimeError):
     pass
 
 
