@@ -138,10 +138,10 @@ def test_an_op_entry_is_its_fastest_pass(tmp_path: Path) -> None:
 
 def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
     cases = [
-        (["--space", "nope"], "unknown search space 'nope'", 1),
         (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'", 1),
         (["--space", SPACE, "--serial", "x"], "apply to phones only", 1),
         # Option values are usage errors (status 2), still one "Error:" line.
+        (["--space", "nope"], "unknown search space 'nope'", 2),
         (["--space", SPACE, "--input-size", "100"], "multiple of 64", 2),
         (["--space", SPACE, "--set", "num_runs=abc"], "num_runs", 2),
     ]

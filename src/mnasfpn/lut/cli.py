@@ -20,6 +20,19 @@ from mnasfpn.ir.ops import PARTS
 DEFAULT_OUT = "luts/{device}.sqlite"
 
 
+def _check_spaces(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    from mnasfpn.searchspace.spaces import SPACES
+
+    for name in value:
+        if name not in SPACES:
+            raise click.BadParameter(
+                f"unknown search space {name!r}; known: {', '.join(SPACES)}", ctx, param
+            )
+    return tuple(dict.fromkeys(value))
+
+
 @click.command("build")
 @device_options(multiple_serials=True)
 @click.option(
@@ -28,6 +41,7 @@ DEFAULT_OUT = "luts/{device}.sqlite"
     multiple=True,
     default=("mnasfpn",),
     show_default=True,
+    callback=_check_spaces,
     help="Search space(s) whose op keys to measure (repeatable).",
 )
 @model_options
@@ -79,17 +93,14 @@ def build_command(
     """Measure every op key of the spaces (plus backbone, predictor and the named
     architectures) on a device; resumes where an interrupted build stopped."""
     from mnasfpn.lut import build as lut_build
-    from mnasfpn.searchspace.spaces import get_space
 
-    for s in spaces:
-        get_space(s)
     out = out or Path(DEFAULT_OUT.format(device=device_name))
     options = lut_build.DeviceOptions(
         device_name, serials, adb_transport, adb_host, benchmark_binary, overrides
     )
     report = lut_build.build_table(
         out,
-        list(dict.fromkeys(spaces)),
+        list(spaces),
         options,
         config=config,
         jobs=jobs,
@@ -269,7 +280,11 @@ def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
     help="End-to-end figure to fit: median of round medians, or fastest run.",
 )
 @click.option(
-    "--space", "spaces", multiple=True, help="Sample from these spaces [default: the table's]."
+    "--space",
+    "spaces",
+    multiple=True,
+    callback=_check_spaces,
+    help="Sample from these spaces [default: the table's].",
 )
 @device_options(multiple_serials=True, device_required=False)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)

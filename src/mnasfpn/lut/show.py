@@ -28,6 +28,10 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
+        f"  timing: {meta.get('statistic', 'median')} of {meta.get('num_runs')} runs after "
+        f"{meta.get('warmup_runs')} warm-ups ({meta.get('min_repeats')}..{meta.get('max_repeats')}"
+        f" rounds), {meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
+        f"{_known(meta.get('use_xnnpack'))}; overrides {meta.get('overrides') or 'none'}",
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
         f"{', '.join(meta.get('spaces', [])) or '-'}",
