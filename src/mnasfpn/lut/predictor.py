@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -43,6 +42,7 @@ from mnasfpn.ir.build import (
     mobilenet_v2,
     ssd_predictor,
 )
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import GraphBuilder, Tensor
 from mnasfpn.ir.ops import MODEL_INPUT, PARTS
 from mnasfpn.lut.calibration import Calibration, feature_columns
@@ -105,14 +105,8 @@ def _index(table: np.ndarray, values: Sequence[int] | np.ndarray, what: str) -> 
     return idx
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a table was measured for: the ops of one detector configuration."""
-
-    input_size: int = 320
-    num_classes: int = 90
-    alpha: float = 1.0
-    depth: int = 64
+# What a table was measured for: one detector configuration (the name predates it).
+Settings = DetectorConfig
 
 
 class MissingOpError(MnasfpnError, KeyError):

@@ -74,6 +74,11 @@ class LatencyTable:
         return cls(path, meta, latencies, calibration)
 
     @property
+    def settings(self) -> DetectorConfig:
+        """The same as `config` (its older name)."""
+        return self.config
+
+    @property
     def input_size(self) -> int:
         return self.config.input_size
 
