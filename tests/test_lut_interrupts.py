@@ -3,6 +3,7 @@ about two seconds, says so, and leaves a table the next build resumes."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -15,6 +16,13 @@ import pytest
 from mnasfpn.lut.store import TableStore
 
 CLI = "from mnasfpn.cli import lut_main; lut_main()"
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("tensorflow") is None,
+        reason="conversion workers run the TensorFlow converter",
+    ),
+]
 
 
 def _session_members(sid: int) -> list[tuple[int, str]]:
@@ -37,10 +45,11 @@ def _session_members(sid: int) -> list[tuple[int, str]]:
 
 def _start_build(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     out = tmp_path / "t.sqlite"
-    cache = tmp_path / "cache"  # empty: the build must convert
+    # An empty cache and the TensorFlow converter: conversions run in worker processes.
+    cache = tmp_path / "cache"
     cmd = [sys.executable, "-c", CLI, "build", "--device", "host", "--space", "nasfpnlite-s",
            "--input-size", "64", "--out", str(out), "--cache-dir", str(cache), "--jobs", "2",
-           "--passes", "1", "--quiet"]  # fmt: skip
+           "--passes", "1", "--converter", "tf", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -62,7 +71,6 @@ def _wait_gone(sid: int, timeout: float) -> list[tuple[int, str]]:
     return left
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_during_conversion_leaves_no_workers(tmp_path: Path) -> None:
     proc, _, _ = _start_build(tmp_path)
     try:
@@ -75,7 +83,6 @@ def test_sigkill_during_conversion_leaves_no_workers(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_during_conversion_stops_fast_and_resumes(tmp_path: Path) -> None:
     proc, out, _ = _start_build(tmp_path)
     try:

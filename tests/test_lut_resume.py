@@ -90,7 +90,6 @@ def fake_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return out
 
     monkeypatch.setattr(micromodel, "micromodel_paths", paths)
-    monkeypatch.setattr(micromodel, "converter_version", lambda: "2.21.0")
     return cache
 
 
@@ -182,7 +181,7 @@ def test_identity_is_recorded(tmp_path: Path, fake_models: Path) -> None:
     expected = {
         "profile": "host", "device_model": "scripted cpu", "core": 1, "threads": 1,
         "use_xnnpack": False, "num_runs": 12, "warmup_runs": 10, "runtime_version": "2.3.0",
-        "binary_version": "numpy 2", "converter_version": "2.21.0", "input_size": 64,
+        "binary_version": "numpy 2", "input_size": 64,
         "statistic": "median", "overrides": {"num_runs": 12},
     }  # fmt: skip
     assert {k: meta[k] for k in expected} == expected

@@ -87,7 +87,7 @@ def test_missing_file_and_schema_version(tmp_path: Path) -> None:
         ("device_model", "other cpu"),
         ("input_size", 320),
         ("runtime_version", "2.4.0"),
-        ("converter_version", "2.20.0"),
+        ("alpha", 0.75),
     ],
 )
 def test_mismatched_table_is_never_extended(tmp_path: Path, field: str, value: object) -> None:

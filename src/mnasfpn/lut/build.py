@@ -28,6 +28,7 @@ from mnasfpn.lut.store import (
     TableStore,
     now,
 )
+from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
 
@@ -68,9 +69,10 @@ def identity_of(
     statistic: str = DEFAULT_STATISTIC,
 ) -> dict[str, Any]:
     """Everything that changes a timing, as recorded in (and checked against) a table:
-    the device and its software, the profile after overrides, the detector settings."""
-    from mnasfpn.profiler.micromodel import converter_version
+    the device and its software, the profile after overrides, the detector settings.
 
+    Not the converter: the direct writer's micro-models equal the TensorFlow converter's
+    op for op (tests/test_tflite_writer.py), so a table may hold entries from either."""
     return {
         "device": info.get("kind"),
         "profile": profile.name,
@@ -79,7 +81,6 @@ def identity_of(
         "runtime": info.get("runtime"),
         "runtime_version": info.get("runtime_version"),
         "binary_version": info.get("binary_version"),
-        "converter_version": converter_version(),
         # The core actually used (a host profile's -1 resolves to a real core).
         "core": info.get("core") if info.get("core") is not None else profile.core,
         "threads": profile.threads,
@@ -218,6 +219,7 @@ def build_table(
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
+    converter: str = DEFAULT_CONVERTER,
 ) -> BuildReport:
     """Measure what `out` lacks. Ctrl-C (KeyboardInterrupt) stops within about a second
     and returns a report with `interrupted`; every committed timing is kept."""
@@ -226,6 +228,7 @@ def build_table(
     from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
 
     t_start = time.perf_counter()
+    made_by = converter_id(converter)  # before any device work: a missing converter says so
     cache_dir = cache_dir or default_cache_dir() / "micromodels"
     keys = required_keys(spaces, config)
     devices = device.open_all()
@@ -241,6 +244,7 @@ def build_table(
         identity = identity_of(info, devices[0].profile, config)
         store = open_table_for(out, identity, info, spaces, device.overrides)
         try:
+            store.set_meta({"converter_version": made_by})
             settled = store.settle_entries(passes)
             work = plan_passes(keys, store.passes_done(), passes)
             missing = {k for k, _ in work}
@@ -265,9 +269,9 @@ def build_table(
                         infos,
                         report,
                         convert=lambda ks, cb: micromodel_paths(
-                            ks, cache_dir, jobs=jobs, progress=cb
+                            ks, cache_dir, jobs=jobs, progress=cb, converter=converter
                         ),
-                        path_of=lambda k: cache_path(k, cache_dir),
+                        path_of=lambda k: cache_path(k, cache_dir, converter),
                         concurrent=info.get("kind") != "host",
                         show_progress=show_progress,
                         tqdm=tqdm,

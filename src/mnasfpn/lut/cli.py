@@ -1,7 +1,8 @@
 """`mnasfpn-lut build | predict | validate | show | export`.
 
-TensorFlow loads only inside `build` and `validate`; `predict`, `show`, `export` and
-`--help` need SQLite, the IR and numpy only. Every user error is a `MnasfpnError`, printed
+`build` writes its micro-models directly and loads TensorFlow only with `--converter tf`;
+`validate` loads it to convert detectors; `predict`, `show`, `export` and `--help` need
+SQLite, the IR and numpy only. Every user error is a `MnasfpnError`, printed
 as one line by cli_common's handler; anything else is a bug and keeps its traceback.
 """
 
@@ -31,6 +32,19 @@ def _check_spaces(
                 f"unknown search space {name!r}; known: {', '.join(SPACES)}", ctx, param
             )
     return tuple(dict.fromkeys(value))
+
+
+def _converter_option(what: str) -> Any:
+    from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
+
+    return click.option(
+        "--converter",
+        type=click.Choice(CONVERTERS),
+        default=DEFAULT_CONVERTER,
+        show_default=True,
+        help=f"{what}: direct (no TensorFlow) or tf (the TensorFlow converter, the "
+        "reference; needs the train extra). Both give the same ops.",
+    )
 
 
 @click.command("build")
@@ -73,6 +87,7 @@ def _check_spaces(
     default=None,
     help="Micro-model cache [default: $MNASFPN_CACHE_DIR or ~/.cache/mnasfpn].",
 )
+@_converter_option("Micro-model writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def build_command(
@@ -88,6 +103,7 @@ def build_command(
     jobs: int,
     passes: int,
     cache_dir: Path | None,
+    converter: str,
     quiet: bool,
 ) -> None:
     """Measure every op key of the spaces (plus backbone, predictor and the named
@@ -108,6 +124,7 @@ def build_command(
         cache_dir=cache_dir / "micromodels" if cache_dir else None,
         echo=click.echo,
         show_progress=not quiet,
+        converter=converter,
     )
     if report.interrupted:
         click.echo(

@@ -23,8 +23,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  format {meta.get('format')} schema {meta.get('schema_version')}; created "
         f"{meta.get('created_at')}, updated {meta.get('updated_at')}",
         f"  device: {meta.get('profile')} ({meta.get('device_model')}, {meta.get('abi')}); "
-        f"{meta.get('runtime')} {meta.get('runtime_version')}; converter "
-        f"tensorflow {meta.get('converter_version')}",
+        f"{meta.get('runtime')} {meta.get('runtime_version')}; micro-models "
+        f"by {meta.get('converter_version')}",
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",

@@ -110,7 +110,6 @@ DEVICE_FIELDS: tuple[str, ...] = (
     "runtime",
     "runtime_version",
     "binary_version",
-    "converter_version",
     "core",
     "threads",
     "use_xnnpack",
