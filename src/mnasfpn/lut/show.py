@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.store import TableStore
 
@@ -41,7 +42,7 @@ def describe(path: Path, *, top: int = 10) -> str:
     ]
     by_type: dict[str, list[float]] = {}
     for r in rows:
-        by_type.setdefault(r.key.split("/", 1)[0], []).append(r.median_ms)
+        by_type.setdefault(op_type_of(r.key), []).append(r.median_ms)
     if by_type:
         lines.append(
             "  per type: "
@@ -87,7 +88,7 @@ def export_csv(path: Path, out: Path, *, replace: bool = False) -> int:
         [
             {
                 "key": r.key,
-                "type": r.key.split("/", 1)[0],
+                "type": op_type_of(r.key),
                 "median_ms": r.median_ms,
                 "min_ms": r.min_ms,
                 "std_ms": r.std_ms,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.sqlite_db import Database, DatabaseError, Schema, now
 
 FORMAT = "mnasfpn-lut"
@@ -148,10 +149,6 @@ SCHEMA = Schema(
     remake_hint="rebuild it with mnasfpn-lut build",
     error=TableError,
 )
-
-
-def op_type_of(key: str) -> str:
-    return key.split("/", 1)[0]
 
 
 @dataclass
