@@ -35,8 +35,10 @@ def relative_noise(rounds: Sequence[Sequence[float]]) -> float | None:
 
 def r2_ceiling(y: np.ndarray, rounds: Sequence[Sequence[float]]) -> float | None:
     """The held-out R² a perfect predictor would reach against targets ``y`` whose
-    architectures gave these round values: 1 - mean noise variance / var(y)."""
-    noise = [statistics.variance(r) for r in rounds if len(r) > 1]
+    architectures gave these round values: 1 - mean noise variance / var(y). A target
+    drawn from n rounds (their fastest) varies about as little as their mean: the round
+    variance / n."""
+    noise = [statistics.variance(r) / len(r) for r in rounds if len(r) > 1]
     var_y = float(np.var(y))
     if not noise or var_y <= 0:
         return None
