@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
 from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import TableStore
@@ -50,10 +51,10 @@ def main() -> None:
     )
     with TableStore.open(out) as store:
         rows = store.op_rows()
-    count = Counter(r.key.split("/", 1)[0] for r in rows)
+    count = Counter(op_type_of(r.key) for r in rows)
     total_ms = Counter()
     for r in rows:
-        total_ms[r.key.split("/", 1)[0]] += r.median_ms
+        total_ms[op_type_of(r.key)] += r.median_ms
     print(
         f"host build of {', '.join(spaces)} at {args.input_size}x{args.input_size}, "
         f"--jobs {args.jobs}, --passes {args.passes}, "

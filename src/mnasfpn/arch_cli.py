@@ -22,6 +22,7 @@ from mnasfpn.ir.build import check_input_size
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
@@ -161,11 +162,25 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option(
+    "--converter",
+    type=click.Choice(CONVERTERS),
+    default=DEFAULT_CONVERTER,
+    show_default=True,
+    help="direct: write the .tflite from the IR (no TensorFlow); tf: build the Keras model "
+    "and run the TensorFlow converter (needs the train extra). Both give the same ops.",
+)
 @handle_errors
 def export(
-    arch: str, repeats: int | None, config: DetectorConfig, out: Path, seed: int, force: bool
+    arch: str,
+    repeats: int | None,
+    config: DetectorConfig,
+    out: Path,
+    seed: int,
+    force: bool,
+    converter: str,
 ) -> None:
-    """Build the detector (untrained weights) and convert it to a .tflite file."""
+    """Build the detector (untrained weights) as a .tflite file."""
     genotypes = resolve_archs(arch, repeats)
     if len(genotypes) != 1:
         raise click.ClickException(
@@ -176,14 +191,11 @@ def export(
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     graph = config.opgraph(genotypes[0])
-    # TensorFlow loads only here: the other commands must stay instant.
-    from mnasfpn.model.export import convert_keras
-    from mnasfpn.model.keras_builder import build_keras_model
-    from mnasfpn.tfenv import load_tensorflow
+    # TensorFlow loads only with --converter tf: the other commands must stay instant.
+    from mnasfpn.model.convert import detector_tflite
 
-    load_tensorflow()
+    data = detector_tflite(graph, converter, seed=seed)
     try:
-        data = convert_keras(build_keras_model(graph, seed=seed))
         # Without --force, a file that appeared during the conversion is not replaced either.
         written = write_atomic(out, data, replace=force)
     except OSError as exc:

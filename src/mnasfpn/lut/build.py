@@ -23,6 +23,7 @@ from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import SCHEMA_VERSION, TableError, TableStore, now
+from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
 
@@ -65,8 +66,8 @@ def required_keys(spaces: Sequence[str], settings: Settings) -> list[str]:
 
 
 def identity_of(info: dict[str, Any], profile: str, settings: Settings) -> dict[str, Any]:
-    from mnasfpn.profiler.micromodel import converter_version
-
+    # Not the converter: the direct writer's micro-models equal the TensorFlow converter's
+    # op for op (tests/test_tflite_writer.py), so a table may hold entries from either.
     return {
         "device": info.get("kind"),
         "profile": profile,
@@ -74,7 +75,6 @@ def identity_of(info: dict[str, Any], profile: str, settings: Settings) -> dict[
         "abi": info.get("abi"),
         "runtime": info.get("runtime"),
         "runtime_version": info.get("runtime_version"),
-        "converter_version": converter_version(),
         "input_size": settings.input_size,
         "num_classes": settings.num_classes,
         "alpha": settings.alpha,
@@ -176,12 +176,14 @@ def build_table(
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
+    converter: str = DEFAULT_CONVERTER,
 ) -> BuildReport:
     from tqdm import tqdm
 
     from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
 
     t_start = time.perf_counter()
+    made_by = converter_id(converter)  # before any device work: a missing converter says so
     cache_dir = cache_dir or default_cache_dir() / "micromodels"
     keys = required_keys(spaces, settings)
     devices = device.open_all()
@@ -196,6 +198,7 @@ def build_table(
         info = infos[0]
         identity = identity_of(info, device.name, settings)
         store = open_table_for(out, identity, info, spaces)
+        store.set_meta({"converter_version": made_by})
         try:
             complete = store.measured_keys()
             done = store.passes_done()
@@ -223,8 +226,10 @@ def build_table(
                     devices,
                     infos,
                     report,
-                    convert=lambda ks, cb: micromodel_paths(ks, cache_dir, jobs=jobs, progress=cb),
-                    path_of=lambda k: cache_path(k, cache_dir),
+                    convert=lambda ks, cb: micromodel_paths(
+                        ks, cache_dir, jobs=jobs, progress=cb, converter=converter
+                    ),
+                    path_of=lambda k: cache_path(k, cache_dir, converter),
                     concurrent=info.get("kind") != "host",
                     show_progress=show_progress,
                     tqdm=tqdm,

@@ -1,7 +1,8 @@
 """`mnasfpn-lut build | predict | validate | show | export`.
 
-TensorFlow loads only inside `build` and `validate`; `predict`, `show`, `export` and
-`--help` need SQLite, the IR and numpy only. Every error is one line.
+`build` writes its micro-models directly and loads TensorFlow only with `--converter tf`;
+`validate` loads it to convert detectors; `predict`, `show`, `export` and `--help` need SQLite,
+the IR and numpy only. Every error is one line.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def _device_options(f: Any) -> Any:
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def _converter_option(what: str) -> Any:
+    from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
+
+    return click.option(
+        "--converter",
+        type=click.Choice(CONVERTERS),
+        default=DEFAULT_CONVERTER,
+        show_default=True,
+        help=f"{what}: direct (no TensorFlow) or tf (the TensorFlow converter, the "
+        "reference; needs the train extra). Both give the same ops.",
+    )
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -118,6 +132,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     default=None,
     help="Micro-model cache [default: $MNASFPN_CACHE_DIR or ~/.cache/mnasfpn].",
 )
+@_converter_option("Micro-model writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build_command(
     device_name: str,
@@ -132,6 +147,7 @@ def build_command(
     jobs: int,
     passes: int,
     cache_dir: Path | None,
+    converter: str,
     quiet: bool,
 ) -> None:
     """Measure every op key of the spaces (plus backbone, predictor and the named
@@ -167,6 +183,7 @@ def build_command(
             cache_dir=cache_dir / "micromodels" if cache_dir else None,
             echo=click.echo,
             show_progress=not quiet,
+            converter=converter,
         )
     except _known_errors() as exc:
         raise _fail(exc) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.store import TableStore
 
@@ -23,8 +24,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  format {meta.get('format')} schema {meta.get('schema_version')}; created "
         f"{meta.get('created_at')}, updated {meta.get('updated_at')}",
         f"  device: {meta.get('profile')} ({meta.get('device_model')}, {meta.get('abi')}); "
-        f"{meta.get('runtime')} {meta.get('runtime_version')}; converter "
-        f"tensorflow {meta.get('converter_version')}",
+        f"{meta.get('runtime')} {meta.get('runtime_version')}; micro-models "
+        f"by {meta.get('converter_version')}",
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
@@ -37,7 +38,7 @@ def describe(path: Path, *, top: int = 10) -> str:
     ]
     by_type: dict[str, list[float]] = {}
     for r in rows:
-        by_type.setdefault(r.key.split("/", 1)[0], []).append(r.median_ms)
+        by_type.setdefault(op_type_of(r.key), []).append(r.median_ms)
     if by_type:
         lines.append(
             "  per type: "
@@ -79,7 +80,7 @@ def export_csv(path: Path, out: Path) -> int:
         [
             {
                 "key": r.key,
-                "type": r.key.split("/", 1)[0],
+                "type": op_type_of(r.key),
                 "median_ms": r.median_ms,
                 "min_ms": r.min_ms,
                 "std_ms": r.std_ms,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.ops import op_type_of
 
 FORMAT = "mnasfpn-lut"
 SCHEMA_VERSION = 2
@@ -128,10 +129,6 @@ class TableError(MnasfpnError):
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-
-def op_type_of(key: str) -> str:
-    return key.split("/", 1)[0]
 
 
 @dataclass
