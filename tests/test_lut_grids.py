@@ -90,3 +90,14 @@ def test_block_body_grid_matches_the_widest_space() -> None:
     g = _paper_with(4, inputs=tuple(range(widest)))
     # The widest block of any space encodes, to exactly the graph's live ops.
     assert model.key_counts(g) == build_opgraph(g, input_size=SIZE).key_counts()
+
+
+def test_missing_op_is_a_one_line_project_error() -> None:
+    from mnasfpn.lut.predictor import MissingOpError
+
+    with pytest.raises(MissingOpError) as info:
+        CostModel({}, Settings(input_size=SIZE)).predict([paper_mnasfpn()])
+    message = str(info.value)
+    assert isinstance(info.value, MnasfpnError)
+    assert message.startswith("the table has no entry for op ") and "\n" not in message
+    assert info.value.key in message and "paper-mnasfpn" in message

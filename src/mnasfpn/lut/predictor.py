@@ -168,6 +168,11 @@ class MissingOpError(MnasfpnError, KeyError):
         self.genotype_index = genotype_index
         self.genotype = genotype
 
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument; this is shown to users.
+        name = self.genotype.name or f"genotype {self.genotype_index}"
+        return f"the table has no entry for op {self.key} (needed by {name})"
+
 
 class CostModel:
     """Maps genotypes to per-(op type, part) summed table latencies, fast."""
