@@ -7,6 +7,7 @@ TensorFlow or Keras (not even indirectly): `describe` is meant to answer instant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -39,13 +40,13 @@ def _check_input_size(ctx: click.Context, param: click.Parameter, value: int) ->
     return value
 
 
-def _model_options(func: F) -> F:
+def _model_options(func: F, *, arch_required: bool = True) -> F:
     """The options that decide the detector around the head (paper defaults)."""
     options = [
         click.option(
             "--arch",
             "arch",
-            required=True,
+            required=arch_required,
             metavar="NAME|FILE.json|FILE.jsonl",
             help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
         ),
@@ -220,7 +221,7 @@ def describe(
 
 
 @click.command()
-@_model_options
+@functools.partial(_model_options, arch_required=False)
 @click.option(
     "--out",
     required=True,
@@ -228,8 +229,12 @@ def describe(
     help="Where to write the .tflite file.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A training run folder: export its trained detector instead of --arch.")
+@click.option("--with-postprocess", is_flag=True,
+              help="With --run: append TFLite's detection post-process (NMS) op.")
 def export(
-    arch: str,
+    arch: str | None,
     repeats: int | None,
     input_size: int,
     num_classes: int,
@@ -237,8 +242,18 @@ def export(
     depth: int,
     out: Path,
     seed: int,
+    run_dir: Path | None,
+    with_postprocess: bool,
 ) -> None:
-    """Build the detector (untrained weights) and convert it to a .tflite file."""
+    """Build the detector (untrained weights, or a run's trained ones) and convert it to a
+    .tflite file."""
+    if run_dir is not None or with_postprocess:
+        from mnasfpn.train.export_cli import export_run_command
+
+        export_run_command(run_dir, out, with_postprocess=with_postprocess, arch=arch)
+        return
+    if arch is None:
+        raise click.ClickException("give --arch NAME|FILE (or --run RUN_DIR for a trained one)")
     genotypes = _resolve(arch, repeats)
     if len(genotypes) != 1:
         raise click.ClickException(

@@ -24,8 +24,10 @@ def _register() -> None:
     from mnasfpn.arch_cli import register as register_arch
     from mnasfpn.devices.cli import register as register_devices
     from mnasfpn.lut.cli import register as register_lut
+    from mnasfpn.train.cli import register as register_train
 
     register_arch(main)
+    register_train(main)
     register_devices(lut_main)
     register_lut(lut_main)
 

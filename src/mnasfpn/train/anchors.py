@@ -14,6 +14,10 @@ import numpy as np
 
 from mnasfpn.searchspace.genotype import LEVELS
 
+# The box coder's scale factors on (ty, tx, th, tw) against these anchors (boxes.py encodes,
+# TFLite's detection post-process op decodes with the same values).
+SCALE_FACTORS = (10.0, 10.0, 5.0, 5.0)
+
 
 @dataclass(frozen=True)
 class AnchorConfig:

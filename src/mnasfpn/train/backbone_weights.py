@@ -47,7 +47,7 @@ def _reference_model(path: Path, alpha: float, input_size: int) -> Any:
         try:
             model.load_weights(str(path))
             return model
-        except Exception as exc:  # noqa: BLE001 - Keras raises several types for a mismatch
+        except Exception as exc:
             errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     raise BackboneWeightsError(
         f"--backbone-weights {str(path)!r}: not a Keras MobileNetV2 (alpha {alpha}) weights "

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.anchors import SCALE_FACTORS
 
 tf = load_tensorflow()
 
-SCALE_FACTORS = (10.0, 10.0, 5.0, 5.0)
 MATCH_IOU = 0.5
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.atomic import write_atomic
-from mnasfpn.train.run import RunError, checkpoint_dir
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.run import RunError, checkpoint_dir
 
 LATEST = "latest.json"
 KEEP = 2

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.anchors import anchor_centers_sizes
 from mnasfpn.train.detector import preprocess
-from mnasfpn.tfenv import load_tensorflow
 
 NMS_IOU = 0.6
 SCORE_THRESHOLD = 0.01

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
 from mnasfpn.train.checkpoint import (
     EmaWeights,
@@ -20,7 +21,6 @@ from mnasfpn.train.checkpoint import (
 from mnasfpn.train.detector import build_detector, preprocess, set_class_prior
 from mnasfpn.train.run import METRICS_FILE, RunInfo
 from mnasfpn.train.schedule import Schedule
-from mnasfpn.tfenv import load_tensorflow
 
 # One pass over the training data for epoch e (seeded by e): a tf.data.Dataset of batches
 # as mnasfpn.data.make_dataset yields them (image, boxes, classes, ...).

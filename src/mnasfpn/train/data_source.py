@@ -1,0 +1,45 @@
+"""The training side of the dataset contract (mnasfpn.data): batches per epoch for the
+trainer, ordered categories for the run, the ground truth COCO document for evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mnasfpn.train.trainer import BatchesFn
+
+
+def open_split(data_dir: Path, split: str) -> Any:
+    """The CocoSet of `split` (errors are the data module's one-line MnasfpnErrors)."""
+    from mnasfpn.data import load_coco
+
+    return load_coco(data_dir, split)
+
+
+def categories(coco: Any) -> list[dict[str, Any]]:
+    """[{id, name}] in contiguous class order (class k is the k-th entry)."""
+    return [{"id": int(c["id"]), "name": str(c["name"])} for c in coco.categories]
+
+
+def train_batches(coco: Any, input_size: int, batch_size: int, seed: int) -> BatchesFn:
+    from mnasfpn.data import make_dataset
+
+    def make(epoch: int) -> Any:
+        return make_dataset(coco, input_size, batch_size, training=True, seed=seed + epoch)
+
+    return make
+
+
+def eval_batches(coco: Any, input_size: int, batch_size: int) -> Any:
+    from mnasfpn.data import make_dataset
+
+    return make_dataset(coco, input_size, batch_size, training=False)
+
+
+def ground_truth(coco: Any) -> dict[str, Any]:
+    """The COCO instances document the set was read from (after its checks)."""
+    return {
+        "images": list(coco.images),
+        "annotations": list(coco.annotations),
+        "categories": categories(coco),
+    }
