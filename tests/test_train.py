@@ -95,8 +95,14 @@ def test_shifted_or_mislabelled_detections_score_less() -> None:
 
 def _info(**hp: object) -> RunInfo:
     hparams = HParams(**{"steps": 10, "batch_size": 2, "lr": 0.01, "warmup_steps": 1, **hp})
-    return RunInfo(get_architecture("paper-mnasfpn", 1), DetectorConfig(64, 2, 0.35, 16),
-                   hparams, "scratch", "/data", [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    return RunInfo(
+        get_architecture("paper-mnasfpn", 1),
+        DetectorConfig(64, 2, 0.35, 16),
+        hparams,
+        "scratch",
+        "/data",
+        [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    )
 
 
 def test_run_file_round_trips_and_bad_folders_say_so(tmp_path: Path) -> None:
@@ -111,7 +117,9 @@ def test_run_file_round_trips_and_bad_folders_say_so(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{broken")
     with pytest.raises(RunError, match="unreadable"):
         load_run(tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({**info.to_dict(), "detector": {"input_size": 65}}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({**info.to_dict(), "detector": {"input_size": 65}})
+    )
     with pytest.raises(RunError, match="multiple of 64"):
         load_run(tmp_path)
 

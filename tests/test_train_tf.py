@@ -37,7 +37,7 @@ def test_matching_iou_threshold_force_match_and_padding() -> None:
     gt = np.zeros((1, 4, 4), np.float32)
     gt[0, 0], gt[0, 1] = exact, tiny
     classes = np.array([[0, 1, -1, -1]], np.int32)
-    matched, iou = boxes.match(tf.constant(corners), tf.constant(gt), tf.constant(classes))
+    matched, _ = boxes.match(tf.constant(corners), tf.constant(gt), tf.constant(classes))
     matched = matched.numpy()[0]
     assert matched[100] == 0
     assert (matched == 1).sum() == 1  # the tiny box still gets its best anchor
@@ -56,8 +56,13 @@ def test_focal_loss_matches_its_formula_and_normalizes_by_matches() -> None:
     got = boxes.focal_loss(tf.constant(logits), tf.constant(onehot)).numpy()
     assert got[0] == pytest.approx(want, rel=1e-5)
     codes = tf.constant([[[1.5, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]]])
-    cls, box, matched = boxes.ssd_loss(codes, tf.constant(logits), tf.zeros_like(codes),
-                                       tf.constant(onehot), tf.constant([[True, False]]))
+    cls, box, matched = boxes.ssd_loss(
+        codes,
+        tf.constant(logits),
+        tf.zeros_like(codes),
+        tf.constant(onehot),
+        tf.constant([[True, False]]),
+    )
     assert matched.numpy() == 1
     assert box.numpy() == pytest.approx(1.5 - 0.5)  # smooth-L1 past delta 1, positive only
     assert cls.numpy() == pytest.approx(want, rel=1e-5)

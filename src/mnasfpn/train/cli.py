@@ -37,32 +37,81 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
 
 
 @click.command("train")
-@click.option("--arch", required=True, metavar="NAME|FILE.json",
-              help="A named architecture (paper-mnasfpn, ...) or a genotype file.")
-@click.option("--data", "data_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="COCO-format folder: annotations/instances_SPLIT.json + SPLIT/ images.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: run.json, checkpoints/, metrics.csv.")
+@click.option(
+    "--arch",
+    required=True,
+    metavar="NAME|FILE.json",
+    help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="COCO-format folder: annotations/instances_SPLIT.json + SPLIT/ images.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder: run.json, checkpoints/, metrics.csv.",
+)
 @click.option("--split", default="train", show_default=True, help="Training split.")
-@click.option("--input-size", type=int, default=320, show_default=True,
-              help="Square input side, a multiple of 64.")
+@click.option(
+    "--input-size",
+    type=int,
+    default=320,
+    show_default=True,
+    help="Square input side, a multiple of 64.",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Training length in passes over the data (instead of --steps).")
+@click.option(
+    "--epochs",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Training length in passes over the data (instead of --steps).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate [default: 0.4 × batch / 64, the paper's proxy rate].")
-@click.option("--backbone-alpha", type=click.FloatRange(min=0, min_open=True, max=2),
-              default=1.0, show_default=True, help="MobileNetV2 depth multiplier.")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Keras MobileNetV2 .h5/.weights.h5 file (default: scratch).")
-@click.option("--repeats", type=click.IntRange(1, 8), default=None,
-              help="Cell repeats (default: the architecture's own).")
-@click.option("--depth", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Predictor tower depth D.")
-@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=None, help="Keep an EMA of the weights with this decay (e.g. 0.9998).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Peak learning rate [default: 0.4 × batch / 64, the paper's proxy rate].",
+)
+@click.option(
+    "--backbone-alpha",
+    type=click.FloatRange(min=0, min_open=True, max=2),
+    default=1.0,
+    show_default=True,
+    help="MobileNetV2 depth multiplier.",
+)
+@click.option(
+    "--backbone-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keras MobileNetV2 .h5/.weights.h5 file (default: scratch).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Cell repeats (default: the architecture's own).",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Predictor tower depth D.",
+)
+@click.option(
+    "--ema",
+    "ema_decay",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Keep an EMA of the weights with this decay (e.g. 0.9998).",
+)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
@@ -119,8 +168,11 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
                                "checkpoint_every", "seed", "backbone_weights")
                    if _parameter_given(ctx, n)]  # fmt: skip
         if ignored:
-            click.echo("note: --resume keeps the run's own settings; ignoring "
-                       + ", ".join("--" + n.replace("_", "-") for n in ignored), err=True)
+            click.echo(
+                "note: --resume keeps the run's own settings; ignoring "
+                + ", ".join("--" + n.replace("_", "-") for n in ignored),
+                err=True,
+            )
         info = previous
     else:
         if steps is None:
@@ -150,6 +202,7 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
         backbone_weights=None if info.backbone_weights == "scratch"
         else Path(info.backbone_weights),
         progress=not quiet,
+        images_per_epoch=len(coco.images),
         echo=lambda s: click.echo(s, err=True),
     )  # fmt: skip
     last = result.last
@@ -168,8 +221,7 @@ def _arch_label(info: Any) -> str:
 
 @click.command("eval")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", "data_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
@@ -211,10 +263,14 @@ def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
 
 @click.command("detect")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the annotated PNGs.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the annotated PNGs.",
+)
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True)
 @one_line_errors
 def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,

@@ -18,10 +18,15 @@ def open_split(data_dir: Path, split: str) -> Any:
 
 def categories(coco: Any) -> list[dict[str, Any]]:
     """[{id, name}] in contiguous class order (class k is the k-th entry)."""
-    return [{"id": int(c["id"]), "name": str(c["name"])} for c in coco.categories]
+    index = coco.class_index
+    return [
+        {"id": int(i), "name": str(n)} for i, n in zip(index.coco_ids, index.names, strict=True)
+    ]
 
 
 def train_batches(coco: Any, input_size: int, batch_size: int, seed: int) -> BatchesFn:
+    """The training stream repeats without end (reshuffled every pass), so the trainer
+    stays in its epoch 0; `epoch` only seeds a fresh stream if one ever ends."""
     from mnasfpn.data import make_dataset
 
     def make(epoch: int) -> Any:
@@ -37,9 +42,5 @@ def eval_batches(coco: Any, input_size: int, batch_size: int) -> Any:
 
 
 def ground_truth(coco: Any) -> dict[str, Any]:
-    """The COCO instances document the set was read from (after its checks)."""
-    return {
-        "images": list(coco.images),
-        "annotations": list(coco.annotations),
-        "categories": categories(coco),
-    }
+    """The COCO instances document the set was read from (skipped annotations left out)."""
+    return coco.ground_truth()

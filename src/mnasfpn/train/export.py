@@ -94,5 +94,7 @@ def _convert_with_postprocess(model: Any, info: RunInfo) -> bytes:
             return converter.convert()
         except Exception as exc:
             msg = str(exc).strip().splitlines()
-            raise ExportError(f"conversion with the post-process op failed: "
-                              f"{msg[0] if msg else type(exc).__name__}") from None
+            raise ExportError(
+                f"conversion with the post-process op failed: "
+                f"{msg[0] if msg else type(exc).__name__}"
+            ) from None

@@ -114,12 +114,15 @@ def train(
     log_every: int = 10,
     progress: bool = True,
     stop_after: int | None = None,
+    images_per_epoch: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train `info`'s detector in `run_dir` (its run.json already written).
 
     `stop_after` ends the loop early at that step, as if killed right after a checkpoint
-    (for tests of resume). Returns the step range done and the throughput."""
+    (for tests of resume). `images_per_epoch` turns the step into epochs in metrics.csv
+    for an endless (repeating) stream; without it the column counts passes. Returns the
+    step range done and the throughput."""
     tf = load_tensorflow()
     import keras
     from tqdm import tqdm
@@ -203,7 +206,9 @@ def train(
                 now = time.perf_counter()
                 last = {k: v / n_in_window for k, v in sums.items()}
                 ips = window_imgs / max(now - window_t, 1e-9)
-                log.write({**last, "step": step, "epoch": int(epoch_var.numpy()), "lr": lr,
+                epoch = (step * hp.batch_size / images_per_epoch if images_per_epoch
+                         else int(epoch_var.numpy()))  # fmt: skip
+                log.write({**last, "step": step, "epoch": epoch, "lr": lr,
                            "images_per_s": ips, "elapsed_s": now - t0})  # fmt: skip
                 bar.set_postfix(loss=f"{last['loss']:.3f}", cls=f"{last['cls_loss']:.3f}",
                                 box=f"{last['box_loss']:.3f}", img_s=f"{ips:.1f}")  # fmt: skip
