@@ -6,19 +6,22 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.searchspace.genotype import LEVELS, Genotype, GenotypeError, genotype_from_json
-from mnasfpn.searchspace.named import paper_mnasfpn
+from mnasfpn.searchspace.named import get_architecture, paper_mnasfpn
 from mnasfpn.searchspace.spaces import (
     CHANNELS,
     EXPANSIONS,
     SPACES,
     SearchSpace,
     get_space,
+    pruned,
     sample_genotypes,
 )
 
@@ -160,12 +163,95 @@ def test_sampling_is_deterministic_per_seed() -> None:
     assert sample_genotypes("mnasfpn", 5, seed=11) != sample_genotypes("mnasfpn", 5, seed=12)
 
 
-def test_validate_accepts_fewer_intermediate_blocks() -> None:
-    # The paper cell has one intermediate block; the space allows 0..5.
-    get_space("mnasfpn").validate(paper_mnasfpn())
-    # But the fixed-length decision sequence cannot express it: a clear error, not garbage.
-    with pytest.raises(GenotypeError, match="the space needs more"):
-        get_space("mnasfpn").encode(paper_mnasfpn())
+def test_paper_cell_round_trips_through_the_decisions() -> None:
+    # The paper cell has one intermediate block; the decisions decide five. Its sequence
+    # places four filler blocks that no block reads, and pruning gives the cell back.
+    paper = paper_mnasfpn()
+    for name in ("mnasfpn", "conn-search"):
+        space = get_space(name)
+        g = replace(paper, space=name)
+        space.validate(g)
+        indices = space.encode(g)
+        assert len(indices) == len(space.decisions(g))
+        decoded = space.decode(indices)
+        assert decoded.num_intermediate == 5
+        assert pruned(decoded) == g
+        assert space.canonical(indices) == g
+        # The canonical sequence is a fixed point: encoding the decoded cell gives it again.
+        assert space.encode(decoded) == indices
+
+
+def test_nasfpnlite_round_trips_through_nasfpnlite_s() -> None:
+    cell = get_architecture("nasfpnlite")
+    space = get_space("nasfpnlite-s")
+    g = replace(cell, space="nasfpnlite-s")
+    space.validate(g)
+    assert space.canonical(space.encode(g), repeats=6) == g
+
+
+def _live_keys(g: Genotype) -> list[str]:
+    return sorted(build_opgraph(g, input_size=64).keys())
+
+
+@pytest.mark.parametrize("name", [n for n in SPACE_NAMES if SPACES[n].fixed is None])
+def test_pruning_keeps_the_live_ops_and_round_trips(name: str) -> None:
+    space = get_space(name)
+    pruned_any = False
+    for g in sample_genotypes(space, 20, seed=3):
+        p = pruned(g)
+        space.validate(p)
+        assert pruned(p) == p
+        pruned_any |= p != g
+        assert all(len(b.inputs) for b in p.blocks)
+        assert _live_keys(p) == _live_keys(g)
+        assert space.canonical(space.encode(p)) == p
+    assert pruned_any  # random cells often leave blocks unread
+
+
+def test_pruning_drops_blocks_read_only_by_dead_blocks() -> None:
+    # block1 is read only by block2, which no output reads: both go, block0 stays.
+    base = paper_mnasfpn()
+    space = get_space("mnasfpn")
+    shift = 2  # two more intermediate blocks before the outputs
+    outputs = [
+        replace(b, inputs=tuple(i + shift if i >= 5 else i for i in b.inputs))
+        for b in base.blocks[1:]
+    ]
+    b0 = base.blocks[0]
+    blocks = (b0, replace(b0, inputs=(4, 1)), replace(b0, inputs=(5, 0)), *outputs)
+    g = replace(base, blocks=blocks)
+    space.validate(g)
+    p = pruned(g)
+    assert p.num_intermediate == 1
+    assert p.blocks[0] == base.blocks[0]
+    assert p == base
+
+
+@pytest.mark.parametrize("name", [n for n in SPACE_NAMES if SPACES[n].fixed is None])
+def test_decision_slots_cover_every_walk(name: str) -> None:
+    space = get_space(name)
+    slots = space.decision_slots()
+    order = {d.name: i for i, d in enumerate(slots)}
+    assert len(order) == len(slots)
+    for g in sample_genotypes(space, 20, seed=4):
+        positions = []
+        for d in space.decisions(g):
+            assert set(d.choices) <= set(slots[order[d.name]].choices), d.name
+            positions.append(order[d.name])
+        assert positions == sorted(positions)
+
+
+def test_walker_is_the_walk() -> None:
+    space = get_space("conn-search")
+    g = sample_genotypes(space, 1, seed=9)[0]
+    values = [d.choices[i] for d, i in zip(space.decisions(g), space.encode(g), strict=True)]
+    walk = space.walker()
+    decision = next(walk)
+    with pytest.raises(StopIteration) as done:
+        for v in values:
+            assert v in decision.choices
+            decision = walk.send(v)
+    assert done.value.value == g
 
 
 def test_encode_rejects_other_space() -> None:

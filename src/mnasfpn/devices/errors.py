@@ -6,8 +6,10 @@ user verbatim by the CLI.
 
 from __future__ import annotations
 
+from mnasfpn.errors import MnasfpnError
 
-class DeviceError(Exception):
+
+class DeviceError(MnasfpnError):
     """A device could not be opened, queried or used (one-line message)."""
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -36,14 +39,12 @@ class Profile:
         return not self.expected_models or model.strip() in self.expected_models
 
     def replace(self, **changes: Any) -> Profile:
-        """A copy with some fields changed (e.g. fewer runs in a quick check)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise DeviceError(
-                f"unknown profile field(s) {sorted(unknown)}; "
-                f"valid: {[f.name for f in dataclasses.fields(self)]}"
-            )
-        return _validated(dataclasses.replace(self, **changes))
+        """A copy with some fields changed (e.g. fewer runs in a quick check). Values are
+        typed by the schema: a string (as from ``--set``) is parsed, e.g. "False" → False;
+        a value of the wrong type, an unknown or fixed field, or a value out of range is
+        refused in one line."""
+        typed = {name: coerce_field(name, value) for name, value in changes.items()}
+        return _validated(dataclasses.replace(self, **typed))
 
     def mask(self) -> str:
         """The taskset mask in hex, derived from ``core`` when not given."""
@@ -63,16 +64,91 @@ def list_profiles() -> list[str]:
     )
 
 
+# Fields an override may not change: they say which device this is, not how it is timed.
+_FIXED = frozenset({"name", "kind"})
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(Profile)
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def overridable_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Profile) if f.name not in _FIXED]
+
+
+def _parse_text(name: str, kind: Any, raw: str) -> Any:
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    if kind is str:
+        return raw
+    # tuple[str, ...]: a comma-separated list
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def coerce_field(name: str, value: Any) -> Any:
+    """`value` as the type of profile field `name`: strings are parsed, other values must
+    already have the field's type (an int is accepted where a float is wanted)."""
+    if name not in _FIELD_TYPES:
+        raise DeviceError(
+            f"unknown profile field {name!r}; valid fields: {', '.join(overridable_fields())}"
+        )
+    if name in _FIXED:
+        raise DeviceError(
+            f"profile field {name!r} cannot be overridden; choose another --device instead"
+        )
+    kind = _FIELD_TYPES[name]
+    kind_name = _KIND_NAMES.get(kind, "a comma-separated list of names")
+    if isinstance(value, str) and kind is not str:
+        try:
+            return _parse_text(name, kind, value)
+        except ValueError:
+            raise DeviceError(f"profile field {name} takes {kind_name}, not {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is tuple[str, ...] or typing.get_origin(kind) is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise DeviceError(f"profile field {name} takes {kind_name}, not {value!r}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings (``--set``) → typed profile overrides; ranges are checked
+    when they are applied to a profile (`Profile.replace`), as some span two fields."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise DeviceError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set num_runs=20")
+        if name in out:
+            raise DeviceError(f"--set {name} is given twice; give each field once")
+        out[name] = coerce_field(name, raw)
+    return out
+
+
 def _validated(p: Profile) -> Profile:
     problems = []
     if p.kind not in _KINDS:
         problems.append(f"kind must be one of {_KINDS}")
     if p.threads < 1 or p.num_runs < 1 or p.warmup_runs < 0:
         problems.append("threads and num_runs must be >= 1, warmup_runs >= 0")
+    if p.core < -1:
+        problems.append("core must be >= 0, or -1 for the last usable core")
     if not 1 <= p.min_repeats <= p.max_repeats:
         problems.append("need 1 <= min_repeats <= max_repeats")
-    if p.stability_tolerance <= 0 or p.cooldown_s < 0:
-        problems.append("stability_tolerance must be > 0 and cooldown_s >= 0")
+    if not (0 < p.stability_tolerance < 1 and 0 <= p.cooldown_s < math.inf):
+        problems.append("stability_tolerance must be in (0, 1) and cooldown_s finite, >= 0")
     if p.taskset_mask:
         try:
             if int(p.taskset_mask, 16) <= 0:
@@ -94,8 +170,11 @@ def load_profile(name: str) -> Profile:
     extra = set(raw) - fields
     if extra:
         raise DeviceError(f"profile {name!r} has unknown field(s) {sorted(extra)}; fix the file")
-    raw["expected_models"] = tuple(raw.get("expected_models", ()))
-    return _validated(Profile(name=name, **raw))
+    try:
+        typed = {k: v if k in _FIXED else coerce_field(k, v) for k, v in raw.items()}
+    except DeviceError as exc:
+        raise DeviceError(f"profile file {name}.toml: {exc}; fix the file") from None
+    return _validated(Profile(name=name, **typed))
 
 
 def match_profile(model: str) -> str:

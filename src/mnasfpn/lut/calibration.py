@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.ops import PARTS, TFLITE_OP
 
 OP_TYPES: tuple[str, ...] = tuple(TFLITE_OP)
@@ -35,7 +36,7 @@ def feature_name(op_type: str, part: str, feature_set: str) -> str:
     return op_type if feature_set == "type" else f"{op_type}@{part}"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MnasfpnError, ValueError):
     pass
 
 

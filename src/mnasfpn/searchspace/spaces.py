@@ -8,8 +8,8 @@ genotype) are the same walk with different callbacks, so they cannot disagree.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
 
 from mnasfpn.searchspace.genotype import (
     LEVELS,
@@ -52,10 +52,12 @@ class SearchSpace:
 
     # -- decisions ------------------------------------------------------------------
 
-    def _walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
+    def _steps(self) -> Generator[Decision, int | str, Genotype]:
+        """The decisions in order, as a coroutine: it yields each decision and is sent the
+        value chosen, so several walks can advance in lockstep (the controller's batches)."""
         if self.fixed is not None:
             return self.fixed
-        channels = int(pick(Decision("channels", self.channels)))
+        channels = int((yield Decision("channels", self.channels)))
         blocks = []
         num_blocks = self.num_intermediate + NUM_CELL_INPUTS
         for b in range(num_blocks):
@@ -66,22 +68,76 @@ class SearchSpace:
                 choices: list[int] = [n for n in available if n not in inputs]
                 if slot >= self.min_inputs:
                     choices = [-1, *choices]  # -1 ends the input list early
-                value = int(pick(Decision(f"block{b}.input{slot}", tuple(choices))))
+                value = int((yield Decision(f"block{b}.input{slot}", tuple(choices))))
                 if value == -1:
                     break
                 inputs.append(value)
             if is_output:
                 level = LEVELS[b - self.num_intermediate]
             else:
-                level = int(pick(Decision(f"block{b}.level", LEVELS)))
+                level = int((yield Decision(f"block{b}.level", LEVELS)))
             if self.expansions is None:
                 expansion = channels
             else:
-                expansion = int(pick(Decision(f"block{b}.expansion", self.expansions)))
-            kernel = int(pick(Decision(f"block{b}.kernel", self.kernels)))
-            merge = str(pick(Decision(f"block{b}.merge", self.merges)))
+                expansion = int((yield Decision(f"block{b}.expansion", self.expansions)))
+            kernel = int((yield Decision(f"block{b}.kernel", self.kernels)))
+            merge = str((yield Decision(f"block{b}.merge", self.merges)))
             blocks.append(Block(tuple(inputs), level, expansion, kernel, merge))
         return Genotype(self.name, channels, tuple(blocks), self.repeats, self.sdo)
+
+    def _walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
+        steps = self._steps()
+        try:
+            decision = next(steps)
+            while True:
+                decision = steps.send(pick(decision))
+        except StopIteration as done:
+            return done.value
+
+    def walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
+        """Run the decisions, asking `pick` for each value (the genotype is not pruned)."""
+        return self._walk(pick)
+
+    def decode_decisions(self, indices: Sequence[int]) -> list[Decision]:
+        """The decisions a sequence of choice indices meets (the schema of `decode`)."""
+        seen: list[Decision] = []
+        it = iter(indices)
+
+        def pick(d: Decision) -> int | str:
+            seen.append(d)
+            i = next(it, None)
+            if i is None or not 0 <= i < len(d.choices):
+                raise GenotypeError(f"{d.name}: no valid choice index in the sequence")
+            return d.choices[i]
+
+        self._walk(pick)
+        return seen
+
+    def walker(self) -> Generator[Decision, int | str, Genotype]:
+        """A fresh decision coroutine: `next()` gives the first decision, `send(value)` the
+        next one; StopIteration carries the genotype (not pruned)."""
+        return self._steps()
+
+    def decision_slots(self) -> list[Decision]:
+        """Every decision any walk of this space can meet, in walk order, each with every
+        value it can ever take (a walk's own decision offers a subset: an input slot never
+        offers a node already picked, and a walk that ends its inputs early skips the later
+        slots). The controller's fixed vocabulary."""
+        slots: list[Decision] = []
+
+        def pick(d: Decision) -> int | str:
+            head, _, field_name = d.name.partition(".")
+            if field_name.startswith("input"):
+                b = int(head.removeprefix("block"))
+                slot = int(field_name.removeprefix("input"))
+                early = (-1,) if slot >= self.min_inputs else ()
+                slots.append(Decision(d.name, (*early, *range(NUM_CELL_INPUTS + b))))
+                return next(c for c in d.choices if c != -1)  # visit every input slot
+            slots.append(d)
+            return d.choices[0]
+
+        self._walk(pick)
+        return slots
 
     def decisions(self, genotype: Genotype) -> list[Decision]:
         """The decision schema that `genotype` walks through (controller vocabulary)."""
@@ -104,6 +160,7 @@ class SearchSpace:
             raise GenotypeError(f"genotype is of space {genotype.space!r}, not {self.name!r}")
         if self.fixed is not None:
             return []
+        genotype = self.padded(genotype)
         out: list[int] = []
 
         def pick(d: Decision) -> int | str:
@@ -120,6 +177,31 @@ class SearchSpace:
         if rebuilt.blocks != genotype.blocks or rebuilt.channels != genotype.channels:
             raise GenotypeError(f"genotype does not fit the decisions of space {self.name!r}")
         return out
+
+    def padded(self, genotype: Genotype) -> Genotype:
+        """`genotype` with as many intermediate blocks as the decisions decide: its own
+        intermediate blocks first, then filler blocks that no block reads (choice 0 at each
+        of their decisions), then the output blocks, renumbered. Pruning gives `genotype`
+        back, so every genotype of the space has a decision sequence (up to pruning)."""
+        have, want = genotype.num_intermediate, self.num_intermediate
+        if have >= want or have < 0:
+            return genotype  # too many blocks: `encode` reports it
+        shift = want - have
+        first_output_node = NUM_CELL_INPUTS + have
+        expansion = genotype.channels if self.expansions is None else self.expansions[0]
+        filler = Block(
+            tuple(range(self.min_inputs)), LEVELS[0], expansion, self.kernels[0], self.merges[0]
+        )
+        outputs = tuple(
+            replace(b, inputs=tuple(i + shift if i >= first_output_node else i for i in b.inputs))
+            for b in genotype.blocks[have:]
+        )
+        blocks = (*genotype.blocks[:have], *([filler] * shift), *outputs)
+        return replace(genotype, blocks=blocks)
+
+    def canonical(self, indices: Sequence[int], *, repeats: int | None = None) -> Genotype:
+        """The genotype a decision sequence stands for: decoded, dead blocks pruned."""
+        return pruned(self.decode(indices, repeats=repeats))
 
     def decode(self, indices: Sequence[int], *, repeats: int | None = None) -> Genotype:
         """Choice indices → genotype (the inverse of `encode`)."""
@@ -228,6 +310,31 @@ class SearchSpace:
                 total *= len(LEVELS)
             total *= len(self.expansions or (0,)) * len(self.kernels) * len(self.merges)
         return total
+
+
+def pruned(genotype: Genotype) -> Genotype:
+    """`genotype` without the intermediate blocks that no output block reaches, nodes
+    renumbered. They build no live op (paper §3.4; the table and the IR drop them too), so
+    the pruned genotype has the same latency and trains the same model: it is the one form
+    a search stores, compares and trains."""
+    n_mid = genotype.num_intermediate
+    live = [False] * n_mid + [True] * NUM_CELL_INPUTS
+    for b in range(len(genotype.blocks) - 1, -1, -1):
+        if live[b]:
+            for i in genotype.blocks[b].inputs:
+                if i >= NUM_CELL_INPUTS:
+                    live[i - NUM_CELL_INPUTS] = True
+    if all(live):
+        return genotype
+    node = list(range(NUM_CELL_INPUTS))
+    for b, alive in enumerate(live):
+        node.append(NUM_CELL_INPUTS + sum(live[:b]) if alive else -1)
+    blocks = tuple(
+        replace(block, inputs=tuple(node[i] for i in block.inputs))
+        for block, alive in zip(genotype.blocks, live, strict=True)
+        if alive
+    )
+    return replace(genotype, blocks=blocks)
 
 
 def _genotype_value(genotype: Genotype, name: str) -> int | str:

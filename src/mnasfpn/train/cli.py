@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Callable
@@ -11,23 +10,20 @@ from typing import Any, TypeVar
 
 import click
 
-from mnasfpn.errors import MnasfpnError
-from mnasfpn.searchspace.genotype import GenotypeError
+from mnasfpn.cli_common import handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def one_line_errors(func: F) -> F:
-    """User errors (MnasfpnError, a bad genotype) end the command with their one line."""
+def require_tensorflow(command: str) -> None:
+    """One line instead of an import traceback where the train extra is not installed."""
+    import importlib.util
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (MnasfpnError, GenotypeError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
+    if importlib.util.find_spec("tensorflow") is None:
+        raise click.ClickException(
+            f"mnasfpn {command} needs TensorFlow, which is not installed: "
+            "pip install 'mnasfpn[train]'"
+        )
 
 
 def _parameter_given(ctx: click.Context, name: str) -> bool:
@@ -117,7 +113,7 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-@one_line_errors
+@handle_errors
 def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, split: str,
                   input_size: int, steps: int | None, epochs: float | None, batch_size: int,
                   lr: float | None, backbone_alpha: float, backbone_weights: Path | None,
@@ -148,6 +144,7 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
         raise click.ClickException(f"--out {str(run_dir)!r} already holds a run; pass --resume "
                                    "to continue it or choose another folder")  # fmt: skip
 
+    require_tensorflow("train")
     from mnasfpn.train.data_source import categories, open_split, train_batches
 
     coco = open_split(data_dir, split)
@@ -225,13 +222,14 @@ def _arch_label(info: Any) -> str:
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-@one_line_errors
+@handle_errors
 def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
                  as_json: bool) -> None:  # fmt: skip
     """COCO mAP (and @0.5, @0.75, small/medium/large) of a trained run on a split."""
     from mnasfpn.train.run import RunError, load_run
 
     info = load_run(run_dir)
+    require_tensorflow("eval")
     from mnasfpn.train.data_source import categories, eval_batches, ground_truth, open_split
 
     coco = open_split(data_dir, split)
@@ -272,7 +270,7 @@ def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
     help="Folder for the annotated PNGs.",
 )
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True)
-@one_line_errors
+@handle_errors
 def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
                    min_score: float) -> None:  # fmt: skip
     """Draw a trained run's detections (after NMS) on images, with class names and scores."""
@@ -282,6 +280,7 @@ def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise click.ClickException(f"image not found: {', '.join(missing)}")
+    require_tensorflow("detect")
     from mnasfpn.train.detect import detect_images
 
     for src, dst, count in detect_images(info, run_dir, list(images), out_dir, min_score):

@@ -30,14 +30,19 @@ def trained_model(info: RunInfo, run_dir: Path) -> tuple[Any, int]:
 
 
 def export_run(
-    info: RunInfo, run_dir: Path, out: Path, *, with_postprocess: bool = False
+    info: RunInfo,
+    run_dir: Path,
+    out: Path,
+    *,
+    with_postprocess: bool = False,
+    replace: bool = True,
 ) -> tuple[Path, int]:
     """Write the run's detector to `out`; returns (path, the checkpoint step exported)."""
     from mnasfpn.model.export import convert_keras
 
     model, step = trained_model(info, run_dir)
     data = _convert_with_postprocess(model, info) if with_postprocess else convert_keras(model)
-    return write_atomic(out, data), step
+    return write_atomic(out, data, replace=replace), step
 
 
 def _postprocess_attrs(num_classes: int) -> str:
