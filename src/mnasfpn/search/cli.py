@@ -96,15 +96,16 @@ def _proxy_budget(options: dict[str, Any]) -> Any:
         raise MnasfpnError(f"bad proxy settings: {exc}") from None
 
 
-def _check_data(data: Path, budget: Any) -> None:
-    """Refuse a data folder the proxy would reject, before any child trains."""
-    from mnasfpn.train import proxy
+def _check_data(data: Path) -> None:
+    """Refuse a data folder the proxy would reject, before any child trains: both
+    annotation files present, and the val split readable as COCO."""
+    from mnasfpn.data.coco import load_coco
+    from mnasfpn.train.proxy import data_fingerprint
 
-    check = getattr(proxy, "check_data", None)
-    if check is not None:
-        check(data, budget)
-    elif not data.is_dir():
+    if not data.is_dir():
         raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
+    data_fingerprint(data)
+    load_coco(data, "val")
 
 
 @click.command("search")
@@ -193,10 +194,23 @@ def _check_data(data: Path, budget: Any) -> None:
 @click.option("--proxy-lr", type=float, default=None, help="Proxy training peak learning rate.")
 @click.option("--proxy-alpha", type=float, default=None, help="Proxy backbone width.")
 @click.option(
+    "--proxy-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="TensorFlow threads per child [default: TensorFlow's].",
+)
+@click.option(
+    "--proxy-timeout",
+    type=float,
+    default=None,
+    help="Stop a child running longer than this many seconds (recorded as failed).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Proxy cache (backbone features) [default: <out>/proxy-cache].",
+    help="Proxy cache of the shared backbone and its features, reused by every search on "
+    "the same data [default: ~/.cache/mnasfpn/proxy].",
 )
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @handle_errors
@@ -221,6 +235,8 @@ def search_cmd(
     proxy_batch_size: int | None,
     proxy_lr: float | None,
     proxy_alpha: float | None,
+    proxy_threads: int | None,
+    proxy_timeout: float | None,
     cache_dir: Path | None,
     quiet: bool,
 ) -> None:
@@ -243,11 +259,13 @@ def search_cmd(
             "batch_size": proxy_batch_size,
             "lr": proxy_lr,
             "alpha": proxy_alpha,
+            "threads": proxy_threads,
+            "timeout_s": proxy_timeout,
         }
     )
-    _check_data(data, budget)
+    _check_data(data)
     evaluator = ProxyEvaluator(
-        str(data.resolve()), budget, str((cache_dir or out / "proxy-cache").resolve())
+        str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
     )
     run_cli_search(setup, evaluator, out, trials, workers, ray_address, force_new, quiet)
 
