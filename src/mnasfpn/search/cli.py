@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mnasfpn.cli_common import handle_errors
 from mnasfpn.errors import MnasfpnError
+
+if TYPE_CHECKING:
+    from mnasfpn.search.executors import Executor
 
 DEFAULT_TRIALS = 100
 
@@ -267,7 +271,13 @@ def search_cmd(
     evaluator = ProxyEvaluator(
         str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
     )
-    run_cli_search(setup, evaluator, out, trials, workers, ray_address, force_new, quiet)
+
+    def ray_executor(ev: Any) -> Executor:
+        from mnasfpn.search.executors import RayExecutor
+
+        return RayExecutor(ev, workers=workers or _workers_default(), address=ray_address)
+
+    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
 
 
 def prepare(
@@ -336,13 +346,12 @@ def run_cli_search(
     evaluator: Any,
     out: Path,
     trials: int,
-    workers: int | None,
-    ray_address: str | None,
+    make_executor: Callable[[Any], Executor],
     force_new: bool,
     quiet: bool,
 ) -> None:
+    """Run (or resume) the search, showing progress, then print its frontier."""
     from mnasfpn.search.driver import Search, SearchSettings, open_store
-    from mnasfpn.search.executors import RayExecutor
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
 
     settings = SearchSettings(
@@ -358,7 +367,7 @@ def run_cli_search(
     # Refuse a folder with other settings before starting any worker.
     open_store(out, settings, force_new=force_new).close()
     start = time.perf_counter()
-    executor = RayExecutor(evaluator, workers=workers or _workers_default(), address=ray_address)
+    executor = make_executor(evaluator)
     progress = None if quiet else ProgressLine()
     search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
     try:
