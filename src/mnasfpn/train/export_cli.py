@@ -17,11 +17,13 @@ def export_run_command(
     if arch is not None:
         raise click.ClickException("give --arch or --run, not both (a run knows its architecture)")
     from mnasfpn.atomic import check_output
+    from mnasfpn.train.checkpoint import require_checkpoint
     from mnasfpn.train.cli import require_tensorflow
     from mnasfpn.train.run import load_run
 
     try:
         info = load_run(run_dir)
+        require_checkpoint(run_dir)
         check_output(out, force=force)
         if not out.parent.is_dir():
             raise click.ClickException(
