@@ -133,9 +133,37 @@ def test_train_eval_export_detect_end_to_end(tmp_path: Path, data: Path) -> None
 
     shapes = sorted(tuple(d["shape"]) for d in Interpreter(str(tflite)).get_output_details())
     assert shapes == sorted([(1, 9 * 340, 4), (1, 9 * 340, 2)])
+    _check_postprocess_export(out, tmp_path / "pp.tflite")
     images = sorted((data / "val").iterdir())[:2]
     result = run("detect", "--run", out, *images, "--out", tmp_path / "det", "--min-score", "0")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "det").iterdir()) == [
         p.stem + ".png" for p in images
     ]
+
+
+def _check_postprocess_export(run_dir: Path, path: Path) -> None:
+    """The exported NMS op gives the scores and classes of the TensorFlow NMS path."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mnasfpn.train.detector import build_detector, preprocess, restore_weights
+    from mnasfpn.train.evaluate import NmsConfig, make_predict_fn
+    from mnasfpn.train.run import load_run
+
+    result = run("export", "--run", run_dir, "--out", path, "--with-postprocess")
+    assert result.exit_code == 0, result.output
+    info = load_run(run_dir)
+    model = build_detector(info.genotype, info.detector)
+    restore_weights(model, run_dir)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
+    _, scores, classes, _ = make_predict_fn(model, 128, NmsConfig(score_threshold=1e-8))(x)
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    (name,) = runner.get_input_details()
+    out = runner(**{name: preprocess(x)})
+    got = {v.shape: v for v in out.values()}
+    assert got[(1, 100, 4)].shape == (1, 100, 4) and got[(1,)][0] == 100
+    lite_scores = sorted(out.values(), key=lambda v: v.shape)[1:]  # the two [1, 100] outputs
+    lite = next(v for v in lite_scores if not np.allclose(v, np.round(v)))
+    assert np.allclose(lite[0, :10], scores.numpy()[0, :10], atol=1e-5)
+    assert classes.numpy().shape == (1, 100)
