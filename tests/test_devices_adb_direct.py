@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 
 from adbd_emulator import AdbdEmulator, EmulatorConfig, binary_bytes
-from adbd_emulator.fixtures import QUICK, build_models, free_port
+from adbd_emulator.fixtures import QUICK, free_port
 from mnasfpn.devices import DeviceError, open_device
 from mnasfpn.devices.adb import AdbDevice
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

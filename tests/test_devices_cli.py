@@ -12,13 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from adbd_emulator import AdbdEmulator, EmulatorConfig
-from adbd_emulator.fixtures import build_models
 from mnasfpn.devices.cli import profile_command, register
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("models"))
 
 
 def _one_line_error(output: str) -> str:

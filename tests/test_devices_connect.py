@@ -132,3 +132,16 @@ def test_the_emulator_is_an_adbd() -> None:
             assert transport.shell("echo hi").output.strip() == "hi"
         finally:
             transport.close()
+
+
+@pytest.mark.parametrize("serial", ["emulator-5554", None])
+def test_unauthorized_phone_on_the_adb_server(
+    monkeypatch: pytest.MonkeyPatch, serial: str | None
+) -> None:
+    from mnasfpn.devices import transport
+
+    listed = [("emulator-5554", "unauthorized")]
+    monkeypatch.setattr(transport, "attached_serials", lambda: listed)
+    with pytest.raises(DeviceError) as info:
+        transport.ServerTransport(serial)
+    assert str(info.value).startswith("phone emulator-5554 has not authorized this computer")

@@ -85,6 +85,8 @@ def device_options(
     the profile schema). The profile and its overrides are checked before the command
     runs, so a typo fails at once rather than after minutes of conversion."""
 
+    from mnasfpn.devices.profiles import list_profiles
+
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -114,7 +116,7 @@ def device_options(
                 "device_name",
                 required=device_required,
                 default=None,
-                help="Device profile: host, pixel1, pixel4, generic-android.",
+                help=f"Device profile: {', '.join(list_profiles())}.",
             ),
             serial,
             click.option(

@@ -22,7 +22,14 @@ from mnasfpn.devices.benchmark_output import BenchmarkOutput, failure_hint, pars
 from mnasfpn.devices.errors import ConnectionDropped, DeviceError, ModelRunError
 from mnasfpn.devices.profiles import Profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
-from mnasfpn.devices.stats import repeat_until_stable, summarize
+from mnasfpn.devices.stats import (
+    DEFAULT_STATISTIC,
+    DriftMonitor,
+    RemeasureBudget,
+    measure_with_drift_control,
+    repeat_until_stable,
+    summarize,
+)
 from mnasfpn.devices.transport import CommandTimeout, Transport
 
 T = TypeVar("T")
@@ -35,6 +42,8 @@ _RUN_TIMEOUT_S = 600.0
 class AdbDevice(Device):
     # Indirection so tests can observe cool-downs and retry pauses without waiting.
     _sleep = staticmethod(time.sleep)
+    # Cool-down before timing again a model that ran while the phone throttled.
+    throttle_cooldown_s = 10.0
 
     def __init__(
         self,
@@ -51,6 +60,10 @@ class AdbDevice(Device):
         self.transport = transport
         self.retries = retries
         self.retry_delay_s = retry_delay_s
+        self.statistic = DEFAULT_STATISTIC
+        # Throttling = the core's frequency cap above the lowest one seen (uncapped).
+        self.drift = DriftMonitor(margin=0.05, quantile=0.0, min_history=1)
+        self.budget = RemeasureBudget()
         self.workdir = f"{_REMOTE_ROOT}/mnasfpn-{uuid.uuid4().hex[:8]}"
         self._workdir_made = False
         self.model = self._getprop("ro.product.model")
@@ -192,20 +205,51 @@ class AdbDevice(Device):
             raise ModelRunError(f"benchmark_model exited with status {code}: {failure_hint(out)}")
         return parse_benchmark_output(out)
 
+    def _throttle_ratio(self) -> float | None:
+        """The pinned core's frequency cap ratio (cpuinfo_max / scaling_max), None where
+        the files are not readable."""
+        paths = sysinfo.cpufreq_paths(self.profile.core)
+        out, code = self._sh(f"cat {paths['max']} {paths['cap']}")
+        values = [sysinfo.parse_int(v) for v in out.split()] if code == 0 else []
+        if len(values) != 2:
+            return None
+        return sysinfo.cap_ratio(values[0], values[1])
+
     def _time_remote(self, label: str, remote_model: str) -> TimingResult:
+        """Repeated short runs of ``benchmark_model`` (the stock binary prints no per-run
+        times): each run's average is one round. The frequency cap is read before and
+        after; a model timed while the phone throttled is timed again after a cool-down,
+        within the device's re-measurement budget."""
         p = self.profile
-        outputs: list[BenchmarkOutput] = []
+        tries: list[tuple[list[BenchmarkOutput], int, bool]] = []
 
-        def one_round() -> list[float]:
-            outputs.append(self._run_once(remote_model))
-            return [outputs[-1].inference_avg_ms]
+        def measure() -> tuple[list[list[float]], list[float]]:
+            outputs: list[BenchmarkOutput] = []
 
-        samples, rounds, stable = repeat_until_stable(
-            one_round,
-            min_repeats=p.min_repeats,
-            max_repeats=p.max_repeats,
-            tolerance=p.stability_tolerance,
+            def one_round() -> list[float]:
+                outputs.append(self._run_once(remote_model))
+                return [outputs[-1].inference_avg_ms]
+
+            before = self._throttle_ratio()
+            rounds, n, stable = repeat_until_stable(
+                one_round,
+                min_repeats=p.min_repeats,
+                max_repeats=p.max_repeats,
+                tolerance=p.stability_tolerance,
+            )
+            tries.append((outputs, n, stable))
+            after = self._throttle_ratio()
+            return rounds, [r for r in (before, after) if r is not None]
+
+        kept, attempts = measure_with_drift_control(
+            measure,
+            self.drift,
+            self.budget,
+            statistic=self.statistic,
+            settle=lambda: self._sleep(max(self.profile.cooldown_s, self.throttle_cooldown_s)),
         )
+        outputs, rounds, stable = tries[next(i for i, a in enumerate(attempts) if a is kept)]
+        samples = [x for r in kept.rounds for x in r]
         runs = sum(o.inference.count if o.inference else p.num_runs for o in outputs)
         mins = [o.inference.min_us / 1000 for o in outputs if o.inference and o.inference.min_us]
         stds = [o.inference.std_us / 1000 for o in outputs if o.inference and o.inference.std_us]
@@ -224,6 +268,13 @@ class AdbDevice(Device):
             runs=runs,
             min_ms=min(mins) if mins else None,
             std_ms=std_ms,
+            rounds=kept.rounds,
+            statistic=self.statistic,
+            clock="wall",
+            ref_ratio=kept.ref_ratio,
+            slow_phase=kept.slow,
+            remeasured=len(attempts) - 1,
+            ref_ms=kept.refs,
         )
 
     def time_models(

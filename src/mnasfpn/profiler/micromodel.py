@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.ops import parse_key
+from mnasfpn.ir.ops import op_type_of, parse_key
 from mnasfpn.model.convert import DEFAULT_CONVERTER, check_converter, converter_id
 from mnasfpn.parallel import spawn_map
 from mnasfpn.tfenv import load_tensorflow
@@ -24,8 +24,7 @@ from mnasfpn.tfenv import load_tensorflow
 def cache_path(key: str, cache_dir: Path, converter: str = DEFAULT_CONVERTER) -> Path:
     # Keys are readable but long; a digest keeps file names short and safe everywhere.
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
-    op_type = key.split("/", 1)[0]
-    return Path(cache_dir) / converter_id(converter) / f"{op_type}-{digest}.tflite"
+    return Path(cache_dir) / converter_id(converter) / f"{op_type_of(key)}-{digest}.tflite"
 
 
 def build_micromodel(key: str):  # -> keras.Model

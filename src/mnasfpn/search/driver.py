@@ -25,6 +25,7 @@ from mnasfpn.search.executors import Executor
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import (
     STORE_NAME,
+    Checkpoint,
     ChildResult,
     TrialStore,
     genotype_key,
@@ -217,16 +218,22 @@ class Search:
         self.latency: dict[int, float] = {}
         self._started = time.perf_counter()
         self._finished_before = 0
+        self._arrays_saved: str | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _checkpoint(self) -> tuple[str, bytes]:
-        return (self.strategy.name, self.strategy.save())
+    def _checkpoint(self) -> Checkpoint:
+        version = self.strategy.arrays_version()
+        fresh = version is None or version != self._arrays_saved
+        state, arrays = self.strategy.save_parts(arrays=fresh)
+        self._arrays_saved = version
+        return Checkpoint(self.strategy.name, state, arrays, version)
 
     def _restore(self) -> None:
         ck = self.store.checkpoint()
         if ck is not None:
-            self.strategy.restore(ck[1])
+            self.strategy.restore_parts(ck.state, ck.arrays)
+            self._arrays_saved = ck.arrays_version
 
     def _progress(self) -> Progress:
         bands = latency_bands(self.settings.reward.target_ms)
@@ -247,7 +254,6 @@ class Search:
     def _submit(self, trial_id: int, proposal: Proposal, latency: float) -> None:
         self.proposals[trial_id] = proposal
         self.latency[trial_id] = latency
-        self.store.start_attempt(trial_id)
         self.executor.submit(trial_id, proposal.genotype)
 
     def _resume_running(self) -> None:
@@ -258,6 +264,7 @@ class Search:
                 self._finish(t.id, proposal, ChildResult(map=None, error=error), t.latency_ms)
                 continue
             assert t.latency_ms is not None
+            self.store.start_attempt(t.id)
             self._submit(t.id, proposal, t.latency_ms)
 
     def _finish(

@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     state BLOB NOT NULL,
     saved_at TEXT NOT NULL
 );
+-- A row of its own: SQLite rewrites a whole row on update, and the arrays (PPO's
+-- weights, ~2 MB) change far less often than the rest of the state.
+CREATE TABLE IF NOT EXISTS checkpoint_arrays (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    arrays BLOB NOT NULL,
+    version TEXT
+);
 """
 
 
@@ -104,6 +111,16 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A strategy's state: its JSON part, and its arrays (None: unchanged since saved)."""
+
+    strategy: str
+    state: bytes
+    arrays: bytes | None
+    arrays_version: str | None
+
+
+@dataclass(frozen=True)
 class ChildResult:
     """What one evaluated child reports back (the proxy's result, or its failure)."""
 
@@ -137,7 +154,9 @@ class TrialStore:
             folder.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # WAL with synchronous=NORMAL: a commit survives the process being killed
+            # (what resuming needs); only a power cut may lose the last few.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{path}: cannot open the trial store ({exc})") from None
@@ -192,7 +211,7 @@ class TrialStore:
         self,
         rows: list[dict[str, Any]],
         table: tuple[str, str],
-        checkpoint: tuple[str, bytes] | None,
+        checkpoint: Checkpoint | None,
     ) -> list[int]:
         """Insert proposals (running, or already finished: rejected / cached) and the
         strategy checkpoint taken after proposing them, atomically."""
@@ -202,8 +221,8 @@ class TrialStore:
                 cur = tx.execute(
                     "INSERT INTO trials(status, genotype, genotype_key, decisions, info, "
                     "latency_ms, breakdown, map, map50, map75, reward, metrics, error, "
-                    "cached_from, table_path, table_hash, proposed_at, finished_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "cached_from, attempts, table_path, table_hash, proposed_at, finished_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         r["status"],
                         r["genotype"].to_json(indent=None),
@@ -219,6 +238,7 @@ class TrialStore:
                         json.dumps(r.get("metrics")),
                         r.get("error"),
                         r.get("cached_from"),
+                        1 if r["status"] == "running" else 0,  # it starts right away
                         table[0],
                         table[1],
                         now(),
@@ -227,7 +247,7 @@ class TrialStore:
                 )
                 ids.append(int(cur.lastrowid or 0))
             if checkpoint is not None:
-                self._save_checkpoint(tx, *checkpoint)
+                self._save_checkpoint(tx, checkpoint)
         return ids
 
     def start_attempt(self, trial_id: int) -> int:
@@ -241,7 +261,7 @@ class TrialStore:
         trial_id: int,
         result: ChildResult,
         reward: float | None,
-        checkpoint: tuple[str, bytes] | None,
+        checkpoint: Checkpoint | None,
     ) -> None:
         """Record a child's result (or failure) and the checkpoint that learned from it."""
         status = "failed" if result.error is not None else "done"
@@ -269,17 +289,32 @@ class TrialStore:
             if cur.rowcount != 1:
                 raise StoreError(f"trial {trial_id} is not running; it cannot finish twice")
             if checkpoint is not None:
-                self._save_checkpoint(tx, *checkpoint)
+                self._save_checkpoint(tx, checkpoint)
 
-    def _save_checkpoint(self, tx: sqlite3.Connection, strategy: str, state: bytes) -> None:
+    def _save_checkpoint(self, tx: sqlite3.Connection, ck: Checkpoint) -> None:
         tx.execute(
             "INSERT OR REPLACE INTO checkpoint(id, strategy, state, saved_at) VALUES (1,?,?,?)",
-            (strategy, state, now()),
+            (ck.strategy, ck.state, now()),
         )
+        if ck.arrays is not None:  # None: unchanged since they were last saved
+            tx.execute(
+                "INSERT OR REPLACE INTO checkpoint_arrays(id, arrays, version) VALUES (1,?,?)",
+                (ck.arrays, ck.arrays_version),
+            )
 
-    def checkpoint(self) -> tuple[str, bytes] | None:
+    def checkpoint(self) -> Checkpoint | None:
         row = self.conn.execute("SELECT strategy, state FROM checkpoint WHERE id = 1").fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
+        if row is None:
+            return None
+        arrays = self.conn.execute(
+            "SELECT arrays, version FROM checkpoint_arrays WHERE id = 1"
+        ).fetchone()
+        return Checkpoint(
+            str(row[0]),
+            bytes(row[1]),
+            None if arrays is None else bytes(arrays[0]),
+            None if arrays is None else arrays[1],
+        )
 
     def trials(self, status: str | None = None) -> list[Trial]:
         sql = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"

@@ -85,7 +85,9 @@ class Genotype:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        from mnasfpn.atomic import write_atomic
+
+        write_atomic(path, self.to_json() + "\n")
 
 
 # The fields a document may hold; anything else is a typo ("merg", "repeat", "SDO") that
