@@ -57,7 +57,7 @@ def load_run(folder: str | Path) -> SearchRun:
     folder = Path(folder)
     if not (folder / STORE_NAME).exists():
         raise MnasfpnError(f"{folder} holds no search ({STORE_NAME} missing); run mnasfpn search")
-    with TrialStore.open(folder, create=False) as store:
+    with TrialStore.open(folder, readonly=True) as store:
         meta = store.meta()
         trials = store.trials()
     settings = meta.get("settings") or {}

@@ -12,24 +12,23 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.errors import MnasfpnError
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
+from mnasfpn.sqlite_db import Database, DatabaseError, Schema
 
 STORE_NAME = "trials.sqlite"
+FORMAT = "mnasfpn-trials"
 SCHEMA_VERSION = 1
 # statuses: running (proposed, not finished), done, failed, rejected (over --max-ms)
 FINISHED = ("done", "failed", "rejected")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY,
     status TEXT NOT NULL,
@@ -135,43 +134,46 @@ class ChildResult:
     error: str | None = None
 
 
-class StoreError(MnasfpnError):
-    pass
+class StoreError(DatabaseError):
+    """A trial store that cannot be used as asked (one line)."""
+
+
+SCHEMA = Schema(
+    format=FORMAT,
+    version=SCHEMA_VERSION,
+    ddl=_SCHEMA,
+    tables=("trials", "checkpoint", "checkpoint_arrays"),
+    noun="trial store",
+    make_hint="run mnasfpn search",
+    remake_hint="start the search over in a new folder (or with --force-new)",
+    error=StoreError,
+)
+_COLUMNS = (
+    "id", "status", "genotype", "decisions", "info", "latency_ms", "breakdown", "map",
+    "map50", "map75", "reward", "metrics", "error", "cached_from", "attempts", "worker",
+    "train_seconds", "eval_seconds", "total_seconds", "proposed_at", "finished_at",
+)  # fmt: skip
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM trials"
 
 
 class TrialStore:
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    """The writer holds the folder's store exclusively (a second search in the same folder
+    is refused); `readonly` opens (pareto) work beside a running search."""
+
+    def __init__(self, path: Path, db: Database) -> None:
         self.path = path
-        self.conn = conn
+        self.db = db
 
     @classmethod
-    def open(cls, folder: str | Path, *, create: bool = True) -> TrialStore:
+    def open(cls, folder: str | Path, *, create: bool = True, readonly: bool = False) -> TrialStore:
         folder = Path(folder)
         path = folder / STORE_NAME
-        if not path.exists() and not create:
+        if not path.exists() and (readonly or not create):
             raise StoreError(f"{folder} holds no search ({STORE_NAME} missing); run mnasfpn search")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL with synchronous=NORMAL: a commit survives the process being killed
-            # (what resuming needs); only a power cut may lose the last few.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{path}: cannot open the trial store ({exc})") from None
-        store = cls(path, conn)
-        version = store.meta().get("schema_version")
-        if version is None:
-            store.set_meta({"schema_version": SCHEMA_VERSION})
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has trial-store schema {version}; this mnasfpn reads {SCHEMA_VERSION}"
-            )
-        return store
+        return cls(path, Database.open(path, SCHEMA, create=create, readonly=readonly))
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def __enter__(self) -> TrialStore:
         return self
@@ -179,28 +181,16 @@ class TrialStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.db.tx()
 
     # -- meta and settings ------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        return self.db.meta()
 
     def set_meta(self, values: Mapping[str, Any]) -> None:
-        with self.transaction() as tx:
-            tx.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+        self.db.set_meta(values)
 
     def settings(self) -> dict[str, Any] | None:
         return self.meta().get("settings")
@@ -303,12 +293,12 @@ class TrialStore:
             )
 
     def checkpoint(self) -> Checkpoint | None:
-        row = self.conn.execute("SELECT strategy, state FROM checkpoint WHERE id = 1").fetchone()
-        if row is None:
+        rows = self.db.query("SELECT strategy, state FROM checkpoint WHERE id = 1")
+        if not rows:
             return None
-        arrays = self.conn.execute(
-            "SELECT arrays, version FROM checkpoint_arrays WHERE id = 1"
-        ).fetchone()
+        row = rows[0]
+        found = self.db.query("SELECT arrays, version FROM checkpoint_arrays WHERE id = 1")
+        arrays = found[0] if found else None
         return Checkpoint(
             str(row[0]),
             bytes(row[1]),
@@ -317,51 +307,46 @@ class TrialStore:
         )
 
     def trials(self, status: str | None = None) -> list[Trial]:
-        sql = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
-        cur = self.conn.execute(sql, (status,) if status else ())
-        names = [c[0] for c in cur.description]
-        return [_trial(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+        sql = _SELECT + (" WHERE status = ?" if status else "") + " ORDER BY id"
+        rows = self.db.query(sql, (status,) if status else ())
+        return [_trial(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall()
+        rows = self.db.query("SELECT status, COUNT(*) FROM trials GROUP BY status")
         return {str(s): int(n) for s, n in rows}
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self.db.query(sql, args)[0][0]
 
     def summary(self, bands: list[tuple[float, float]]) -> dict[str, Any]:
         """Counts by status, cached reuses, the best reward, and the best mAP in each
         latency band [lo, hi): what the live display shows, in a few queries."""
-        out: dict[str, Any] = {"counts": self.counts()}
-        (out["cached"],) = self.conn.execute(
-            "SELECT COUNT(*) FROM trials WHERE cached_from IS NOT NULL"
-        ).fetchone()
-        out["best"] = self.conn.execute(
+        best = self.db.query(
             "SELECT id, reward, map, latency_ms FROM trials WHERE status = 'done' "
             "ORDER BY reward DESC, id LIMIT 1"
-        ).fetchone()
-        out["bands"] = [
-            self.conn.execute(
-                "SELECT MAX(map) FROM trials WHERE status = 'done' "
-                "AND latency_ms >= ? AND latency_ms < ?",
-                (lo, hi),
-            ).fetchone()[0]
-            for lo, hi in bands
-        ]
-        (out["child_seconds"],) = self.conn.execute(
-            "SELECT AVG(total_seconds) FROM trials WHERE status IN ('done', 'failed') "
-            "AND cached_from IS NULL AND total_seconds IS NOT NULL"
-        ).fetchone()
-        return out
+        )
+        return {
+            "counts": self.counts(),
+            "cached": self._one("SELECT COUNT(*) FROM trials WHERE cached_from IS NOT NULL"),
+            "best": best[0] if best else None,
+            "bands": [
+                self._one(
+                    "SELECT MAX(map) FROM trials WHERE status = 'done' "
+                    "AND latency_ms >= ? AND latency_ms < ?",
+                    (lo, hi),
+                )
+                for lo, hi in bands
+            ],
+        }
 
     def finished_by_key(self, key: str) -> Trial | None:
         """An earlier finished evaluation of the same architecture (done, not cached)."""
-        cur = self.conn.execute(
-            "SELECT * FROM trials WHERE genotype_key = ? AND status = 'done' "
-            "AND cached_from IS NULL ORDER BY id LIMIT 1",
+        rows = self.db.query(
+            _SELECT + " WHERE genotype_key = ? AND status = 'done' AND cached_from IS NULL "
+            "ORDER BY id LIMIT 1",
             (key,),
         )
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return _trial(dict(zip([c[0] for c in cur.description], row, strict=True)))
+        return _trial(dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
 
 
 def _loads(text: str | None) -> Any:
@@ -398,7 +383,3 @@ def worker_name() -> str:
     import os
 
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def elapsed(start: float) -> float:
-    return time.perf_counter() - start
