@@ -369,9 +369,7 @@ def _evaluate(
         boxes, scores, classes, counts = (t.numpy() for t in predict(x))
         results += detections_to_coco(boxes, scores, classes, counts, val.image_id[sl],
                                       val.scale[sl], input_size, cats)  # fmt: skip
-    with open(coco.annotation_path, encoding="utf-8") as f:
-        ground_truth = json.load(f)
-    return coco_metrics(ground_truth, results, [int(i) for i in val.image_id])
+    return coco_metrics(coco.ground_truth(), results, [int(i) for i in val.image_id])
 
 
 def run_proxy(genotype: Genotype, data: Path, budget: ProxyBudget, cache_dir: Path) -> dict:
