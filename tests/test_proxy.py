@@ -18,7 +18,13 @@ from mnasfpn.data import DataError, SynthSpec, write_synthetic
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
-from mnasfpn.train.proxy import ProxyBudget, ProxyError, proxy_evaluate, weak_head
+from mnasfpn.train.proxy import (
+    ProxyBudget,
+    ProxyBudgetError,
+    ProxyError,
+    proxy_evaluate,
+    weak_head,
+)
 
 TINY_BUDGET = ProxyBudget(input_size=64, steps=3, batch_size=4, backbone_steps=3,
                           backbone_batch_size=4, threads=1)  # fmt: skip
@@ -37,6 +43,16 @@ def test_import_does_not_load_tensorflow() -> None:
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("input_size", 100, "multiple of 64"), ("steps", 0, "steps"), ("lr", -1.0, "lr"),
+     ("alpha", 3.0, "alpha"), ("threads", 0, "threads"), ("timeout_s", 0.0, "timeout")],
+)  # fmt: skip
+def test_bad_budget_is_one_line_error(field: str, value: object, message: str) -> None:
+    with pytest.raises(ProxyBudgetError, match=message):
+        ProxyBudget(**{field: value})
 
 
 def test_weak_head_is_a_valid_genotype_of_the_space() -> None:

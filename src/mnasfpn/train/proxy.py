@@ -51,6 +51,10 @@ class ProxyError(MnasfpnError):
     """A proxy child failed (crashed, was killed, ran out of time or memory)."""
 
 
+class ProxyBudgetError(MnasfpnError, ValueError):
+    """Proxy settings that cannot run (input size not a multiple of 64, a zero step count)."""
+
+
 @dataclass(frozen=True)
 class ProxyBudget:
     """Everything that decides a proxy score. Children are comparable only under one budget;
@@ -76,6 +80,25 @@ class ProxyBudget:
     # Child process limits: TensorFlow threads (None: its default) and a wall-clock limit.
     threads: int | None = None
     timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        from mnasfpn.ir.build import check_input_size
+
+        try:
+            check_input_size(self.input_size)
+        except ValueError as exc:
+            raise ProxyBudgetError(f"proxy input size: {exc}") from None
+        positive = ("steps", "batch_size", "lr", "depth", "backbone_steps",
+                    "backbone_batch_size", "backbone_lr")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ProxyBudgetError(f"proxy {name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.alpha <= 2:
+            raise ProxyBudgetError(f"proxy backbone alpha must be in (0, 2], got {self.alpha}")
+        if self.threads is not None and self.threads < 1:
+            raise ProxyBudgetError(f"proxy threads must be at least 1, got {self.threads}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ProxyBudgetError(f"proxy timeout must be positive, got {self.timeout_s}")
 
     def backbone_fields(self) -> dict[str, Any]:
         """The settings the cached backbone and features depend on."""
@@ -131,12 +154,15 @@ def weak_head() -> Genotype:
 
 
 def data_fingerprint(data: Path) -> str:
-    """A digest of the train and val annotation files (content) and image folder paths."""
+    """A digest of where the train and val annotation files are, their sizes and change
+    times (not their content: COCO's train file is 450 MB and every child computes this),
+    and the image folders' paths. Rewriting a split makes a new cache entry."""
     h = hashlib.sha256()
     for split in ("train", "val"):
         ann = data / "annotations" / f"instances_{split}.json"
         try:
-            h.update(ann.read_bytes())
+            st = ann.stat()
+            h.update(f"{ann.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError as exc:
             from mnasfpn.data.coco import DataError
 
