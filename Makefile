@@ -1,5 +1,7 @@
 # The two commands of a fresh machine: `make demo` and `make test`.
-# Each creates .venv and installs the project on first use.
+# Each creates .venv and installs the project on first use. The tests compare the direct
+# .tflite writer with the TensorFlow converter, so the venv has the `train` extra
+# (TensorFlow) too; `make demo` itself needs no TensorFlow.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,8 +15,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
-from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import TableStore
 
 
@@ -33,15 +34,15 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     cache = args.cache_dir or Path(tmp.name) / "cache"
     out = args.out or Path(tmp.name) / "host.sqlite"
-    settings = Settings(input_size=args.input_size)
+    config = DetectorConfig(input_size=args.input_size)
     t0 = time.perf_counter()
-    n_keys = len(required_keys(spaces, settings))
+    n_keys = len(required_keys(spaces, config))
     enum_s = time.perf_counter() - t0
     report = build_table(
         out,
         spaces,
         DeviceOptions("host"),
-        settings=settings,
+        config=config,
         jobs=args.jobs,
         passes=args.passes,
         cache_dir=cache / "micromodels",
@@ -50,10 +51,10 @@ def main() -> None:
     )
     with TableStore.open(out) as store:
         rows = store.op_rows()
-    count = Counter(r.key.split("/", 1)[0] for r in rows)
+    count = Counter(op_type_of(r.key) for r in rows)
     total_ms = Counter()
     for r in rows:
-        total_ms[r.key.split("/", 1)[0]] += r.median_ms
+        total_ms[op_type_of(r.key)] += r.median_ms
     print(
         f"host build of {', '.join(spaces)} at {args.input_size}x{args.input_size}, "
         f"--jobs {args.jobs}, --passes {args.passes}, "

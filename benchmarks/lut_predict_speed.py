@@ -18,15 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
-from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.spaces import sample_genotypes
 
 
 def synthetic_table(path: Path, space: str, input_size: int) -> None:
-    keys = required_keys((space,), Settings(input_size=input_size))
+    keys = required_keys((space,), DetectorConfig(input_size=input_size))
     with TableStore.open(path, create=True) as store:
         store.set_meta(
             {

@@ -255,15 +255,33 @@ def test_export_small_model(tmp_path: Path) -> None:
     genotypes = tmp_path / "g.jsonl"
     run("sample", "--space", "no-expand", "--n", "1", "--seed", "0", "--out", str(genotypes))
     out = tmp_path / "model.tflite"
+    out.write_bytes(b"an older export")  # replaced only because --force is given
     start = time.perf_counter()
     args = ["--arch", str(genotypes), "--input-size", "64", "--repeats", "1", "--out", str(out)]
-    result = run("export", *args)
+    result = run("export", *args, "--force")
     print(f"export took {time.perf_counter() - start:.1f} s")
     assert out.is_file() and out.stat().st_size > 0
     assert str(out) in result.output
     anchors = (64 + 16 + 4 + 1) * 9
     assert f"box encodings: [1, {anchors}, 4]" in result.output
     assert f"class logits: [1, {anchors}, 90]" in result.output
+
+
+def test_export_never_replaces_what_is_not_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "model.tflite"
+    out.write_bytes(b"measured elsewhere")
+    line = one_line_error("export", "--arch", "paper-mnasfpn", "--out", str(out))
+    assert str(out) in line and "--force" in line
+    assert out.read_bytes() == b"measured elsewhere"
+    # Its own input, even with --force: the genotype file would be gone.
+    genotype = tmp_path / "g.json"
+    paper_mnasfpn().save(genotype)
+    before = genotype.read_bytes()
+    for target in (genotype, tmp_path / "." / "g.json"):
+        line = one_line_error("export", "--arch", str(genotype), "--out", str(target), "--force")
+        assert "is the input" in line
+    assert genotype.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "model.tflite"]
 
 
 def test_export_needs_exactly_one(tmp_path: Path) -> None:

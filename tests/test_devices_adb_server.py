@@ -18,7 +18,6 @@ from adbd_emulator.fixtures import (
     QUICK,
     adb_binary,
     adb_connect,
-    build_models,
     free_port,
     private_adb_server,
 )
@@ -26,11 +25,6 @@ from mnasfpn.devices import DeviceError, open_device
 from mnasfpn.devices.adb import AdbDevice
 from mnasfpn.devices.cli import devices_command
 from mnasfpn.devices.transport import ServerTransport
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from adbd_emulator import AdbdEmulator, EmulatorConfig
-from adbd_emulator.fixtures import build_models
 from mnasfpn.devices.cli import profile_command, register
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("models"))
 
 
 def _one_line_error(output: str) -> str:
@@ -111,3 +105,29 @@ def test_profile_without_benchmark_binary(models: dict[str, Path]) -> None:
         )
     assert res.exit_code == 1
     assert "no benchmark_model at /data/local/tmp/benchmark_model" in _one_line_error(res.output)
+
+
+def test_profile_set_overrides_reach_the_device(models: dict[str, Path]) -> None:
+    args = [str(models["tiny"]), "--device", "host", "--json", "--set", "warmup_runs=0"]
+    args += ["--set", "num_runs=3", "--set", "min_repeats=1", "--set", "max_repeats=1"]
+    res = CliRunner().invoke(profile_command, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["results"][0]["runs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("num_runs=abc", "num_runs takes a whole number, not 'abc'"),
+        ("use_xnnpack=maybe", "use_xnnpack takes true or false"),
+        ("max_repeats=0", "min_repeats <= max_repeats"),
+    ],
+)
+def test_profile_bad_set_is_one_line(
+    models: dict[str, Path], setting: str, expected: str
+) -> None:
+    res = CliRunner().invoke(
+        profile_command, [str(models["tiny"]), "--device", "host", "--set", setting]
+    )
+    assert res.exit_code in (1, 2)
+    assert expected in _one_line_error(res.output)

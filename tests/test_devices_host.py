@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
-from adbd_emulator.fixtures import build_models
 from mnasfpn.devices import TimingResult, open_device
 from mnasfpn.devices.host import HostDevice
 
 QUICK_HOST = {"num_runs": 10, "warmup_runs": 2, "min_repeats": 2, "max_repeats": 5}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("models"))
 
 
 def test_host_batch_times_models_and_reports_failures(models: dict[str, Path]) -> None:

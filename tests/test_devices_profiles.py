@@ -69,19 +69,19 @@ def test_host_rejects_phone_options() -> None:
 
 def test_repeat_stops_when_round_medians_agree() -> None:
     rounds = iter([[20.0, 20.0], [10.0, 10.0], [10.0, 10.1], [10.0, 10.0], [50.0, 50.0]])
-    samples, n, stable = repeat_until_stable(
+    got, n, stable = repeat_until_stable(
         lambda: next(rounds), min_repeats=2, max_repeats=10, tolerance=0.01
     )
     # Rounds 1-2 disagree (20 vs 10); rounds 2-3 agree within 1 %.
-    assert stable and n == 3 and len(samples) == 6
+    assert stable and n == 3 and sum(len(r) for r in got) == 6
 
 
 def test_repeat_hits_the_cap_on_drifting_timings() -> None:
     counter = itertools.count(1)
-    samples, n, stable = repeat_until_stable(
+    got, n, stable = repeat_until_stable(
         lambda: [float(next(counter)) ** 3], min_repeats=2, max_repeats=6, tolerance=0.001
     )
-    assert (n, stable, len(samples)) == (6, False, 6)
+    assert (n, stable, len(got)) == (6, False, 6)
 
 
 def test_slow_drift_is_not_called_stable() -> None:
@@ -113,3 +113,43 @@ def test_sysfs_parsers() -> None:
     assert parse_temperature_c("36500") == 36.5
     assert parse_temperature_c("41") == 41.0
     assert parse_temperature_c("n/a") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("False", False), ("false", False), ("0", False), ("no", False), ("off", False),
+     ("True", True), ("1", True), ("yes", True)],
+)  # fmt: skip
+def test_bool_overrides_are_parsed_not_truthy(text: str, value: bool) -> None:
+    # "False" used to stay a (truthy) string: XNNPACK ran while the table said it did not.
+    assert load_profile("host").replace(use_xnnpack=text).use_xnnpack is value
+
+
+def test_overrides_are_typed_by_the_schema() -> None:
+    p = load_profile("pixel1")
+    assert p.replace(num_runs="20").num_runs == 20
+    assert p.replace(cooldown_s="2.5").cooldown_s == 2.5
+    assert p.replace(cooldown_s=3).cooldown_s == 3.0
+    assert p.replace(expected_models="Pixel, Pixel XL").expected_models == ("Pixel", "Pixel XL")
+    bad_values = [("num_runs", 1.5), ("num_runs", "1.5"), ("num_runs", "abc"),
+                  ("use_xnnpack", 1), ("use_xnnpack", "maybe"), ("threads", True)]  # fmt: skip
+    for field, bad in bad_values:
+        with pytest.raises(DeviceError, match=f"profile field {field} takes"):
+            p.replace(**{field: bad})
+    with pytest.raises(DeviceError, match="cannot be overridden"):
+        p.replace(kind="host")
+    with pytest.raises(DeviceError, match="cooldown_s finite"):
+        p.replace(cooldown_s="inf")
+    with pytest.raises(DeviceError, match="core must be"):
+        p.replace(core=-3)
+
+
+def test_parse_overrides_from_the_command_line() -> None:
+    from mnasfpn.devices.profiles import parse_overrides
+
+    got = parse_overrides(["use_xnnpack=False", "num_runs=7", "stability_tolerance=0.05"])
+    assert got == {"use_xnnpack": False, "num_runs": 7, "stability_tolerance": 0.05}
+    with pytest.raises(DeviceError, match="given twice"):
+        parse_overrides(["num_runs=1", "num_runs=2"])
+    with pytest.raises(DeviceError, match="expected FIELD=VALUE"):
+        parse_overrides(["=3"])

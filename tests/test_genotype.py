@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mnasfpn.archs import load_jsonl, resolve_archs
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.searchspace.genotype import (
+    BLOCK_FIELDS,
+    DOC_FIELDS,
     FORMAT,
     FORMAT_VERSION,
     Genotype,
     GenotypeError,
+    genotype_from_bytes,
     genotype_from_dict,
     genotype_from_json,
     load_genotype,
@@ -252,3 +258,143 @@ def test_resolve_unknown_arch_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(GenotypeError) as info:
         resolve_archs(str(unreadable))
     _check_message(info.value, ("cannot read",))
+
+
+# --- hardening: typos, repeated keys, odd bytes ------------------------------------------
+
+TYPO_DOCS: list[tuple[str, Edit, tuple[str, ...]]] = [
+    ("repeat", _set("repeat", 3), ("unknown field 'repeat'", "did you mean 'repeats'")),
+    ("SDO", _set("SDO", False), ("unknown field 'SDO'", "did you mean 'sdo'")),
+    ("merg", _set_block(2, "merg", "se"), ("block 2", "unknown field 'merg'", "'merge'")),
+    ("stray", _set_block(0, "stride", 2), ("block 0", "unknown field 'stride'")),
+    ("name type", _set("name", 3), ("'name'", "string")),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"), [c[1:] for c in TYPO_DOCS], ids=[c[0] for c in TYPO_DOCS]
+)
+def test_unknown_fields_are_refused(edit: Edit, words: tuple[str, ...], tmp_path: Path) -> None:
+    doc = copy.deepcopy(paper_mnasfpn().to_dict())
+    edit(doc)
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(GenotypeError) as info:
+        load_genotype(path)
+    _check_message(info.value, (str(path), *words))
+
+
+def test_repeated_fields_are_refused(tmp_path: Path) -> None:
+    text = paper_mnasfpn().to_json(indent=None)
+    path = tmp_path / "dup.json"
+    path.write_text(text.replace('"repeats": 4', '"repeats": 4, "repeats": 3'))
+    with pytest.raises(GenotypeError) as info:
+        load_genotype(path)
+    _check_message(info.value, (str(path), "'repeats'", "more than once"))
+    # In a block: the third block's kernel given twice.
+    doc = paper_mnasfpn().to_dict()
+    blocks = [json.dumps(b) for b in doc["blocks"]]
+    blocks[2] = blocks[2].replace('"kernel": 3', '"kernel": 3, "kernel": 5')
+    text = json.dumps({k: v for k, v in doc.items() if k != "blocks"})
+    path.write_text(text[:-1] + ', "blocks": [' + ", ".join(blocks) + "]}")
+    with pytest.raises(GenotypeError) as info:
+        load_genotype(path)
+    _check_message(info.value, (str(path), "block 2", "'kernel'", "more than once"))
+
+
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    g = paper_mnasfpn()
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + g.to_json().encode())
+    assert load_genotype(path) == g
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + (g.to_json(indent=None) + "\r\n").encode() * 2)
+    assert resolve_archs(str(lines)) == [g, g]
+
+
+@pytest.mark.parametrize("suffix", [".JSONL", ".Jsonl", ".jsonl"])
+def test_jsonl_suffix_in_any_case(suffix: str, tmp_path: Path) -> None:
+    genotypes = sample_genotypes("mnasfpn", 3, seed=1)
+    path = tmp_path / f"many{suffix}"
+    path.write_text("".join(g.to_json(indent=None) + "\n" for g in genotypes))
+    assert resolve_archs(str(path)) == genotypes
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"\xff\xfe{}", ("not UTF-8", "byte 0")),
+        (b'{"space": "mnasfpn\xc3"}', ("not UTF-8",)),
+        (b"[" * 100_000 + b"]" * 100_000, ("nested too deeply",)),
+        (b'{"channels": ' + b"9" * 5000 + b"}", ("not valid JSON",)),
+        (
+            b'{"space": "mnasfpn", "channels": ' + b"9" * 100 + b', "blocks": []}',
+            ("'channels'", "out of range"),
+        ),
+        (b'{"space": "mnasfpn", "channels": NaN, "blocks": []}', ("NaN",)),
+        (
+            b'{"space": "mnasfpn", "channels": 48, "blocks": [{"inputs": [Infinity, 1]}]}',
+            ("Infinity",),
+        ),
+        (b'{"space": "x' + b"y" * 10_000 + b'"}', ("unknown search space",)),
+    ],
+    ids=["utf16-bom", "bad-utf8", "deep", "huge-int", "big-int", "nan", "infinity", "long-name"],
+)
+def test_odd_bytes_are_one_line(data: bytes, words: tuple[str, ...], tmp_path: Path) -> None:
+    path = tmp_path / "odd.json"
+    path.write_bytes(data)
+    with pytest.raises(GenotypeError) as info:
+        load_genotype(path)
+    _check_message(info.value, words)
+    assert len(str(info.value)) < 300 + len(str(path))
+
+
+# Documents near the real schema: field names the loader knows (and near-misses), values of
+# every JSON type, nested a little. Most are invalid; none may escape as another error.
+_keys = st.sampled_from([*DOC_FIELDS, *BLOCK_FIELDS, "repeat", "SDO", "merg", ""])
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | st.sampled_from([*SPACES, "add", "se", FORMAT])
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(_keys, inner, max_size=6),
+    max_leaves=30,
+)
+
+
+def _mutated_paper_doc(draw: st.DrawFn) -> dict[str, Any]:
+    doc = copy.deepcopy(paper_mnasfpn().to_dict())
+    for _ in range(draw(st.integers(0, 3))):
+        blocks = [b for b in doc.get("blocks") or () if isinstance(b, dict)]
+        target = draw(st.sampled_from(blocks)) if blocks and draw(st.booleans()) else doc
+        target[draw(_keys)] = draw(_json)
+    return doc
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["bytes", "json", "paper"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    doc = draw(_json) if kind == "json" else _mutated_paper_doc(draw)
+    text = json.dumps(doc)
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.text(max_size=4)) + text[cut:]
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_documents())
+def test_any_bytes_give_a_genotype_or_a_project_error(data: bytes) -> None:
+    try:
+        g = genotype_from_bytes(data, source="fuzz.json")
+    except MnasfpnError as exc:
+        message = str(exc)
+        assert message.startswith("fuzz.json") and "\n" not in message
+        assert len(message) < 400
+    else:
+        assert isinstance(g, Genotype)
+        assert genotype_from_json(g.to_json()) == g

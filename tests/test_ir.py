@@ -179,7 +179,7 @@ def test_pruning_dead_block() -> None:
     # Every op of block 0, in every cell, is dead; nothing else is.
     block0 = [op for op in graph.ops if op.name.startswith("head/") and "/block0/" in op.name]
     assert {op.id for op in dead} == {op.id for op in block0}
-    assert {op.name.split("/")[1] for op in dead} == {"cell0", "cell1", "cell2"}
+    assert {op.cell for op in dead} == {0, 1, 2} and {op.block for op in dead} == {0}
     assert graph.meta["live_blocks"] == [[1, 2, 3, 4, 5]] * 3
     assert graph.summary()["pruned_ops"] == len(dead)
     # Live counts equal those of the cell written without the dead block.
@@ -206,7 +206,7 @@ def test_pruning_follows_chains() -> None:
     )
     graph = build_opgraph(Genotype("mnasfpn", C, blocks, repeats=2))
     assert graph.meta["live_blocks"] == [[2, 3, 4, 5]] * 2
-    assert {op.name.split("/")[2] for op in graph.dead_ops()} == {"block0", "block1"}
+    assert {op.block for op in graph.dead_ops()} == {0, 1}
 
 
 def test_pruned_block_sharing_a_pool_with_a_live_one() -> None:
@@ -222,8 +222,9 @@ def test_pruned_block_sharing_a_pool_with_a_live_one() -> None:
     assert graph.meta["live_blocks"] == [[1, 2, 3, 4, 5]] * 2
     shared = [op for op in graph.live_ops() if op.name.startswith("head/cell0/block0/")]
     assert [op.type for op in shared] == ["maxpool", "maxpool"]
-    assert {op.name.split("/")[2] for op in graph.dead_ops()} == {"block0"}
-    assert "project" in {op.name.split("/")[-1] for op in graph.dead_ops()}
+    assert [op.role for op in shared] == ["input0", "input1"]
+    assert {op.block for op in graph.dead_ops()} == {0}
+    assert "project" in {op.role for op in graph.dead_ops()}
 
 
 def test_paper_cell_has_nothing_to_prune() -> None:

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
-from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 
@@ -64,7 +64,7 @@ def _count(path: Path, table: str) -> int:
 
 def test_build_resumes_after_sigkill_without_remeasuring(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "host.sqlite"
-    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    expected = set(required_keys((SPACE,), DetectorConfig(input_size=SIZE)))
     timings = 2 * len(expected)  # two passes over every key
     # Slow timing (many runs per op) so the kill lands in the middle of the timing phase.
     slow = ("--set", "num_runs=3000", "--set", "min_repeats=3", "--set", "max_repeats=3")
@@ -120,34 +120,41 @@ def test_build_resumes_after_sigkill_without_remeasuring(tmp_path: Path, cache_d
 
 def test_an_op_entry_is_its_fastest_pass(tmp_path: Path) -> None:
     with TableStore.open(tmp_path / "t.sqlite", create=True) as store:
-        sid = store.start_session("build", {"kind": "host"})
+        sessions = [store.start_session("build", {"kind": "host"}) for _ in range(3)]
         key = "add/8x8x64/act=none"
         for p, median in enumerate((2.0, 1.5, 3.0)):
             done = store.add_op_pass(
-                key, p, passes=3, median_ms=median, min_ms=median - 0.1, std_ms=0.1,
-                runs=10, dispersion=0.01, session=sid,
+                key, p, passes=3, median_ms=median, min_ms=median - 0.1, std_ms=median / 10,
+                runs=10 + p, dispersion=0.01, session=sessions[p], worker=f"w{p}",
             )  # fmt: skip
             assert done == (p == 2)
             assert (key in store.measured_keys()) == done
         (row,) = store.op_rows()
-    assert (row.median_ms, row.min_ms, row.runs) == (1.5, 1.4, 30)
+    # Every statistic of the entry comes from the one fastest pass (pass 1), not the last.
+    assert (row.median_ms, row.min_ms, row.std_ms, row.runs) == (1.5, 1.4, 0.15, 11)
+    assert (row.session, row.worker) == (sessions[1], "w1")
     assert row.dispersion == pytest.approx((3.0 - 1.5) / 1.5)
 
 
 def test_build_cli_errors_are_one_line(tmp_path: Path) -> None:
     cases = [
-        (["--space", "nope"], "unknown search space 'nope'"),
-        (["--space", SPACE, "--input-size", "100"], "multiple of 64"),
-        (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'"),
-        (["--space", SPACE, "--serial", "x"], "apply to phones only"),
+        (["--space", SPACE, "--device", "nokia"], "unknown device 'nokia'", 1),
+        (["--space", SPACE, "--serial", "x"], "apply to phones only", 1),
+        # Option values are usage errors (status 2), still one "Error:" line.
+        (["--space", "nope"], "unknown search space 'nope'", 2),
+        (["--space", SPACE, "--input-size", "100"], "multiple of 64", 2),
+        (["--space", SPACE, "--set", "num_runs=abc"], "num_runs", 2),
     ]
-    for extra, message in cases:
+    for extra, message, code in cases:
         args = ["build", "--out", str(tmp_path / "t.sqlite"), *extra]
         if "--device" not in extra:
             args += ["--device", "host"]
         res = CliRunner().invoke(lut_main, args)
-        assert res.exit_code == 1, res.output
-        assert message in res.output and res.output.count("\n") == 1
+        assert res.exit_code == code, res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and message in errors[0], res.output
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "t.sqlite").exists()
 
 
 def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> None:
@@ -163,13 +170,13 @@ def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> Non
             out,
             [SPACE],
             opts,
-            settings=Settings(input_size=SIZE),
+            config=DetectorConfig(input_size=SIZE),
             passes=1,
             cache_dir=cache_dir / "micromodels",
             show_progress=False,
         )
         pushed = len(emu.pushed)
-    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    expected = set(required_keys((SPACE,), DetectorConfig(input_size=SIZE)))
     assert report.measured == len(expected) and not report.failed and not report.errors
     assert pushed >= len(expected)
     with TableStore.open(out) as store:
@@ -218,13 +225,13 @@ def test_build_sharded_across_two_phones(
             out,
             [SPACE],
             opts,
-            settings=Settings(input_size=SIZE),
+            config=DetectorConfig(input_size=SIZE),
             passes=1,
             cache_dir=cache_dir / "micromodels",
             show_progress=False,
         )
         pushed = (len(a.pushed), len(b.pushed))
-    expected = set(required_keys((SPACE,), Settings(input_size=SIZE)))
+    expected = set(required_keys((SPACE,), DetectorConfig(input_size=SIZE)))
     assert report.measured == len(expected) and not report.errors
     with TableStore.open(out) as store:
         rows = store.op_rows()
@@ -240,7 +247,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
     from mnasfpn.profiler import micromodel
 
     real = micromodel.micromodel_paths
-    expected = required_keys((SPACE,), Settings(input_size=SIZE))
+    expected = required_keys((SPACE,), DetectorConfig(input_size=SIZE))
     bad = expected[len(expected) // 2]
 
     def failing(keys, cache, **kw):  # type: ignore[no-untyped-def]
@@ -258,7 +265,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         out,
         [SPACE],
         DeviceOptions("host"),
-        settings=Settings(input_size=SIZE),
+        config=DetectorConfig(input_size=SIZE),
         passes=1,
         cache_dir=cache,
         show_progress=False,
@@ -273,7 +280,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         out,
         [SPACE],
         DeviceOptions("host"),
-        settings=Settings(input_size=SIZE),
+        config=DetectorConfig(input_size=SIZE),
         passes=1,
         cache_dir=cache_dir / "micromodels",
         show_progress=False,

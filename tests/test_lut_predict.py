@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
 from mnasfpn.ir.build import build_opgraph
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.calibration import Calibration, feature_columns
 from mnasfpn.lut.predictor import CostModel, Settings
@@ -42,8 +43,8 @@ def make_table(
     drop: tuple[str, ...] = (),
     profile: str = "host",
 ) -> dict[str, float]:
-    settings = Settings(input_size=input_size)
-    keys = [k for k in required_keys(spaces, settings) if k not in drop]
+    config = DetectorConfig(input_size=input_size)
+    keys = [k for k in required_keys(spaces, config) if k not in drop]
     lat = {k: key_latency(k) for k in keys}
     with TableStore.open(path, create=True) as store:
         store.set_meta(

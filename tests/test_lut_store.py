@@ -87,7 +87,7 @@ def test_missing_file_and_schema_version(tmp_path: Path) -> None:
         ("device_model", "other cpu"),
         ("input_size", 320),
         ("runtime_version", "2.4.0"),
-        ("converter_version", "2.20.0"),
+        ("alpha", 0.75),
     ],
 )
 def test_mismatched_table_is_never_extended(tmp_path: Path, field: str, value: object) -> None:
@@ -96,7 +96,7 @@ def test_mismatched_table_is_never_extended(tmp_path: Path, field: str, value: o
     with pytest.raises(TableError) as info:
         open_table_for(path, {**IDENTITY, field: value}, {}, ["nasfpnlite-s"])
     msg = str(info.value)
-    assert "\n" not in msg and field in msg and repr(value) in msg and "another --out" in msg
+    assert "\n" not in msg and field in msg and repr(value) in msg and "--out NEW.sqlite" in msg
     with TableStore.open(path) as store:
         assert store.meta()[field] == IDENTITY[field]
 
@@ -147,5 +147,33 @@ def test_rows_are_atomic(tmp_path: Path) -> None:
             )
         assert store.op_latencies() == {"add/8x8x64/act=none": 0.01}
         assert [k for k, *_ in store.measurement_log()] == ["add/8x8x64/act=none"]
+    # Closed, the file is the whole table again: plain journal format, no side files.
     with sqlite3.connect(path) as c:
-        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sqlite"]
+
+
+def test_export_never_overwrites_without_force(tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    make_table(table)
+    other = tmp_path / "other.sqlite"
+    make_table(other, ("nasfpnlite",))
+    before = {p: p.read_bytes() for p in (table, other)}
+    runner = CliRunner()
+    for target, force, message in (
+        (table, False, "is the input"),
+        (table, True, "is the input"),
+        (other, False, "exists; pass --force"),
+    ):
+        args = ["export", str(table), "--csv", str(target), *(["--force"] if force else [])]
+        res = runner.invoke(lut_main, args)
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert res.output.count("\n") == 1
+    assert {p: p.read_bytes() for p in (table, other)} == before
+    csv = tmp_path / "rows.csv"
+    assert runner.invoke(lut_main, ["export", str(table), "--csv", str(csv)]).exit_code == 0
+    rows = csv.read_text()
+    assert runner.invoke(lut_main, ["export", str(table), "--csv", str(csv)]).exit_code == 1
+    res = runner.invoke(lut_main, ["export", str(table), "--csv", str(csv), "--force"])
+    assert res.exit_code == 0 and csv.read_text() == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite", "rows.csv", "t.sqlite"]

@@ -10,16 +10,16 @@ from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
 from mnasfpn.lut.calibration import FEATURE_SETS, feature_columns, fit_calibration
-from mnasfpn.lut.store import TableStore
-from mnasfpn.lut.table import LatencyTable
-from mnasfpn.lut.validate import (
+from mnasfpn.lut.fidelity import (
     METHODS,
     apply_calibration,
     choose_fit,
     cross_validate,
     metrics,
-    sample_architectures,
 )
+from mnasfpn.lut.store import TableStore
+from mnasfpn.lut.table import LatencyTable
+from mnasfpn.lut.validate import sample_architectures
 from test_lut_predict import make_table
 
 
@@ -142,3 +142,14 @@ def test_validate_end_to_end_on_the_host(tmp_path: Path) -> None:
     assert "[calibrated]" in res.output and "overhead" in res.output
     res = runner.invoke(lut_main, [*args[:-2], "--min-r2", "1.01"])
     assert res.exit_code == 1 and "< --min-r2 1.01" in res.output
+
+
+def test_validate_refuses_several_phones(tmp_path: Path) -> None:
+    make_table(tmp_path / "t.sqlite")
+    res = CliRunner().invoke(
+        lut_main,
+        ["validate", "--lut", str(tmp_path / "t.sqlite"), "--serial", "a", "--serial", "b"],
+    )
+    assert res.exit_code == 1
+    assert "on one phone, not 2: give one --serial" in res.output
+    assert res.output.count("\n") == 1

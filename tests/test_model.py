@@ -113,7 +113,7 @@ def test_micromodels_hold_exactly_their_op_and_are_cached(tmp_path: Path) -> Non
     keys = _one_key_per_op_type()
     assert {parse_key(k)["type"] for k in keys} == set(TFLITE_OP)
     seen: list[int] = []
-    paths = micromodel_paths(keys, tmp_path, jobs=1, progress=seen.append)
+    paths = micromodel_paths(keys, tmp_path, jobs=1, progress=seen.append, converter="tf")
     assert sum(seen) == len(keys)
     for key, path in paths.items():
         f = parse_key(key)
@@ -124,6 +124,9 @@ def test_micromodels_hold_exactly_their_op_and_are_cached(tmp_path: Path) -> Non
         )
         assert dict(tflite_op_signatures(path)) == {want: 1}, key
     stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
-    again = micromodel_paths(keys, tmp_path, jobs=1)
+    again = micromodel_paths(keys, tmp_path, jobs=1, converter="tf")
     assert {k: p.stat().st_mtime_ns for k, p in again.items()} == stamps
-    assert all(p == cache_path(k, tmp_path) for k, p in again.items())
+    assert all(p == cache_path(k, tmp_path, "tf") for k, p in again.items())
+    # Each converter has its own cache: the direct writer's files are not the converter's.
+    direct = micromodel_paths(keys, tmp_path, jobs=1)
+    assert all(direct[k] != p and direct[k].exists() for k, p in again.items())

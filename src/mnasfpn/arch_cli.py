@@ -7,6 +7,7 @@ TensorFlow or Keras (not even indirectly): `describe` is meant to answer instant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -16,19 +17,18 @@ from typing import Any, TypeVar
 import click
 
 from mnasfpn.archs import resolve_archs
-from mnasfpn.atomic import write_atomic
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph, check_input_size
+from mnasfpn.atomic import check_output, write_atomic
+from mnasfpn.cli_common import handle_errors, model_options, repeats_option
+from mnasfpn.ir.build import check_input_size
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
-from mnasfpn.searchspace.genotype import Genotype, GenotypeError
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.named import ARCHITECTURES
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_INPUT_SIZE = 320
-DEFAULT_NUM_CLASSES = 90
-DEFAULT_ALPHA = 1.0
-DEFAULT_DEPTH = 64
 
 
 def _check_input_size(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -39,73 +39,16 @@ def _check_input_size(ctx: click.Context, param: click.Parameter, value: int) ->
     return value
 
 
-def _model_options(func: F) -> F:
-    """The options that decide the detector around the head (paper defaults)."""
-    options = [
-        click.option(
-            "--arch",
-            "arch",
-            required=True,
-            metavar="NAME|FILE.json|FILE.jsonl",
-            help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
-        ),
-        click.option(
-            "--repeats",
-            type=click.IntRange(1, 8),
-            default=None,
-            help="Cell repeats (default: the architecture's own).",
-        ),
-        click.option(
-            "--input-size",
-            type=int,
-            default=DEFAULT_INPUT_SIZE,
-            show_default=True,
-            callback=_check_input_size,
-            help="Square input side; a multiple of 64.",
-        ),
-        click.option(
-            "--num-classes",
-            type=click.IntRange(min=1),
-            default=DEFAULT_NUM_CLASSES,
-            show_default=True,
-        ),
-        click.option(
-            "--alpha",
-            type=click.FloatRange(min=0.0, min_open=True, max=4.0),
-            default=DEFAULT_ALPHA,
-            show_default=True,
-            help="MobileNetV2 depth multiplier.",
-        ),
-        click.option(
-            "--depth",
-            type=click.IntRange(min=1),
-            default=DEFAULT_DEPTH,
-            show_default=True,
-            help="Predictor tower depth D.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _resolve(arch: str, repeats: int | None) -> list[Genotype]:
-    try:
-        return resolve_archs(arch, repeats)
-    except GenotypeError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _build(
-    genotype: Genotype, *, input_size: int, num_classes: int, alpha: float, depth: int
-) -> OpGraph:
-    return build_opgraph(
-        genotype,
-        backbone=BackboneConfig(alpha=alpha),
-        predictor=PredictorConfig(depth=depth),
-        input_size=input_size,
-        num_classes=num_classes,
-    )
+def _arch_options(func: F, *, arch_required: bool = True) -> F:
+    """--arch, --repeats and the detector around the head (paper defaults)."""
+    func = model_options(repeats_option(func))
+    return click.option(
+        "--arch",
+        "arch",
+        required=arch_required,
+        metavar="NAME|FILE.json|FILE.jsonl",
+        help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
+    )(func)
 
 
 def _label(genotype: Genotype, arch: str, index: int, count: int) -> str:
@@ -192,24 +135,15 @@ def format_summary(genotype: Genotype, graph: OpGraph, label: str) -> str:
 
 
 @click.command()
-@_model_options
+@_arch_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary object per line.")
-def describe(
-    arch: str,
-    repeats: int | None,
-    input_size: int,
-    num_classes: int,
-    alpha: float,
-    depth: int,
-    as_json: bool,
-) -> None:
+@handle_errors
+def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bool) -> None:
     """Parameters, MAdds, live blocks and op counts of an architecture (no TensorFlow)."""
-    genotypes = _resolve(arch, repeats)
+    genotypes = resolve_archs(arch, repeats)
     chunks = []
     for i, genotype in enumerate(genotypes):
-        graph = _build(
-            genotype, input_size=input_size, num_classes=num_classes, alpha=alpha, depth=depth
-        )
+        graph = config.opgraph(genotype)
         if as_json:
             chunks.append(json.dumps(graph.summary(), separators=(",", ":")))
         else:
@@ -220,42 +154,66 @@ def describe(
 
 
 @click.command()
-@_model_options
+@functools.partial(_arch_options, arch_required=False)
 @click.option(
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the .tflite file.",
 )
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A training run folder: export its trained detector instead of --arch.")
+@click.option("--with-postprocess", is_flag=True,
+              help="With --run: append TFLite's detection post-process (NMS) op.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option(
+    "--converter",
+    type=click.Choice(CONVERTERS),
+    default=DEFAULT_CONVERTER,
+    show_default=True,
+    help="direct: write the .tflite from the IR (no TensorFlow); tf: build the Keras model "
+    "and run the TensorFlow converter (needs the train extra). Both give the same ops.",
+)
+@handle_errors
 def export(
-    arch: str,
+    arch: str | None,
     repeats: int | None,
-    input_size: int,
-    num_classes: int,
-    alpha: float,
-    depth: int,
+    config: DetectorConfig,
     out: Path,
+    run_dir: Path | None,
+    with_postprocess: bool,
     seed: int,
+    force: bool,
+    converter: str,
 ) -> None:
-    """Build the detector (untrained weights) and convert it to a .tflite file."""
-    genotypes = _resolve(arch, repeats)
+    """Build the detector (untrained weights, or a run's trained ones) as a .tflite file."""
+    if run_dir is not None or with_postprocess:
+        from mnasfpn.train.export_cli import export_run_command
+
+        export_run_command(run_dir, out, with_postprocess=with_postprocess, arch=arch, force=force)
+        return
+    if arch is None:
+        raise click.ClickException("give --arch NAME|FILE (or --run RUN_DIR for a trained one)")
+    genotypes = resolve_archs(arch, repeats)
     if len(genotypes) != 1:
         raise click.ClickException(
             f"--arch {arch!r} holds {len(genotypes)} genotypes; export takes exactly one"
         )
-    graph = _build(
-        genotypes[0], input_size=input_size, num_classes=num_classes, alpha=alpha, depth=depth
-    )
+    # A genotype file given as --arch is this command's input: never write over it.
+    check_output(out, inputs=[] if arch in ARCHITECTURES else [arch], force=force)
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
-    # TensorFlow loads only here: the other commands must stay instant.
-    from mnasfpn.model.export import export_tflite
+    graph = config.opgraph(genotypes[0])
+    # TensorFlow loads only with --converter tf: the other commands must stay instant.
+    from mnasfpn.model.convert import detector_tflite
 
+    data = detector_tflite(graph, converter, seed=seed)
     try:
-        written = Path(export_tflite(graph, out, seed=seed))
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"export failed: {exc}") from None
+        # Without --force, a file that appeared during the conversion is not replaced either.
+        written = write_atomic(out, data, replace=force)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
     size = written.stat().st_size
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes)")
     for name, shape in _output_shapes(written, graph):
@@ -294,12 +252,12 @@ def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
 @click.option("--repeats", type=click.IntRange(1, 8), default=None,
               help="Cell repeats (default: the space's own).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@handle_errors
 def sample(
     space_name: str, count: int, seed: int, out: Path, repeats: int | None, force: bool
 ) -> None:
     """Sample random genotypes of a search space into a .jsonl file (usable as --arch)."""
-    if out.exists() and not force:
-        raise click.ClickException(f"{out} exists; pass --force to overwrite it")
+    check_output(out, force=force)
     if not out.parent.is_dir():
         raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     genotypes = sample_genotypes(space_name, count, seed)
@@ -310,7 +268,7 @@ def sample(
         genotype = dataclasses.replace(genotype, name=f"{space_name}-seed{seed}-{i}")
         lines.append(json.dumps(genotype.to_dict(), separators=(",", ":")))
     try:
-        write_atomic(out, "\n".join(lines) + "\n")
+        write_atomic(out, "\n".join(lines) + "\n", replace=force)
     except OSError as exc:
         raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
     unique = len({(g.channels, g.blocks) for g in genotypes})
@@ -326,11 +284,12 @@ def sample(
 @click.option(
     "--input-size",
     type=int,
-    default=DEFAULT_INPUT_SIZE,
+    default=DetectorConfig().input_size,
     show_default=True,
     callback=_check_input_size,
     help="Input side the op keys are counted at.",
 )
+@handle_errors
 def spaces(input_size: int) -> None:
     """List the search spaces: size and how many op keys a latency table needs."""
     from mnasfpn.ir.enumerate import space_keys

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mnasfpn.searchspace.genotype import (
@@ -11,6 +10,8 @@ from mnasfpn.searchspace.genotype import (
     GenotypeError,
     genotype_from_dict,
     load_genotype,
+    parse_json,
+    read_text,
 )
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 
@@ -20,32 +21,31 @@ def resolve_archs(spec: str, repeats: int | None = None) -> list[Genotype]:
     if spec in ARCHITECTURES:
         return [get_architecture(spec, repeats)]
     path = Path(spec)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte
+        exists = False
+    if not exists:
         raise GenotypeError(
             f"--arch {spec!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
             "nor an existing .json/.jsonl file"
         )
-    genotypes = load_jsonl(path) if path.suffix == ".jsonl" else [load_genotype(path)]
+    is_lines = path.suffix.lower() == ".jsonl"
+    genotypes = load_jsonl(path) if is_lines else [load_genotype(path)]
     if repeats is not None:
         genotypes = [g.with_repeats(repeats) for g in genotypes]
     return genotypes
 
 
 def load_jsonl(path: Path) -> list[Genotype]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise GenotypeError(f"{path}: cannot read ({exc.strerror})") from None
+    """JSON Lines: one genotype document per line; errors name the file and line."""
     out = []
-    for n, line in enumerate(lines, start=1):
+    # Only \n ends a line in JSON Lines (str.splitlines would also split on U+2028 etc.).
+    for n, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         source = f"{path}:{n}"
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GenotypeError(f"{source}: not valid JSON ({exc.msg})") from None
-        out.append(genotype_from_dict(doc, source=source))
+        out.append(genotype_from_dict(parse_json(line, source=source), source=source))
     if not out:
         raise GenotypeError(f"{path}: no genotypes in file")
     return out

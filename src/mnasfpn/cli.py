@@ -26,11 +26,15 @@ def _register() -> None:
     from mnasfpn.data.cli import register as register_data
     from mnasfpn.devices.cli import register as register_devices
     from mnasfpn.lut.cli import register as register_lut
+    from mnasfpn.search.cli import register as register_search
+    from mnasfpn.train.cli import register as register_train
 
     register_arch(main)
     register_data(main)
+    register_train(main)
     register_devices(lut_main)
     register_lut(lut_main)
+    register_search(main)
 
 
 _register()

@@ -8,6 +8,12 @@ import sys
 import tempfile
 from typing import Any
 
+from mnasfpn.errors import MnasfpnError
+
+
+class TensorflowMissingError(MnasfpnError, ImportError):
+    """TensorFlow (the `train` extra) is not installed, and this command needs it."""
+
 
 def quiet_tensorflow() -> None:
     # 3 hides TensorFlow's own C++ logging below errors; a user's own setting wins.
@@ -26,16 +32,28 @@ def load_tensorflow() -> Any:
     quiet_tensorflow()
     sys.stderr.flush()
     saved = os.dup(2)
+    missing: ModuleNotFoundError | None = None
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
             import tensorflow as tf
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
+        except BaseException as exc:
+            if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+                "tensorflow",
+                "keras",
+            ):
+                missing = exc  # not installed: said in one line below, no banner
+            else:
+                os.dup2(saved, 2)
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+                raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    if missing is not None:
+        raise TensorflowMissingError(
+            "this command needs TensorFlow, which is not installed (training and exporting "
+            "trained models do; tables do not): pip install 'mnasfpn[train]'"
+        ) from None
     return tf

@@ -79,8 +79,10 @@ def run_benchmark_model(
     resolve: Callable[[str], Path],
     write: Write,
     drop_now: Callable[[], bool],
+    slowdown: Callable[[], float] = lambda: 1.0,
 ) -> int:
-    """Run like the real binary; returns the exit status."""
+    """Run like the real binary; returns the exit status. ``slowdown`` gives this run's
+    throttling factor: the phone really is that much slower for the whole run."""
     if behaviour == "crash":
         write("STARTING!\n\x7fELF\x02\x01\x01\x00\x00\ufffd\ufffd\nSegmentation fault\n")
         return 139
@@ -115,8 +117,11 @@ def run_benchmark_model(
     if not local.is_file():
         write(f"{p}ERROR: Could not open '{graph}'.\n{p}Failed to mmap model {graph}\n")
         return 1
+    factor = slowdown()
     try:
         init_us, warm, timed = _time(local, threads, warmups, runs, xnnpack)
+        warm = [x * factor for x in warm]
+        timed = [x * factor for x in timed]
     except Exception as e:
         write(f"{p}ERROR: {e}\n{p}Failed to initialize the interpreter\n")
         return 1

@@ -58,6 +58,10 @@ class EmulatorConfig:
     drop_push_times: int = 0
     drop_run_times: int = 0
     extra_props: dict[str, str] = field(default_factory=dict)
+    # Thermal throttling in phases: (benchmark runs, slow-down factor), cycled. While a
+    # phase's factor is above 1 every reported time is that much longer, the big cores'
+    # scaling_max_freq is capped by the same factor and the SoC reads 20 °C hotter.
+    throttle_phases: tuple[tuple[int, float], ...] = ()
 
 
 class _Dropped(Exception):
@@ -221,6 +225,7 @@ class AdbdEmulator:
         )
         if c.benchmark is not None:
             self.sandbox.write(c.benchmark_path, binary_bytes(c.benchmark))
+        self._apply_thermal_state(self.throttle_factor(0))
         self.props = {
             "ro.product.model": c.model,
             "ro.product.device": c.device,
@@ -237,12 +242,14 @@ class AdbdEmulator:
         self.drops = {"push": 0, "run": 0}
         self.connections = 0
         self.pushed: list[str] = []
+        self.benchmark_runs = 0
         self.shell_state = ShellState(
             sandbox=self.sandbox,
             props=self.props,
             cpus=c.cpus,
             layout=c.layout,
             drop_run=self._take_run_drop,
+            slowdown=self._next_run_slowdown,
         )
         self._listener: socket.socket | None = None
         self._conns: list[_Connection] = []
@@ -268,6 +275,36 @@ class AdbdEmulator:
                 self.drops["run"] += 1
                 return True
         return False
+
+    def throttle_factor(self, run_index: int) -> float:
+        phases = self.config.throttle_phases
+        if not phases:
+            return 1.0
+        t = run_index % sum(n for n, _ in phases)
+        for n, factor in phases:
+            if t < n:
+                return factor
+            t -= n
+        return 1.0
+
+    def _apply_thermal_state(self, factor: float) -> None:
+        c = self.config
+        cap = int(c.max_khz / factor)
+        for cpu in range(c.cpus):
+            base = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq"
+            self.sandbox.write(f"{base}/scaling_max_freq", f"{cap}\n")
+            self.sandbox.write(f"{base}/scaling_cur_freq", f"{min(c.cur_khz, cap)}\n")
+        hot = c.temp_millic + (20_000 if factor > 1 else 0)
+        self.sandbox.write("/sys/class/thermal/thermal_zone0/temp", f"{hot}\n")
+
+    def _next_run_slowdown(self) -> float:
+        """The slow-down of the benchmark run starting now; the sysfs state then shows
+        the phase of the run after it (what a reader between runs sees)."""
+        with self._lock:
+            factor = self.throttle_factor(self.benchmark_runs)
+            self.benchmark_runs += 1
+            self._apply_thermal_state(self.throttle_factor(self.benchmark_runs))
+        return factor
 
     def _take_push_drop(self) -> int | None:
         with self._lock:
@@ -379,10 +416,12 @@ class AdbdEmulator:
         return self
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
+        # Its own reference: stop() may clear the attribute while accept() waits.
+        listener = self._listener
+        assert listener is not None
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -26,6 +26,7 @@ class ShellState:
     cpus: int
     layout: str
     drop_run: Callable[[], bool]
+    slowdown: Callable[[], float] = lambda: 1.0
     commands: list[str] = field(default_factory=list)
     taskset_masks: list[str] = field(default_factory=list)
     benchmark_args: list[list[str]] = field(default_factory=list)
@@ -153,6 +154,7 @@ def _run(words: list[str], st: ShellState, write: Write) -> int:
             resolve=sb.path,
             write=write,
             drop_now=st.drop_run,
+            slowdown=st.slowdown,
         )
     write(f"/system/bin/sh: {cmd}: inaccessible or not found\n")
     return 127

@@ -22,18 +22,28 @@ from mnasfpn.devices.benchmark_output import BenchmarkOutput, failure_hint, pars
 from mnasfpn.devices.errors import ConnectionDropped, DeviceError, ModelRunError
 from mnasfpn.devices.profiles import Profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
-from mnasfpn.devices.stats import repeat_until_stable, summarize
+from mnasfpn.devices.stats import (
+    DEFAULT_STATISTIC,
+    DriftMonitor,
+    RemeasureBudget,
+    measure_with_drift_control,
+    repeat_until_stable,
+    summarize,
+)
 from mnasfpn.devices.transport import CommandTimeout, Transport
 
 T = TypeVar("T")
 
 _REMOTE_ROOT = "/data/local/tmp"
+_q = shlex.quote  # every remote path goes through the device's shell
 _RUN_TIMEOUT_S = 600.0
 
 
 class AdbDevice(Device):
-    # Indirection so tests can observe cool-downs without waiting for them.
+    # Indirection so tests can observe cool-downs and retry pauses without waiting.
     _sleep = staticmethod(time.sleep)
+    # Cool-down before timing again a model that ran while the phone throttled.
+    throttle_cooldown_s = 10.0
 
     def __init__(
         self,
@@ -50,6 +60,10 @@ class AdbDevice(Device):
         self.transport = transport
         self.retries = retries
         self.retry_delay_s = retry_delay_s
+        self.statistic = DEFAULT_STATISTIC
+        # Throttling = the core's frequency cap above the lowest one seen (uncapped).
+        self.drift = DriftMonitor(margin=0.05, quantile=0.0, min_history=1)
+        self.budget = RemeasureBudget()
         self.workdir = f"{_REMOTE_ROOT}/mnasfpn-{uuid.uuid4().hex[:8]}"
         self._workdir_made = False
         self.model = self._getprop("ro.product.model")
@@ -68,7 +82,7 @@ class AdbDevice(Device):
         last: ConnectionDropped | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.retry_delay_s * attempt)
+                self._sleep(self.retry_delay_s * attempt)
                 try:
                     self.transport.reconnect()
                 except ConnectionDropped as e:
@@ -95,7 +109,7 @@ class AdbDevice(Device):
         return self._read(f"getprop {name}") or ""
 
     def _mkdir(self) -> None:
-        out, code = self._sh(f"mkdir -p {self.workdir}")
+        out, code = self._sh(f"mkdir -p {_q(self.workdir)}")
         if code != 0:
             raise DeviceError(
                 f"cannot create {self.workdir} on {self.transport.serial} "
@@ -114,8 +128,8 @@ class AdbDevice(Device):
                 raise DeviceError(f"benchmark binary {local} does not exist; check the path")
             remote = f"{self.workdir}/benchmark_model"
             self._push(local, remote)
-            self._sh(f"chmod 755 {remote}")
-            out, code = self._sh(f"{remote} --help")
+            self._sh(f"chmod 755 {_q(remote)}")
+            out, code = self._sh(f"{_q(remote)} --help")
             # 126/127: not executable / not found; >128: killed by a signal (crash).
             if code >= 126 or "graph" not in out:
                 raise DeviceError(
@@ -125,7 +139,7 @@ class AdbDevice(Device):
                 )
             return remote
         remote = self.profile.benchmark_binary
-        _, code = self._sh(f"ls {shlex.quote(remote)}")
+        _, code = self._sh(f"ls {_q(remote)}")
         if code != 0:
             raise DeviceError(
                 f"no benchmark_model at {remote} on {serial}; pass --benchmark-binary "
@@ -141,11 +155,11 @@ class AdbDevice(Device):
         temp = None
         for zone in range(4):
             temp = sysinfo.parse_temperature_c(
-                self._read(f"cat /sys/class/thermal/thermal_zone{zone}/temp")
+                self._read(f"cat {_q(f'/sys/class/thermal/thermal_zone{zone}/temp')}")
             )
             if temp is not None:
                 break
-        md5 = self._read(f"md5sum {self.binary}")
+        md5 = self._read(f"md5sum {_q(self.binary)}")
         release = self._getprop("ro.build.version.release")
         sdk = self._getprop("ro.build.version.sdk")
         return DeviceInfo(
@@ -156,9 +170,9 @@ class AdbDevice(Device):
             abi=self._getprop("ro.product.cpu.abi") or None,
             cores=sysinfo.parse_cpu_count(self._read("cat /sys/devices/system/cpu/possible")),
             core=core,
-            governor=self._read(f"cat {paths['governor']}"),
-            cur_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['cur']}")),
-            max_freq_khz=sysinfo.parse_int(self._read(f"cat {paths['max']}")),
+            governor=self._read(f"cat {_q(paths['governor'])}"),
+            cur_freq_khz=sysinfo.parse_int(self._read(f"cat {_q(paths['cur'])}")),
+            max_freq_khz=sysinfo.parse_int(self._read(f"cat {_q(paths['max'])}")),
             temperature_c=temp,
             os_version=f"Android {release} (SDK {sdk})" if release else None,
             runtime="tflite benchmark_model",
@@ -176,7 +190,7 @@ class AdbDevice(Device):
     def _command(self, remote_model: str) -> str:
         p = self.profile
         return (
-            f"taskset {p.mask()} {self.binary} --graph={shlex.quote(remote_model)} "
+            f"taskset {_q(p.mask())} {_q(self.binary)} --graph={_q(remote_model)} "
             f"--num_threads={p.threads} --warmup_runs={p.warmup_runs} "
             f"--num_runs={p.num_runs} --use_xnnpack={'true' if p.use_xnnpack else 'false'}"
         )
@@ -191,20 +205,51 @@ class AdbDevice(Device):
             raise ModelRunError(f"benchmark_model exited with status {code}: {failure_hint(out)}")
         return parse_benchmark_output(out)
 
+    def _throttle_ratio(self) -> float | None:
+        """The pinned core's frequency cap ratio (cpuinfo_max / scaling_max), None where
+        the files are not readable."""
+        paths = sysinfo.cpufreq_paths(self.profile.core)
+        out, code = self._sh(f"cat {paths['max']} {paths['cap']}")
+        values = [sysinfo.parse_int(v) for v in out.split()] if code == 0 else []
+        if len(values) != 2:
+            return None
+        return sysinfo.cap_ratio(values[0], values[1])
+
     def _time_remote(self, label: str, remote_model: str) -> TimingResult:
+        """Repeated short runs of ``benchmark_model`` (the stock binary prints no per-run
+        times): each run's average is one round. The frequency cap is read before and
+        after; a model timed while the phone throttled is timed again after a cool-down,
+        within the device's re-measurement budget."""
         p = self.profile
-        outputs: list[BenchmarkOutput] = []
+        tries: list[tuple[list[BenchmarkOutput], int, bool]] = []
 
-        def one_round() -> list[float]:
-            outputs.append(self._run_once(remote_model))
-            return [outputs[-1].inference_avg_ms]
+        def measure() -> tuple[list[list[float]], list[float]]:
+            outputs: list[BenchmarkOutput] = []
 
-        samples, rounds, stable = repeat_until_stable(
-            one_round,
-            min_repeats=p.min_repeats,
-            max_repeats=p.max_repeats,
-            tolerance=p.stability_tolerance,
+            def one_round() -> list[float]:
+                outputs.append(self._run_once(remote_model))
+                return [outputs[-1].inference_avg_ms]
+
+            before = self._throttle_ratio()
+            rounds, n, stable = repeat_until_stable(
+                one_round,
+                min_repeats=p.min_repeats,
+                max_repeats=p.max_repeats,
+                tolerance=p.stability_tolerance,
+            )
+            tries.append((outputs, n, stable))
+            after = self._throttle_ratio()
+            return rounds, [r for r in (before, after) if r is not None]
+
+        kept, attempts = measure_with_drift_control(
+            measure,
+            self.drift,
+            self.budget,
+            statistic=self.statistic,
+            settle=lambda: self._sleep(max(self.profile.cooldown_s, self.throttle_cooldown_s)),
         )
+        outputs, rounds, stable = tries[next(i for i, a in enumerate(attempts) if a is kept)]
+        samples = [x for r in kept.rounds for x in r]
         runs = sum(o.inference.count if o.inference else p.num_runs for o in outputs)
         mins = [o.inference.min_us / 1000 for o in outputs if o.inference and o.inference.min_us]
         stds = [o.inference.std_us / 1000 for o in outputs if o.inference and o.inference.std_us]
@@ -223,6 +268,13 @@ class AdbDevice(Device):
             runs=runs,
             min_ms=min(mins) if mins else None,
             std_ms=std_ms,
+            rounds=kept.rounds,
+            statistic=self.statistic,
+            clock="wall",
+            ref_ratio=kept.ref_ratio,
+            slow_phase=kept.slow,
+            remeasured=len(attempts) - 1,
+            ref_ms=kept.refs,
         )
 
     def time_models(
@@ -259,7 +311,7 @@ class AdbDevice(Device):
                     ran_one = True
                     try:
                         results[i] = self._time_remote(label, remotes[i])
-                        self._sh(f"rm -f {remotes[i]}")
+                        self._sh(f"rm -f {_q(remotes[i])}")
                     except ConnectionDropped as e:
                         fatal = str(e)
                         results[i] = TimingResult.failed(label, fatal)
@@ -276,5 +328,5 @@ class AdbDevice(Device):
             self._workdir_made = False
             # A phone that is gone has nothing left that we could remove.
             with contextlib.suppress(DeviceError):
-                self._retry("clean-up", lambda: self.transport.shell(f"rm -rf {self.workdir}", 60))
+                self._retry("clean-up", lambda: self.transport.remove(self.workdir))
         self.transport.close()

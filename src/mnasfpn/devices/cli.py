@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mnasfpn.devices.errors import DeviceError
+from mnasfpn.cli_common import device_options, handle_errors
 from mnasfpn.devices.profiles import list_profiles
 from mnasfpn.devices.results import DeviceInfo, TimingResult
 
@@ -60,6 +61,7 @@ def format_info(info: DeviceInfo) -> str:
 
 
 @click.command("devices")
+@handle_errors
 def devices_command() -> None:
     """List the host and every phone attached to the adb server, with its profile."""
     from mnasfpn.devices.discovery import attached_phones
@@ -82,22 +84,9 @@ def devices_command() -> None:
 
 @click.command("profile")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--device", "device_name", required=True, help="profile name, e.g. host, pixel4")
-@click.option("--serial", default=None, help="phone serial (adb server transport)")
-@click.option(
-    "--adb-transport",
-    type=click.Choice(["server", "direct"]),
-    default="server",
-    show_default=True,
-)
-@click.option("--adb-host", default=None, help="HOST:PORT of adbd (direct transport)")
-@click.option(
-    "--benchmark-binary",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="local benchmark_model to push to the phone",
-)
+@device_options()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@handle_errors
 def profile_command(
     models: tuple[str, ...],
     device_name: str,
@@ -105,6 +94,7 @@ def profile_command(
     adb_transport: str,
     adb_host: str | None,
     benchmark_binary: str | None,
+    overrides: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Time MODEL.tflite files on a device and print their latency statistics."""
@@ -114,18 +104,16 @@ def profile_command(
         what = f"{r.median_ms:.3f} ms" if r.ok else f"FAILED: {r.error}"
         click.echo(f"[{i + 1}/{n}] {Path(r.model).name}: {what}", err=True)
 
-    try:
-        with open_device(
-            device_name,
-            serial=serial,
-            adb_transport=adb_transport,
-            adb_host=adb_host,
-            benchmark_binary=benchmark_binary,
-        ) as dev:
-            info = dev.info()
-            results = dev.time_models(list(models), progress=progress)
-    except DeviceError as e:
-        raise click.ClickException(str(e)) from None
+    with open_device(
+        device_name,
+        serial=serial,
+        adb_transport=adb_transport,
+        adb_host=adb_host,
+        benchmark_binary=benchmark_binary,
+        overrides=overrides,
+    ) as dev:
+        info = dev.info()
+        results = dev.time_models(list(models), progress=progress)
     if as_json:
         payload = {"device": info.to_dict(), "results": [r.to_dict() for r in results]}
         click.echo(json.dumps(payload, indent=2))

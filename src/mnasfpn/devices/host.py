@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_labe
 from mnasfpn.devices.errors import DeviceError
 from mnasfpn.devices.profiles import Profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
-from mnasfpn.devices.stats import repeat_until_stable, summarize
+from mnasfpn.devices.stats import (
+    DEFAULT_STATISTIC,
+    DriftMonitor,
+    RemeasureBudget,
+    check_statistic,
+    measure_with_drift_control,
+    repeat_until_stable,
+    summarize,
+)
 
 _WORKER = Path(__file__).with_name("host_worker.py")
 _STARTUP_TIMEOUT_S = 120.0
@@ -113,11 +122,32 @@ class _WorkerProcess:
 
 
 class HostDevice(Device):
-    def __init__(self, profile: Profile) -> None:
+    """Times models in the pinned worker.
+
+    Each model is measured between two timings of the worker's reference kernel; when
+    they show a slow phase (see :class:`DriftMonitor`), the model is measured again after
+    ``settle_s``, within a :class:`RemeasureBudget`. With one interpreter thread the clock
+    is the worker thread's CPU time (time another process held the core is not the
+    model's), otherwise wall time.
+    """
+
+    settle_s = 0.25
+
+    def __init__(
+        self, profile: Profile, *, statistic: str = DEFAULT_STATISTIC, clock: str | None = None
+    ) -> None:
         if profile.kind != "host":
             raise DeviceError(f"profile {profile.name!r} is not a host profile")
+        if clock not in (None, "cpu", "wall"):
+            raise DeviceError(f"unknown clock {clock!r}; use cpu or wall")
+        if clock == "cpu" and profile.threads != 1:
+            raise DeviceError("the cpu clock needs threads = 1 (other threads' work is unseen)")
         self.profile = profile
+        self.statistic = check_statistic(statistic)
+        self.clock = clock or ("cpu" if profile.threads == 1 else "wall")
         self.core = choose_core(profile)
+        self.drift = DriftMonitor()
+        self.budget = RemeasureBudget()
         self._worker: _WorkerProcess | None = _WorkerProcess(self.core)
 
     def _ensure_worker(self) -> _WorkerProcess:
@@ -165,23 +195,58 @@ class HostDevice(Device):
             if not rep["ok"]:
                 return TimingResult.failed(label, rep["error"])
 
+            key = "cpu_ms" if self.clock == "cpu" else "samples_ms"
+            ref_key = "cpu_ms" if self.clock == "cpu" else "wall_ms"
+            tries: list[tuple[int, bool]] = []
+
+            def reference() -> float:
+                r = worker.request(op="ref")
+                if not r["ok"]:
+                    raise DeviceError(r["error"])
+                return float(r[ref_key])
+
             def one_round() -> list[float]:
                 r = worker.request(op="run", n=p.num_runs)
                 if not r["ok"]:
                     raise DeviceError(r["error"])
-                return r["samples_ms"]
+                return r[key]
 
-            samples, rounds, stable = repeat_until_stable(
-                one_round,
-                min_repeats=p.min_repeats,
-                max_repeats=p.max_repeats,
-                tolerance=p.stability_tolerance,
+            def measure() -> tuple[list[list[float]], list[float]]:
+                before = reference()
+                rounds, n, stable = repeat_until_stable(
+                    one_round,
+                    min_repeats=p.min_repeats,
+                    max_repeats=p.max_repeats,
+                    tolerance=p.stability_tolerance,
+                )
+                tries.append((n, stable))
+                return rounds, [before, reference()]
+
+            kept, attempts = measure_with_drift_control(
+                measure,
+                self.drift,
+                self.budget,
+                statistic=self.statistic,
+                settle=lambda: time.sleep(self.settle_s),
             )
             worker.request(op="unload")
         except DeviceError as e:
             # A crash in native code kills only the worker; the next model gets a new one.
             return TimingResult.failed(label, str(e))
-        return summarize(label, samples, repeats=rounds, stable=stable)
+        n, stable = tries[next(i for i, a in enumerate(attempts) if a is kept)]
+        return summarize(
+            label,
+            [x for r in kept.rounds for x in r],
+            repeats=n,
+            stable=stable,
+            rounds=kept.rounds,
+            statistic=self.statistic,
+            clock=self.clock,
+            ref_ratio=kept.ref_ratio,
+            slow_phase=kept.slow,
+            remeasured=len(attempts) - 1,
+            ref_ms=kept.refs,
+        )
 
     def time_models(
         self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None

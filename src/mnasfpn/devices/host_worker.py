@@ -5,8 +5,11 @@ in the package (and, through it, TensorFlow): only ai_edge_litert and numpy are 
 which keeps the pinned core's caches and the worker's start-up free of TF.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on the original
-stdout. Native code that prints to stdout is redirected to stderr so it can never
-corrupt the reply stream.
+stdout. ``run`` replies with each invocation's wall time (``samples_ms``) and the calling
+thread's CPU time (``cpu_ms``): with one interpreter thread all the work runs on it, and
+CPU time does not count the time another process held the core. ``ref`` times a fixed
+numpy kernel (the drift reference) on both clocks. Native code that prints to stdout is
+redirected to stderr so it can never corrupt the reply stream.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def _fill_inputs(interp: Any, np: Any, rng: Any) -> None:
 class Worker:
     def __init__(self) -> None:
         self.interp: Any = None
+        self._ref: Any = None
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -56,6 +60,8 @@ class Worker:
             )
         if op == "run":
             return self.run(int(req["n"]))
+        if op == "ref":
+            return self.reference(int(req.get("reps", 15)))
         if op == "unload":
             self.interp = None
             return {"ok": True}
@@ -89,16 +95,48 @@ class Worker:
         if self.interp is None:
             return {"ok": False, "error": "no model loaded"}
         invoke = self.interp.invoke
-        clock = time.perf_counter_ns
-        samples = []
+        wall = time.perf_counter_ns
+        cpu = time.thread_time_ns
+        samples: list[float] = []
+        cpu_ms: list[float] = []
         try:
             for _ in range(n):
-                t0 = clock()
+                t0 = wall()
+                c0 = cpu()
                 invoke()
-                samples.append((clock() - t0) / 1e6)
+                c1 = cpu()
+                t1 = wall()
+                samples.append((t1 - t0) / 1e6)
+                cpu_ms.append((c1 - c0) / 1e6)
         except Exception as e:
             return {"ok": False, "error": f"LiteRT invoke failed: {e}"}
-        return {"ok": True, "samples_ms": samples}
+        return {"ok": True, "samples_ms": samples, "cpu_ms": cpu_ms}
+
+    def reference(self, reps: int) -> dict[str, Any]:
+        """The drift reference: a fixed compute + memory kernel (a 128² matmul and a 2 MB
+        copy, ~0.3 ms), its median over ``reps`` on both clocks. Its latency changes only
+        when the machine does, so it tells a slow phase from a slow model."""
+        import numpy as np
+
+        if self._ref is None:
+            rng = np.random.default_rng(1)
+            a = rng.random((128, 128), dtype=np.float32)
+            src = rng.random(1 << 19, dtype=np.float32)
+            self._ref = (a, src, np.empty_like(src))
+        a, src, dst = self._ref
+        wall, cpu = [], []
+        for _ in range(max(1, reps)):
+            t0 = time.perf_counter_ns()
+            c0 = time.thread_time_ns()
+            np.matmul(a, a)
+            np.copyto(dst, src)
+            c1 = time.thread_time_ns()
+            t1 = time.perf_counter_ns()
+            wall.append((t1 - t0) / 1e6)
+            cpu.append((c1 - c0) / 1e6)
+        wall.sort()
+        cpu.sort()
+        return {"ok": True, "wall_ms": wall[len(wall) // 2], "cpu_ms": cpu[len(cpu) // 2]}
 
 
 def main(argv: list[str]) -> int:

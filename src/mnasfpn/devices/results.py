@@ -26,6 +26,18 @@ class TimingResult:
     stable: bool = False
     samples_ms: list[float] = field(default_factory=list)
     error: str | None = None
+    # The load-robust estimate (see devices/stats.py) and how it was obtained: the
+    # statistic, the clock ("cpu": the thread's CPU time, "wall"), the reference
+    # kernel's worst slow-down around the kept measurement, whether that was still a
+    # slow phase, and how many times the model was measured again because of one.
+    latency_ms: float | None = None
+    statistic: str | None = None
+    clock: str | None = None
+    ref_ratio: float | None = None
+    slow_phase: bool = False
+    remeasured: int = 0
+    rounds_ms: list[list[float]] = field(default_factory=list)
+    ref_ms: list[float] = field(default_factory=list)
 
     @classmethod
     def failed(cls, model: str, error: str) -> TimingResult:

@@ -20,6 +20,8 @@ def cpufreq_paths(core: int) -> dict[str, str]:
         "governor": f"{base}/scaling_governor",
         "cur": f"{base}/scaling_cur_freq",
         "max": f"{base}/cpuinfo_max_freq",
+        # The thermal governor lowers this cap below cpuinfo_max_freq while it throttles.
+        "cap": f"{base}/scaling_max_freq",
     }
 
 
@@ -28,6 +30,13 @@ def parse_int(text: str | None) -> int | None:
         return int(text.strip()) if text is not None else None
     except ValueError:
         return None
+
+
+def cap_ratio(max_khz: int | None, cap_khz: int | None) -> float | None:
+    """cpuinfo_max / scaling_max: 1.0 uncapped, 1.4 when capped to 71% (throttling)."""
+    if not max_khz or not cap_khz or cap_khz <= 0:
+        return None
+    return max(1.0, max_khz / cap_khz)
 
 
 def parse_temperature_c(text: str | None) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -70,7 +71,7 @@ class Transport(abc.ABC):
         return ShellResult(output=out[:idx], exit_code=code)
 
     def remove(self, remote: str) -> None:
-        self.shell(f"rm -rf {remote}", timeout=30.0)
+        self.shell(f"rm -rf {shlex.quote(remote)}", timeout=60.0)
 
 
 def adb_server_address() -> tuple[str, int]:
@@ -111,7 +112,14 @@ class ServerTransport(Transport):
         import adbutils
 
         self._adbutils = adbutils
-        ready = [s for s, state in attached_serials() if state == "device"]
+        states = dict(attached_serials())
+        ready = [s for s, state in states.items() if state == "device"]
+        unauthorized = [s for s, state in states.items() if state == "unauthorized"]
+        if serial in unauthorized or (serial is None and not ready and unauthorized):
+            raise DeviceError(
+                f"phone {serial or unauthorized[0]} has not authorized this computer; accept "
+                "the 'Allow USB debugging' prompt on the phone, then retry"
+            )
         if serial is None:
             if not ready:
                 raise DeviceError(
@@ -179,6 +187,14 @@ class ServerTransport(Transport):
         pass
 
 
+@dataclass
+class _Handshake:
+    """What a connection attempt got as far as, to tell its failures apart."""
+
+    listening: bool = False
+    first_bytes: bytes = b""
+
+
 class DirectTransport(Transport):
     """adb-shell straight to adbd over TCP (``adb tcpip`` phones, emulators)."""
 
@@ -207,34 +223,78 @@ class DirectTransport(Transport):
 
     def _connect(self) -> None:
         from adb_shell.adb_device import AdbDevice
+        from adb_shell.exceptions import DeviceAuthError
         from adb_shell.transport.tcp_transport import TcpTransport
 
+        seen = _Handshake()
+
         class EofAwareTcpTransport(TcpTransport):  # type: ignore[misc]
+            def connect(self, transport_timeout_s: float | None) -> None:
+                super().connect(transport_timeout_s)
+                seen.listening = True
+
             # adb-shell treats an empty recv() as "no data yet" and spins until its read
             # timeout; a closed socket must fail at once so that we can reconnect.
             def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
                 data = super().bulk_read(numbytes, transport_timeout_s)
                 if not data:
                     raise ConnectionResetError("adbd closed the connection")
+                seen.first_bytes = (seen.first_bytes + data)[:24]
                 return data
 
         dev = AdbDevice(
             EofAwareTcpTransport(self._host, self._port),
             default_transport_timeout_s=self._timeout,
         )
+        signers = self._signers()
         try:
-            dev.connect(rsa_keys=self._signers(), auth_timeout_s=self._timeout)
-        except (OSError, TimeoutError) as e:
-            raise ConnectionDropped(
-                f"cannot reach adbd at {self.serial} ({_one_line(e)}); check the address and "
-                "that 'adb tcpip' is enabled on the phone"
-            ) from e
+            dev.connect(rsa_keys=signers, auth_timeout_s=self._timeout)
         except Exception as e:
-            raise DeviceError(
-                f"adbd at {self.serial} refused the connection ({_one_line(e)}); "
-                "authorize this computer's key (~/.android/adbkey) on the phone"
-            ) from e
+            with contextlib.suppress(Exception):
+                dev.close()
+            raise self._connect_error(e, seen, no_key=isinstance(e, DeviceAuthError)) from e
         self._dev = dev
+
+    def _connect_error(self, e: Exception, seen: _Handshake, *, no_key: bool) -> DeviceError:
+        """Which of the ways to fail it was: nothing listening, not an adbd, or an adbd that
+        has not authorized this computer; each wants a different fix."""
+        where = self.serial
+        if not seen.listening:
+            if isinstance(e, ConnectionRefusedError):
+                return ConnectionDropped(
+                    f"nothing is listening at {where} (connection refused); check the port, "
+                    "and enable adbd over TCP on the phone ('adb tcpip 5555')"
+                )
+            return ConnectionDropped(
+                f"cannot reach {where} ({_one_line(e) or type(e).__name__}); check the "
+                "address and that the phone is on this network"
+            )
+        word = seen.first_bytes[:4]
+        if word == b"AUTH":
+            key = Path.home() / ".android" / "adbkey"
+            if no_key:
+                return DeviceError(
+                    f"adbd at {where} asks for authorization and this computer has no adb key "
+                    f"({key}); create one with 'adb keygen {key}', then accept it on the phone"
+                )
+            return DeviceError(
+                f"adbd at {where} did not authorize this computer's key ({key}); accept the "
+                "'Allow USB debugging' prompt on the phone (tick 'Always allow'), then retry"
+            )
+        if word == b"CNXN":
+            return ConnectionDropped(
+                f"adbd at {where} dropped the connection during the handshake "
+                f"({_one_line(e) or type(e).__name__}); retry"
+            )
+        if seen.first_bytes:
+            said = f"it answered {_one_line(seen.first_bytes.decode('latin-1'), 24)!r}"
+        elif isinstance(e, ConnectionError | EOFError):
+            said = "it closed the connection without a word"
+        else:
+            said = f"it sent nothing in {self._timeout:g} s"
+        return DeviceError(
+            f"{where} is not an adbd ({said}); check the port: adbd over TCP is usually 5555"
+        )
 
     def _call(self, what: str, fn: object, *args: object, **kwargs: object) -> object:
         from adb_shell.exceptions import AdbTimeoutError, TcpTimeoutException

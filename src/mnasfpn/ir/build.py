@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from mnasfpn.ir.config import (
+    MAX_LEVEL,
+    MIN_LEVEL,
+    BackboneConfig,
+    DetectorConfig,
+    PredictorConfig,
+    check_input_size,
+)
 from mnasfpn.ir.graph import GraphBuilder, OpGraph, Tensor
+from mnasfpn.ir.ops import input_role
 from mnasfpn.searchspace.genotype import LEVELS, Block, Genotype
 
-MIN_LEVEL, MAX_LEVEL = LEVELS[0], LEVELS[-1]
+# The configs live in ir.config (with the defaults); importers of this module keep them.
+__all__ = [
+    "MAX_LEVEL",
+    "MIN_LEVEL",
+    "BackboneConfig",
+    "DetectorConfig",
+    "PredictorConfig",
+    "build_opgraph",
+    "check_input_size",
+    "level_size",
+    "live_blocks",
+    "merge",
+    "mnasfpn_block",
+    "mnasfpn_cell",
+    "mobilenet_v2",
+    "resample",
+    "ssd_predictor",
+]
+
 # MobileNetV2 inverted-residual stages: (expansion t, channels c, repeats n, stride s).
 MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1),
@@ -22,21 +49,6 @@ MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
 TAP_BLOCKS: dict[int, int] = {5: 3, 12: 4, 16: 5}
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    name: str = "mobilenet_v2"
-    alpha: float = 1.0
-
-
-@dataclass(frozen=True)
-class PredictorConfig:
-    depth: int = 64
-    num_layers: int = 4
-    kernel: int = 3
-    # Levels 3..6, aspect ratios {1, 2, 0.5}, 3 scales per octave.
-    anchors_per_location: int = 9
-
-
 def make_divisible(value: float, divisor: int = 8) -> int:
     """MobileNet's channel rounding: nearest multiple of `divisor`, never 10% below value."""
     new = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -49,24 +61,22 @@ def level_size(input_size: int, level: int) -> int:
     return input_size // (2**level)
 
 
-def check_input_size(input_size: int) -> None:
-    if input_size <= 0 or input_size % (2**MAX_LEVEL):
-        raise ValueError(
-            f"input size {input_size} must be a positive multiple of {2**MAX_LEVEL} "
-            f"(levels {MIN_LEVEL}..{MAX_LEVEL} need exact strides), e.g. 320"
-        )
-
-
 def build_opgraph(
     genotype: Genotype,
+    config: DetectorConfig | None = None,
     *,
     backbone: BackboneConfig | None = None,
     predictor: PredictorConfig | None = None,
-    input_size: int = 320,
-    num_classes: int = 90,
+    input_size: int | None = None,
+    num_classes: int | None = None,
 ) -> OpGraph:
-    backbone = backbone or BackboneConfig()
-    predictor = predictor or PredictorConfig()
+    """The whole detector as ops. `config` (default: the paper's) decides everything
+    around the head; the keyword arguments override one piece of it."""
+    config = config or DetectorConfig()
+    backbone = backbone or config.backbone
+    predictor = predictor or config.predictor
+    input_size = config.input_size if input_size is None else input_size
+    num_classes = config.num_classes if num_classes is None else num_classes
     check_input_size(input_size)
     g = GraphBuilder((input_size, input_size, 3))
     taps = mobilenet_v2(g, g.input, backbone.alpha)
@@ -74,7 +84,7 @@ def build_opgraph(
     c6 = g.conv(c6, genotype.channels, part="backbone", name="backbone/c6/conv1x1")
     features = [taps[3], taps[4], taps[5], c6]
     for r in range(genotype.repeats):
-        features = mnasfpn_cell(g, genotype, features, prefix=f"head/cell{r}")
+        features = mnasfpn_cell(g, genotype, features, prefix=f"head/cell{r}", cell=r)
     box, cls = ssd_predictor(g, features, predictor, num_classes)
     graph = OpGraph(
         g.ops,
@@ -97,13 +107,12 @@ def build_opgraph(
 
 def live_blocks(graph: OpGraph, genotype: Genotype) -> list[list[int]]:
     """Per cell, the indices of blocks that reach an output (the rest are pruned)."""
-    alive: set[tuple[int, int]] = set()
+    alive: set[tuple[int | None, int | None]] = set()
     for op, is_live in zip(graph.ops, graph.live, strict=True):
-        # A weightless op shared between blocks carries the first block's name, so it can
+        # A weightless op shared between blocks carries the first block's tags, so it can
         # be live when that block is not; a block's own project conv is never shared.
-        if is_live and op.name.startswith("head/cell") and op.name.endswith("/project"):
-            cell, block = op.name.split("/")[1:3]
-            alive.add((int(cell[4:]), int(block[5:])))
+        if is_live and op.role == "project" and op.cell is not None:
+            alive.add((op.cell, op.block))
     return [
         [b for b in range(len(genotype.blocks)) if (r, b) in alive] for r in range(genotype.repeats)
     ]
@@ -196,16 +205,20 @@ def mnasfpn_block(
     xs = []
     for j, i in enumerate(block.inputs):
         level = node_level(nodes[i], nodes)
-        xs.append(
-            resample(
+        with g.tagged(role=input_role(j)):
+            x = resample(
                 g, nodes[i], level, block.level, block.expansion, sdo=sdo, name=f"{name}/in{j}"
             )
-        )
-    x = merge(g, xs, block.merge, name=name)
-    x = g.dwconv(x, kernel=block.kernel, part=part, name=f"{name}/depthwise")
-    x = g.conv(x, channels, part=part, name=f"{name}/project")
+        xs.append(x)
+    with g.tagged(role="merge"):
+        x = merge(g, xs, block.merge, name=name)
+    with g.tagged(role="dw"):
+        x = g.dwconv(x, kernel=block.kernel, part=part, name=f"{name}/depthwise")
+    with g.tagged(role="project"):
+        x = g.conv(x, channels, part=part, name=f"{name}/project")
     if residual is not None:
-        x = g.add(x, residual, part=part, name=f"{name}/residual")
+        with g.tagged(role="residual"):
+            x = g.add(x, residual, part=part, name=f"{name}/residual")
     return x
 
 
@@ -217,7 +230,12 @@ def node_level(x: Tensor, nodes: list[Tensor]) -> int:
 
 
 def mnasfpn_cell(
-    g: GraphBuilder, genotype: Genotype, inputs: list[Tensor], *, prefix: str
+    g: GraphBuilder,
+    genotype: Genotype,
+    inputs: list[Tensor],
+    *,
+    prefix: str,
+    cell: int | None = None,
 ) -> list[Tensor]:
     nodes = list(inputs)
     outputs: list[Tensor] = []
@@ -227,8 +245,9 @@ def mnasfpn_cell(
             cell_in = inputs[block.level - MIN_LEVEL]
             if cell_in.shape[2] == genotype.channels:
                 residual = cell_in
-        x = mnasfpn_block(g, block, nodes, genotype.channels, sdo=genotype.sdo,
-                          residual=residual, name=f"{prefix}/block{b}")  # fmt: skip
+        with g.tagged(cell=cell, block=b):
+            x = mnasfpn_block(g, block, nodes, genotype.channels, sdo=genotype.sdo,
+                              residual=residual, name=f"{prefix}/block{b}")  # fmt: skip
         nodes.append(x)
         if genotype.is_output(b):
             outputs.append(x)

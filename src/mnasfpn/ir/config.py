@@ -4,16 +4,42 @@ IR, the table, validation, training and search all share."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph, check_input_size
-from mnasfpn.ir.graph import OpGraph
-from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.genotype import LEVELS, Genotype
+
+if TYPE_CHECKING:
+    from mnasfpn.ir.graph import OpGraph
+
+MIN_LEVEL, MAX_LEVEL = LEVELS[0], LEVELS[-1]
 
 
 class ConfigError(MnasfpnError, ValueError):
     """A detector configuration that cannot be built (bad input size, width, ...)."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "mobilenet_v2"
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    depth: int = 64
+    num_layers: int = 4
+    kernel: int = 3
+    # Levels 3..6, aspect ratios {1, 2, 0.5}, 3 scales per octave.
+    anchors_per_location: int = 9
+
+
+def check_input_size(input_size: int) -> None:
+    if input_size <= 0 or input_size % (2**MAX_LEVEL):
+        raise ValueError(
+            f"input size {input_size} must be a positive multiple of {2**MAX_LEVEL} "
+            f"(levels {MIN_LEVEL}..{MAX_LEVEL} need exact strides), e.g. 320"
+        )
 
 
 @dataclass(frozen=True)
@@ -47,13 +73,9 @@ class DetectorConfig:
 
     def opgraph(self, genotype: Genotype) -> OpGraph:
         """The whole detector's OpGraph for `genotype` under this configuration."""
-        return build_opgraph(
-            genotype,
-            backbone=self.backbone,
-            predictor=self.predictor,
-            input_size=self.input_size,
-            num_classes=self.num_classes,
-        )
+        from mnasfpn.ir.build import build_opgraph  # build.py imports this module
+
+        return build_opgraph(genotype, self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ import itertools
 from mnasfpn.ir.build import (
     MIN_LEVEL,
     BackboneConfig,
+    DetectorConfig,
     PredictorConfig,
     build_opgraph,
     check_input_size,
@@ -37,15 +38,20 @@ def _feature(input_size: int, level: int, channels: int) -> Tensor:
 
 def space_keys(
     space: SearchSpace,
+    config: DetectorConfig | None = None,
     *,
-    input_size: int = 320,
+    input_size: int | None = None,
     backbone: BackboneConfig | None = None,
     predictor: PredictorConfig | None = None,
-    num_classes: int = 90,
+    num_classes: int | None = None,
 ) -> set[str]:
-    """All keys any genotype of `space` (any repeat count) can put in its graph."""
-    backbone = backbone or BackboneConfig()
-    predictor = predictor or PredictorConfig()
+    """All keys any genotype of `space` (any repeat count) can put in its graph, under
+    `config` (default: the paper's); the keyword arguments override one piece of it."""
+    config = config or DetectorConfig()
+    backbone = backbone or config.backbone
+    predictor = predictor or config.predictor
+    input_size = config.input_size if input_size is None else input_size
+    num_classes = config.num_classes if num_classes is None else num_classes
     check_input_size(input_size)
     if space.fixed is not None:
         graph = build_opgraph(space.fixed.with_repeats(2), backbone=backbone,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,19 @@ class GraphBuilder:
         self.input = Tensor(MODEL_INPUT, input_shape)
         self.ops: list[Op] = []
         self._weightless: dict[tuple[Any, ...], Tensor] = {}
+        self._tags: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def tagged(self, **tags: Any) -> Iterator[None]:
+        """Ops emitted inside get these structured fields (cell, block, role) on top of
+        the enclosing ones. Tags say where an op sits, not what it computes, so they take
+        no part in merging identical weightless ops."""
+        outer = self._tags
+        self._tags = {**outer, **tags}
+        try:
+            yield
+        finally:
+            self._tags = outer
 
     def emit(
         self,
@@ -54,6 +68,7 @@ class GraphBuilder:
             part=part,
             name=name,
             **attrs,
+            **self._tags,
         )
         self.ops.append(op)
         out = Tensor(op.id, out_shape)

@@ -29,6 +29,19 @@ WEIGHTED_OPS = frozenset({"conv2d", "dwconv2d"})
 MODEL_INPUT = -1
 
 
+INPUT_ROLE = "input"
+BLOCK_ROLES = ("merge", "dw", "project", "residual")
+
+
+def input_role(slot: int) -> str:
+    return f"{INPUT_ROLE}{slot}"
+
+
+def op_type_of(key: str) -> str:
+    """The op type a table key starts with (`conv2d/in…` → `conv2d`)."""
+    return key.split("/", 1)[0]
+
+
 def dims(shape: Shape) -> str:
     return "x".join(str(d) for d in shape)
 
@@ -50,6 +63,18 @@ class Op:
     # Ops that reuse one Keras layer (the weight-shared predictor) name the same group:
     # their weights count once.
     weight_group: str | None = None
+    # Where a head op sits, so that liveness and block inputs are found without parsing
+    # names: its cell and block, and its role in the block: "input0", "input1", ... (bringing
+    # that input to the block's level and width), "merge", "dw", "project" or "residual".
+    # A weightless op that several blocks share (the builder merges them) keeps the first.
+    cell: int | None = None
+    block: int | None = None
+    role: str | None = None
+
+    @property
+    def is_block_input(self) -> bool:
+        """Part of resampling one input of a block (an `input<j>` role)."""
+        return self.role is not None and self.role.startswith(INPUT_ROLE)
 
     @property
     def key(self) -> str:
@@ -126,7 +151,7 @@ def op_key(
 def parse_key(key: str) -> dict[str, object]:
     """Key → {type, in_shapes, out_shape, kernel, stride, act}: enough to rebuild the op alone."""
     parts = key.split("/")
-    op_type = parts[0]
+    op_type = op_type_of(key)
 
     def shape(text: str) -> Shape:
         return tuple(int(d) for d in text.split("x"))

@@ -19,10 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.enumerate import space_keys
-from mnasfpn.lut.predictor import Settings
-from mnasfpn.lut.store import SCHEMA_VERSION, TableError, TableStore, now
+from mnasfpn.lut.store import (
+    DEFAULT_STATISTIC,
+    SCHEMA_VERSION,
+    TableError,
+    TableStore,
+    now,
+)
+from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
 
@@ -37,48 +43,58 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnasfpn"
 
 
-def required_keys(spaces: Sequence[str], settings: Settings) -> list[str]:
+def required_keys(spaces: Sequence[str], config: DetectorConfig) -> list[str]:
     """Every op key of the spaces (with backbone and predictor) and of the named
     architectures at repeats 3..5, sorted."""
-    backbone = BackboneConfig(alpha=settings.alpha)
-    predictor = PredictorConfig(depth=settings.depth)
     keys: set[str] = set()
     for name in spaces:
         keys |= space_keys(
             get_space(name),
-            input_size=settings.input_size,
-            backbone=backbone,
-            predictor=predictor,
-            num_classes=settings.num_classes,
+            input_size=config.input_size,
+            backbone=config.backbone,
+            predictor=config.predictor,
+            num_classes=config.num_classes,
         )
     for arch in ARCHITECTURES:
         for r in NAMED_REPEATS:
-            graph = build_opgraph(
-                get_architecture(arch, r),
-                backbone=backbone,
-                predictor=predictor,
-                input_size=settings.input_size,
-                num_classes=settings.num_classes,
-            )
-            keys |= set(graph.keys(live_only=False))
+            keys |= set(config.opgraph(get_architecture(arch, r)).keys(live_only=False))
     return sorted(keys)
 
 
-def identity_of(info: dict[str, Any], profile: str, settings: Settings) -> dict[str, Any]:
-    from mnasfpn.profiler.micromodel import converter_version
+def identity_of(
+    info: dict[str, Any],
+    profile: Any,
+    config: DetectorConfig,
+    *,
+    statistic: str = DEFAULT_STATISTIC,
+) -> dict[str, Any]:
+    """Everything that changes a timing, as recorded in (and checked against) a table:
+    the device and its software, the profile after overrides, the detector settings.
 
+    Not the converter: the direct writer's micro-models equal the TensorFlow converter's
+    op for op (tests/test_tflite_writer.py), so a table may hold entries from either."""
     return {
         "device": info.get("kind"),
-        "profile": profile,
+        "profile": profile.name,
         "device_model": info.get("model"),
         "abi": info.get("abi"),
         "runtime": info.get("runtime"),
         "runtime_version": info.get("runtime_version"),
-        "converter_version": converter_version(),
-        "input_size": settings.input_size,
-        "num_classes": settings.num_classes,
-        "alpha": settings.alpha,
-        "depth": settings.depth,
+        "binary_version": info.get("binary_version"),
+        # The core actually used (a host profile's -1 resolves to a real core).
+        "core": info.get("core") if info.get("core") is not None else profile.core,
+        "threads": profile.threads,
+        "use_xnnpack": profile.use_xnnpack,
+        "input_size": config.input_size,
+        "num_classes": config.num_classes,
+        "alpha": config.alpha,
+        "depth": config.depth,
+        "statistic": statistic,
+        "warmup_runs": profile.warmup_runs,
+        "num_runs": profile.num_runs,
+        "min_repeats": profile.min_repeats,
+        "max_repeats": profile.max_repeats,
+        "stability_tolerance": profile.stability_tolerance,
     }
 
 
@@ -118,19 +134,23 @@ class DeviceOptions:
 @dataclass
 class BuildReport:
     keys: int
-    already: int  # keys complete (every pass) before this run
+    already: int  # keys with every pass (and so an entry) before this run
     passes: int = 1
     measured: int = 0  # keys completed by this run
     timings: int = 0  # single-pass timings done by this run
+    settled: int = 0  # entries written from passes already taken (no new timing)
+    missing: int = 0  # required keys the table still has no entry for, read back at the end
     failed: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
     convert_s: float = 0.0
     time_s: float = 0.0
     total_s: float = 0.0
 
     @property
-    def missing(self) -> int:
-        return self.keys - self.already - self.measured
+    def ok(self) -> bool:
+        """Every required key has an entry and nothing failed: the only success."""
+        return not (self.missing or self.failed or self.errors or self.interrupted)
 
 
 def pass_order(keys: Sequence[str], pass_index: int) -> list[str]:
@@ -141,20 +161,43 @@ def pass_order(keys: Sequence[str], pass_index: int) -> list[str]:
     return order
 
 
+def plan_passes(
+    keys: Sequence[str], done: dict[str, set[int]], passes: int
+) -> list[tuple[str, int]]:
+    """(key, pass) timings still needed so that every key has `passes` passes. A key
+    that has them (whatever their indices, from any earlier build) needs nothing; one
+    short of them gets its lowest unused pass indices, and each pass is taken in that
+    pass's own key order."""
+    todo: dict[int, set[str]] = {}
+    for k in keys:
+        have = done.get(k, set())
+        free = (p for p in range(passes + len(have)) if p not in have)
+        for _ in range(passes - len(have)):
+            todo.setdefault(next(free), set()).add(k)
+    return [(k, p) for p in sorted(todo) for k in pass_order(keys, p) if k in todo[p]]
+
+
 def open_table_for(
-    out: Path, identity: dict[str, Any], info: dict[str, Any], spaces: Sequence[str]
+    out: Path,
+    identity: dict[str, Any],
+    info: dict[str, Any],
+    spaces: Sequence[str],
+    overrides: dict[str, Any] | None = None,
 ) -> TableStore:
-    """Open (or create) `out` for measurements of `identity`; refuse a mismatched file."""
+    """Open (or create) `out` for measurements of `identity`: locked against a second
+    writer, and refused in one line if it already holds measurements of another identity.
+    The identity, the merged spaces and the device overrides (for the commands the table
+    suggests) are recorded in its meta."""
     store = TableStore.open(out, create=True)
     try:
+        store.check_identity(identity)
         meta = store.meta()
-        if "device" in meta:
-            store.check_identity(identity)
         merged = sorted(set(meta.get("spaces", [])) | set(spaces))
         values = {
             **identity,
             "spaces": merged,
             "device_info": info,
+            "overrides": dict(overrides or {}),
             "schema_version": SCHEMA_VERSION,
             "updated_at": now(),
         }
@@ -170,20 +213,24 @@ def build_table(
     spaces: Sequence[str],
     device: DeviceOptions,
     *,
-    settings: Settings,
+    config: DetectorConfig,
     jobs: int = 2,
     passes: int = 3,
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
+    converter: str = DEFAULT_CONVERTER,
 ) -> BuildReport:
+    """Measure what `out` lacks. Ctrl-C (KeyboardInterrupt) stops within about a second
+    and returns a report with `interrupted`; every committed timing is kept."""
     from tqdm import tqdm
 
     from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
 
     t_start = time.perf_counter()
+    made_by = converter_id(converter)  # before any device work: a missing converter says so
     cache_dir = cache_dir or default_cache_dir() / "micromodels"
-    keys = required_keys(spaces, settings)
+    keys = required_keys(spaces, config)
     devices = device.open_all()
     try:
         infos = [d.info().to_dict() for d in devices]
@@ -194,21 +241,18 @@ def build_table(
                 "shard a build only across phones of one model"
             )
         info = infos[0]
-        identity = identity_of(info, device.name, settings)
-        store = open_table_for(out, identity, info, spaces)
+        identity = identity_of(info, devices[0].profile, config)
+        store = open_table_for(out, identity, info, spaces, device.overrides)
         try:
-            complete = store.measured_keys()
-            done = store.passes_done()
-            work = [
-                (k, p)
-                for p in range(passes)
-                for k in pass_order(keys, p)
-                if k not in complete and p not in done.get(k, ())
-            ]
+            store.set_meta({"converter_version": made_by})
+            settled = store.settle_entries(passes)
+            work = plan_passes(keys, store.passes_done(), passes)
             missing = {k for k, _ in work}
-            report = BuildReport(keys=len(keys), already=len(keys) - len(missing), passes=passes)
+            report = BuildReport(
+                keys=len(keys), already=len(keys) - len(missing), passes=passes, settled=settled
+            )
             echo(
-                f"{out}: {len(keys)} op keys for {', '.join(spaces)} at {settings.input_size}; "
+                f"{out}: {len(keys)} op keys for {', '.join(spaces)} at {config.input_size}; "
                 f"{report.already} measured, {len(missing)} to measure on {device.name} "
                 f"({len(work)} timings, {passes} passes)"
             )
@@ -216,19 +260,26 @@ def build_table(
                 session = store.start_session(
                     "build", info, note=f"spaces={','.join(spaces)} missing={len(missing)}"
                 )
-                _measure(
-                    store,
-                    session,
-                    work,
-                    devices,
-                    infos,
-                    report,
-                    convert=lambda ks, cb: micromodel_paths(ks, cache_dir, jobs=jobs, progress=cb),
-                    path_of=lambda k: cache_path(k, cache_dir),
-                    concurrent=info.get("kind") != "host",
-                    show_progress=show_progress,
-                    tqdm=tqdm,
-                )
+                try:
+                    _measure(
+                        store,
+                        session,
+                        work,
+                        devices,
+                        infos,
+                        report,
+                        convert=lambda ks, cb: micromodel_paths(
+                            ks, cache_dir, jobs=jobs, progress=cb, converter=converter
+                        ),
+                        path_of=lambda k: cache_path(k, cache_dir, converter),
+                        concurrent=info.get("kind") != "host",
+                        show_progress=show_progress,
+                        tqdm=tqdm,
+                    )
+                except KeyboardInterrupt:
+                    report.interrupted = True
+            # Success is read back from the table, not inferred from counters.
+            report.missing = len(set(keys) - store.measured_keys())
         finally:
             store.close()
     finally:
@@ -267,6 +318,9 @@ def _measure(
     conv_bar = tqdm(total=len(missing), desc="convert", unit="op", disable=not show_progress)
     time_bar = tqdm(total=len(work_items), desc="time", unit="op", disable=not show_progress)
     conv_error: list[str] = []
+    # Set when the build stops early (Ctrl-C): threads then leave the store alone, since
+    # it is about to be closed, and take no more work.
+    stop = threading.Event()
 
     def producer() -> None:
         t0 = time.perf_counter()
@@ -274,6 +328,8 @@ def _measure(
             batches = _chunks(missing, PHONE_BATCH) if concurrent else [missing]
             paths: dict[str, Path] = {}
             for batch in batches:
+                if stop.is_set():
+                    return
                 try:
                     paths.update(convert(batch, conv_bar.update))
                 except Exception as exc:  # some ops failed to convert: time the others
@@ -294,7 +350,7 @@ def _measure(
     def consumer(dev: Any, worker: str) -> None:
         while True:
             item = work.get()
-            if item is None:
+            if item is None or stop.is_set():
                 return
             batch = [item]
             # A phone takes a batch (one push); the host times one model at a time.
@@ -309,6 +365,17 @@ def _measure(
                 batch.append(nxt)
 
             def on_result(i: int, total: int, res: Any, batch: list = batch) -> None:
+                if stop.is_set():
+                    return
+                try:
+                    record(i, res, batch)
+                except Exception:
+                    if stop.is_set():  # the store closed under us: the build is stopping
+                        return
+                    raise
+                time_bar.update(1)
+
+            def record(i: int, res: Any, batch: list) -> None:
                 key, pass_index = batch[i][0], batch[i][1]
                 if res.ok and res.median_ms is not None:
                     completed = store.add_op_pass(
@@ -332,15 +399,17 @@ def _measure(
                     )
                     with lock:
                         report.failed.append((key, res.error or "failed"))
-                time_bar.update(1)
 
             try:
                 dev.time_models([path for _, _, path in batch], on_result)
             except Exception as exc:  # the device went away: leave the rest for a resume
+                if stop.is_set():
+                    return
                 with lock:
                     report.errors.append(f"{worker}: {str(exc).splitlines()[0]}")
                 return
 
+    threads: list[threading.Thread] = []
     try:
         if concurrent:
             prod = threading.Thread(target=producer, daemon=True)
@@ -361,6 +430,11 @@ def _measure(
         report.time_s = time.perf_counter() - t0
         if concurrent:
             prod.join()
+    except BaseException:
+        stop.set()
+        for t in (*threads, *([prod] if concurrent else [])):
+            t.join(timeout=0.5)  # let a thread finish the row it is committing
+        raise
     finally:
         conv_bar.close()
         time_bar.close()

@@ -1,7 +1,9 @@
 """`mnasfpn-lut build | predict | validate | show | export`.
 
-TensorFlow loads only inside `build` and `validate`; `predict`, `show`, `export` and
-`--help` need SQLite, the IR and numpy only. Every error is one line.
+`build` writes its micro-models directly and loads TensorFlow only with `--converter tf`;
+`validate` loads it to convert detectors; `predict`, `show`, `export` and `--help` need
+SQLite, the IR and numpy only. Every user error is a `MnasfpnError`, printed
+as one line by cli_common's handler; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,91 +14,57 @@ from typing import Any
 
 import click
 
+from mnasfpn.cli_common import device_options, handle_errors, model_options
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import PARTS
 
 DEFAULT_OUT = "luts/{device}.sqlite"
 
 
-def _device_options(f: Any) -> Any:
-    options = [
-        click.option(
-            "--serial",
-            "serials",
-            multiple=True,
-            help="Phone serial; give several identical phones to shard the work.",
-        ),
-        click.option(
-            "--adb-transport",
-            type=click.Choice(["server", "direct"]),
-            default="server",
-            show_default=True,
-            help="adb server (adbutils) or straight to adbd (adb-shell).",
-        ),
-        click.option(
-            "--adb-host", default=None, help="HOST:PORT of adbd for --adb-transport direct."
-        ),
-        click.option(
-            "--benchmark-binary",
-            default=None,
-            help="Local benchmark_model binary to push to the phone.",
-        ),
-        click.option(
-            "--set",
-            "profile_set",
-            multiple=True,
-            metavar="FIELD=VALUE",
-            help="Override a device profile field, e.g. --set num_runs=20.",
-        ),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
+def _check_spaces(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    from mnasfpn.searchspace.spaces import SPACES
+
+    for name in value:
+        if name not in SPACES:
+            raise click.BadParameter(
+                f"unknown search space {name!r}; known: {', '.join(SPACES)}", ctx, param
+            )
+    return tuple(dict.fromkeys(value))
 
 
-def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise click.ClickException(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            out[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[name] = raw
-    return out
+def _converter_option(what: str) -> Any:
+    from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
 
-
-def _fail(exc: BaseException) -> click.ClickException:
-    text = str(exc).strip().splitlines()
-    return click.ClickException(text[0] if text else type(exc).__name__)
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from mnasfpn.devices.errors import DeviceError
-    from mnasfpn.lut.calibration import CalibrationError
-    from mnasfpn.lut.store import TableError
-    from mnasfpn.searchspace.genotype import GenotypeError
-
-    return (TableError, DeviceError, GenotypeError, CalibrationError, OSError, ValueError, KeyError)
+    return click.option(
+        "--converter",
+        type=click.Choice(CONVERTERS),
+        default=DEFAULT_CONVERTER,
+        show_default=True,
+        help=f"{what}: direct (no TensorFlow) or tf (the TensorFlow converter, the "
+        "reference; needs the train extra). Both give the same ops.",
+    )
 
 
 @click.command("build")
-@click.option("--device", "device_name", required=True, help="Device profile: host, pixel1, ...")
+@device_options(multiple_serials=True)
 @click.option(
     "--space",
     "spaces",
     multiple=True,
-    required=True,
+    default=("mnasfpn",),
+    show_default=True,
+    callback=_check_spaces,
     help="Search space(s) whose op keys to measure (repeatable).",
 )
-@click.option("--input-size", type=int, default=320, show_default=True)
+@model_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Table file [default: luts/<device>.sqlite].",
 )
-@_device_options
 @click.option(
     "--jobs",
     type=click.IntRange(1),
@@ -110,7 +78,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     default=3,
     show_default=True,
     help="Timing passes per op, each over all ops in a new order; an op's entry is its "
-    "fastest pass, so a pass slowed by other load on the device is outvoted.",
+    "fastest pass so far, so a pass slowed by other load on the device is outvoted. A key "
+    "that already has this many passes (from any earlier build) is not timed again.",
 )
 @click.option(
     "--cache-dir",
@@ -118,72 +87,66 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     default=None,
     help="Micro-model cache [default: $MNASFPN_CACHE_DIR or ~/.cache/mnasfpn].",
 )
+@_converter_option("Micro-model writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@handle_errors
 def build_command(
     device_name: str,
-    spaces: tuple[str, ...],
-    input_size: int,
-    out: Path | None,
     serials: tuple[str, ...],
     adb_transport: str,
     adb_host: str | None,
     benchmark_binary: str | None,
-    profile_set: tuple[str, ...],
+    overrides: dict[str, Any],
+    spaces: tuple[str, ...],
+    config: DetectorConfig,
+    out: Path | None,
     jobs: int,
     passes: int,
     cache_dir: Path | None,
+    converter: str,
     quiet: bool,
 ) -> None:
     """Measure every op key of the spaces (plus backbone, predictor and the named
     architectures) on a device; resumes where an interrupted build stopped."""
-    from mnasfpn.ir.build import check_input_size
-    from mnasfpn.lut.build import DeviceOptions, build_table
-    from mnasfpn.lut.predictor import Settings
-    from mnasfpn.searchspace.spaces import get_space
+    from mnasfpn.lut import build as lut_build
 
-    try:
-        check_input_size(input_size)
-        for s in spaces:
-            get_space(s)
-    except (ValueError, KeyError) as exc:
-        raise _fail(exc) from None
     out = out or Path(DEFAULT_OUT.format(device=device_name))
-    options = DeviceOptions(
-        device_name,
-        serials,
-        adb_transport,
-        adb_host,
-        benchmark_binary,
-        _parse_overrides(profile_set),
+    options = lut_build.DeviceOptions(
+        device_name, serials, adb_transport, adb_host, benchmark_binary, overrides
     )
-    try:
-        report = build_table(
-            out,
-            list(dict.fromkeys(spaces)),
-            options,
-            settings=Settings(input_size=input_size),
-            jobs=jobs,
-            passes=passes,
-            cache_dir=cache_dir / "micromodels" if cache_dir else None,
-            echo=click.echo,
-            show_progress=not quiet,
+    report = lut_build.build_table(
+        out,
+        list(spaces),
+        options,
+        config=config,
+        jobs=jobs,
+        passes=passes,
+        cache_dir=cache_dir / "micromodels" if cache_dir else None,
+        echo=click.echo,
+        show_progress=not quiet,
+        converter=converter,
+    )
+    if report.interrupted:
+        click.echo(
+            f"interrupted: {report.timings} timings of this run are kept in {out}; "
+            "run the same build again to resume",
+            err=True,
         )
-    except _known_errors() as exc:
-        raise _fail(exc) from None
+        raise SystemExit(130)
     click.echo(
         f"measured {report.measured} ops ({report.timings} timings) in {report.total_s:.1f} s "
         f"(convert {report.convert_s:.1f} s, time {report.time_s:.1f} s); table has "
-        f"{report.already + report.measured}/{report.keys} keys: {out}"
+        f"{report.keys - report.missing}/{report.keys} keys: {out}"
     )
-    if report.failed or report.errors or report.missing:
+    if not report.ok:
         first = (
             report.errors[0]
             if report.errors
             else (f"{report.failed[0][0]}: {report.failed[0][1]}" if report.failed else "")
         )
         raise click.ClickException(
-            f"{report.missing} op(s) still unmeasured ({len(report.failed)} failed; {first}); "
-            f"run the same build again to retry them"
+            f"{report.missing} op(s) still without an entry ({len(report.failed)} failed"
+            f"{'; ' + first if first else ''}); run the same build again to retry them"
         )
 
 
@@ -216,6 +179,7 @@ def _resolve(archs: tuple[str, ...], repeats: int | None) -> list[Any]:
 )
 @click.option("--raw", is_flag=True, help="Ignore the fitted calibration (raw table sum).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per architecture.")
+@handle_errors
 def predict_command(
     lut_path: Path,
     archs: tuple[str, ...],
@@ -227,18 +191,16 @@ def predict_command(
     """Latency of architectures from a table, with a backbone/head/predictor breakdown."""
     from mnasfpn.lut.table import LatencyTable
 
-    try:
-        table = LatencyTable.open(lut_path)
-        if input_size is not None and input_size != table.input_size:
-            raise click.ClickException(
-                f"{lut_path} was measured at input size {table.input_size}, not {input_size}; "
-                f"build a table at {input_size} with mnasfpn-lut build --input-size {input_size}"
-            )
-        genotypes = _resolve(archs, repeats)
-        calibrated = table.calibration is not None and not raw
-        parts = table.breakdown(genotypes, calibrated=calibrated)
-    except _known_errors() as exc:
-        raise _fail(exc) from None
+    table = LatencyTable.open(lut_path)
+    if input_size is not None and input_size != table.input_size:
+        raise click.ClickException(
+            f"{lut_path} was measured at input size {table.input_size}, not {input_size}; "
+            f"build a table at {input_size} with mnasfpn-lut build --device "
+            f"{table.meta.get('profile') or 'host'} --input-size {input_size} --out NEW.sqlite"
+        )
+    genotypes = _resolve(archs, repeats)
+    calibrated = table.calibration is not None and not raw
+    parts = table.breakdown(genotypes, calibrated=calibrated)
     method = "calibrated" if calibrated else "raw table sum"
     for i, g in enumerate(genotypes):
         name = g.name or f"{archs[0] if len(archs) == 1 else 'arch'}#{i}"
@@ -277,27 +239,27 @@ def predict_command(
     show_default=True,
     help="How many of the slowest ops to list.",
 )
+@handle_errors
 def show_command(lut_path: Path, top: int) -> None:
     """Summary of a table: device, settings, counts, calibration, slowest ops."""
     from mnasfpn.lut.show import describe
 
-    try:
-        click.echo(describe(lut_path, top=top))
-    except _known_errors() as exc:
-        raise _fail(exc) from None
+    click.echo(describe(lut_path, top=top))
 
 
 @click.command("export")
 @click.argument("lut_path", type=click.Path(path_type=Path))
 @click.option("--csv", "csv_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def export_command(lut_path: Path, csv_out: Path) -> None:
-    """Write the op rows of a table as CSV."""
+@click.option("--force", is_flag=True, help="Overwrite an existing --csv file.")
+@handle_errors
+def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
+    """Write the op rows of a table as CSV (never over the table itself, nor over an
+    existing file without --force)."""
+    from mnasfpn.atomic import check_output
     from mnasfpn.lut.show import export_csv
 
-    try:
-        n = export_csv(lut_path, csv_out)
-    except _known_errors() as exc:
-        raise _fail(exc) from None
+    check_output(csv_out, inputs=[lut_path], force=force, option="--csv")
+    n = export_csv(lut_path, csv_out, replace=force)
     click.echo(f"wrote {n} rows to {csv_out}")
 
 
@@ -335,11 +297,16 @@ def export_command(lut_path: Path, csv_out: Path) -> None:
     help="End-to-end figure to fit: median of round medians, or fastest run.",
 )
 @click.option(
-    "--space", "spaces", multiple=True, help="Sample from these spaces [default: the table's]."
+    "--space",
+    "spaces",
+    multiple=True,
+    callback=_check_spaces,
+    help="Sample from these spaces [default: the table's].",
 )
-@_device_options
+@device_options(multiple_serials=True, device_required=False)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@handle_errors
 def validate_command(
     lut_path: Path,
     samples: int,
@@ -350,39 +317,39 @@ def validate_command(
     rounds: int,
     target: str,
     spaces: tuple[str, ...],
+    device_name: str | None,
     serials: tuple[str, ...],
     adb_transport: str,
     adb_host: str | None,
     benchmark_binary: str | None,
-    profile_set: tuple[str, ...],
+    overrides: dict[str, Any],
     cache_dir: Path | None,
     quiet: bool,
 ) -> None:
-    """Measure sampled architectures end to end, fit the calibration, report fidelity."""
+    """Measure sampled architectures end to end on the table's device (one phone), fit
+    the calibration, report fidelity."""
     from mnasfpn.lut.validate import validate
 
     report_dir = report_dir or Path("reports") / lut_path.stem
-    try:
-        result = validate(
-            lut_path,
-            samples=samples,
-            seed=seed,
-            report_dir=report_dir,
-            jobs=jobs,
-            rounds=rounds,
-            target=target,
-            spaces=list(spaces) or None,
-            serials=serials,
-            adb_transport=adb_transport,
-            adb_host=adb_host,
-            benchmark_binary=benchmark_binary,
-            overrides=_parse_overrides(profile_set),
-            cache_dir=cache_dir,
-            echo=click.echo,
-            show_progress=not quiet,
-        )
-    except _known_errors() as exc:
-        raise _fail(exc) from None
+    result = validate(
+        lut_path,
+        samples=samples,
+        seed=seed,
+        report_dir=report_dir,
+        jobs=jobs,
+        rounds=rounds,
+        target=target,
+        spaces=list(spaces) or None,
+        device=device_name,
+        serials=serials,
+        adb_transport=adb_transport,
+        adb_host=adb_host,
+        benchmark_binary=benchmark_binary,
+        overrides=overrides,
+        cache_dir=cache_dir,
+        echo=click.echo,
+        show_progress=not quiet,
+    )
     click.echo(result.summary_text())
     click.echo(f"report: {result.report_path}  plot: {result.plot_path}")
     r2 = result.metrics["calibrated"]["r2"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -36,18 +35,19 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.build import (
-    PredictorConfig,
-    level_size,
-    mnasfpn_block,
-    mobilenet_v2,
-    ssd_predictor,
-)
+from mnasfpn.ir.build import level_size, mnasfpn_block, mobilenet_v2, ssd_predictor
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import GraphBuilder, Tensor
 from mnasfpn.ir.ops import MODEL_INPUT, PARTS
 from mnasfpn.lut.calibration import Calibration, feature_columns
-from mnasfpn.searchspace.genotype import LEVELS, NUM_CELL_INPUTS, Block, Genotype
-from mnasfpn.searchspace.spaces import CHANNELS, EXPANSIONS, KERNELS, SPACES
+from mnasfpn.searchspace.genotype import LEVELS, MERGES, NUM_CELL_INPUTS, Block, Genotype
+from mnasfpn.searchspace.spaces import CHANNELS, EXPANSIONS, KERNELS, SPACES, SearchSpace
+
+
+class GridError(MnasfpnError, ValueError):
+    """A genotype, or a whole search space, that the dense signature grids cannot encode:
+    encoding it anyway would alias another entry and give a silently wrong latency."""
+
 
 _COLUMNS = feature_columns()
 _COLUMN_INDEX = {c: i for i, c in enumerate(_COLUMNS)}
@@ -55,7 +55,10 @@ _MAX_BLOCKS = 16
 # Channel and expansion values of every space (F = C in some), and the other choices.
 _VALUES: tuple[int, ...] = tuple(sorted(set(CHANNELS) | set(EXPANSIONS)))
 _KERNELS: tuple[int, ...] = KERNELS
-_MERGES: tuple[str, ...] = ("add", "se")
+_MERGES: tuple[str, ...] = MERGES
+_MERGE_INDEX = {m: i for i, m in enumerate(_MERGES)}
+# The widest block of any space (inputs per block), and at least the paper's two.
+_MAX_INPUTS = max(2, *(sp.max_inputs for sp in SPACES.values()))
 _VALUE_INDEX = np.full(max(_VALUES) + 1, -1, dtype=np.int64)
 _VALUE_INDEX[list(_VALUES)] = np.arange(len(_VALUES))
 _KERNEL_INDEX = np.full(max(_KERNELS) + 1, -1, dtype=np.int64)
@@ -64,17 +67,63 @@ _KERNEL_INDEX[list(_KERNELS)] = np.arange(len(_KERNELS))
 # body (first, is_output, R, F, k, merge, inputs - 1, C).
 _RS_DIMS = (2, 2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES), len(_VALUES))
 _POOL_DIMS = (2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES))
-_BODY_DIMS = (2, 2, len(LEVELS), len(_VALUES), len(_KERNELS), 2, 4, len(_VALUES))
+_BODY_DIMS = (
+    2, 2, len(LEVELS), len(_VALUES), len(_KERNELS), len(_MERGES), _MAX_INPUTS, len(_VALUES)
+)  # fmt: skip
 _HEAD = attrgetter("channels", "sdo", "repeats", "blocks")
 _INTS = attrgetter("level", "expansion", "kernel")
 _SPACE = attrgetter("space")
 _AT_LEAST_TWO = {name: sp.min_inputs >= 2 for name, sp in SPACES.items()}
 
 
-def _flatten(indices: Sequence[Any], dims: Sequence[int]) -> np.ndarray:
+def check_space_fits(space: SearchSpace) -> None:
+    """Raise GridError unless every genotype of `space` fits the dense grids (run for
+    every registered space at import, and again when a cost model is made, so a space
+    added later is checked too)."""
+    problems = []
+    fixed = space.fixed.blocks if space.fixed is not None else ()
+    widths = set(space.channels) | set(space.expansions or ()) | {b.expansion for b in fixed}
+    if space.fixed is not None:
+        widths.add(space.fixed.channels)
+    if not widths <= set(_VALUES):
+        problems.append(f"widths {sorted(widths - set(_VALUES))}")
+    kernels = set(space.kernels) | {b.kernel for b in fixed}
+    if not kernels <= set(_KERNELS):
+        problems.append(f"kernels {sorted(kernels - set(_KERNELS))}")
+    merges = set(space.merges) | {b.merge for b in fixed}
+    if not merges <= set(_MERGES):
+        problems.append(f"merges {sorted(merges - set(_MERGES))}")
+    inputs = max([space.max_inputs, *(len(b.inputs) for b in fixed)])
+    if inputs > _MAX_INPUTS:
+        problems.append(f"{inputs} inputs per block (grid: {_MAX_INPUTS})")
+    blocks = len(fixed) if fixed else space.num_intermediate + len(LEVELS)
+    if blocks > _MAX_BLOCKS:
+        problems.append(f"{blocks} blocks (grid: {_MAX_BLOCKS})")
+    if problems:
+        raise GridError(
+            f"search space {space.name!r} does not fit the latency predictor's grids: "
+            f"{'; '.join(problems)}; extend the grids in mnasfpn/lut/predictor.py"
+        )
+
+
+def check_spaces_fit(spaces: Mapping[str, SearchSpace] = SPACES) -> None:
+    for space in spaces.values():
+        check_space_fits(space)
+
+
+def _flatten(
+    indices: Sequence[Any], dims: Sequence[int], names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Mixed-radix code of index arrays. A digit outside its radix would carry into the
+    next one and alias another signature, so each is range-checked."""
     flat = np.zeros_like(np.asarray(indices[-1]), dtype=np.int64)
-    for idx, d in zip(indices, dims, strict=True):
-        flat = flat * d + np.asarray(idx, dtype=np.int64)
+    for n, (idx, d) in enumerate(zip(indices, dims, strict=True)):
+        digit = np.asarray(idx, dtype=np.int64)
+        if digit.size and (int(digit.min()) < 0 or int(digit.max()) >= d):
+            bad = int(digit.min()) if int(digit.min()) < 0 else int(digit.max())
+            what = names[n] if names else f"digit {n}"
+            raise GridError(f"{what} index {bad} is outside the predictor's grid (0..{d - 1})")
+        flat = flat * d + digit
     return flat
 
 
@@ -101,18 +150,13 @@ def _index(table: np.ndarray, values: Sequence[int] | np.ndarray, what: str) -> 
     idx = table[np.where(bad, 0, v)]
     bad |= idx < 0
     if bad.any():
-        raise ValueError(f"{what} {int(v[np.argmax(bad)])} is not a value of any search space")
+        raise GridError(f"{what} {int(v[np.argmax(bad)])} is not a value of any search space")
     return idx
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a table was measured for: the ops of one detector configuration."""
-
-    input_size: int = 320
-    num_classes: int = 90
-    alpha: float = 1.0
-    depth: int = 64
+# What a table was measured for: the ops of one detector configuration. The name is kept
+# for the table code; the stored meta has the same four fields.
+Settings = DetectorConfig
 
 
 class MissingOpError(MnasfpnError, KeyError):
@@ -124,11 +168,17 @@ class MissingOpError(MnasfpnError, KeyError):
         self.genotype_index = genotype_index
         self.genotype = genotype
 
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument; this is shown to users.
+        name = self.genotype.name or f"genotype {self.genotype_index}"
+        return f"the table has no entry for op {self.key} (needed by {name})"
+
 
 class CostModel:
     """Maps genotypes to per-(op type, part) summed table latencies, fast."""
 
-    def __init__(self, latencies: Mapping[str, float], settings: Settings) -> None:
+    def __init__(self, latencies: Mapping[str, float], settings: DetectorConfig) -> None:
+        check_spaces_fit()
         self.latencies = dict(latencies)
         self.settings = settings
         s = settings.input_size
@@ -188,7 +238,7 @@ class CostModel:
         backbone = self._add_component(("backbone", channels), g.ops)
         g = GraphBuilder((s, s, 3))
         feats = [self._tensor(lv, channels, node=i) for i, lv in enumerate(LEVELS)]
-        ssd_predictor(g, feats, PredictorConfig(depth=st.depth), st.num_classes)
+        ssd_predictor(g, feats, st.predictor, st.num_classes)
         predictor = self._add_component(("predictor", channels), g.ops)
         pair = (backbone, predictor)
         self._fixed_memo[channels] = pair
@@ -251,7 +301,7 @@ class CostModel:
         ops = self._emit_block(
             bool(first), _VALUES[c], bool(sdo), False, LEVELS[r], _VALUES[f], 3, "add", [src]
         )
-        ops = [op for op in ops if op.name.split("/")[2].startswith("in")]
+        ops = [op for op in ops if op.is_block_input]
         pre = [op for op in ops if op.type == "maxpool" and op.inputs[0] < MODEL_INPUT]
         rest = [op for op in ops if op not in pre]
         return pre, rest
@@ -280,7 +330,7 @@ class CostModel:
             _MERGES[merge],
             list(range(n_in + 1)),
         )
-        ops = [op for op in ops if not op.name.split("/")[2].startswith("in")]
+        ops = [op for op in ops if not op.is_block_input]
         return self._add_component(("body", flat), ops)
 
     def _matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -323,7 +373,7 @@ class CostModel:
         nb = np.fromiter(map(len, block_lists), dtype=np.int64, count=n)
         mb = int(nb.max())
         if mb > _MAX_BLOCKS:
-            raise ValueError(f"a genotype has more than {_MAX_BLOCKS} blocks")
+            raise GridError(f"a genotype has more than {_MAX_BLOCKS} blocks")
         blocks = list(chain.from_iterable(block_lists))
         total = len(blocks)
 
@@ -343,11 +393,22 @@ class CostModel:
             out[gi, slot] = values
             return out
 
-        lv = grid(ints[:, 0] - LEVELS[0])
+        # Levels and input nodes index arrays directly (and are packed into pool codes),
+        # so a value out of range would alias another entry: refuse it here.
+        levels = ints[:, 0]
+        bad = (levels < LEVELS[0]) | (levels > LEVELS[-1])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise GridError(
+                f"block {int(slot[i])}: level {int(levels[i])} is not one of "
+                f"{LEVELS[0]}..{LEVELS[-1]}"
+            )
+        lv = grid(levels - LEVELS[0])
         fi = grid(_index(_VALUE_INDEX, ints[:, 1], "expansion"))
         ki = grid(_index(_KERNEL_INDEX, ints[:, 2], "kernel"))
-        merges = map(attrgetter("merge"), blocks)
-        mi = grid(np.fromiter(map("se".__eq__, merges), dtype=np.int64, count=total))
+        merge_index = _MERGE_INDEX.get
+        merges = (merge_index(b.merge, -1) for b in blocks)
+        mi = grid(np.fromiter(merges, dtype=np.int64, count=total))
         ci = _index(_VALUE_INDEX, chan, "channels")
         ins = list(map(attrgetter("inputs"), blocks))
         flat_in = np.fromiter(chain.from_iterable(ins), dtype=np.int64)
@@ -357,6 +418,21 @@ class CostModel:
             _AT_LEAST_TWO.get(sp, False) for sp in set(map(_SPACE, genotypes))
         )
         widths = None if two else np.fromiter(map(len, ins), dtype=np.int64, count=total)
+        reader = np.repeat(slot, 2 if widths is None else widths)
+        bad = (flat_in < 0) | (flat_in >= NUM_CELL_INPUTS + reader)
+        if widths is not None:
+            bad_width = (widths < 1) | (widths > _MAX_INPUTS)
+            if bad_width.any():
+                i = int(np.argmax(bad_width))
+                raise GridError(
+                    f"block {int(slot[i])}: {int(widths[i])} inputs (the grids hold 1.."
+                    f"{_MAX_INPUTS})"
+                )
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise GridError(
+                f"block {int(reader[i])}: input node {int(flat_in[i])} is not an earlier node"
+            )
         if widths is None or int(widths.min()) == int(widths.max()):
             w = 2 if widths is None else int(widths.max())
             arr = flat_in.reshape(total, w)
@@ -413,7 +489,9 @@ class CostModel:
         gsel, bsel, jsel = np.nonzero(has & live[:, :, None])
         gb = (gsel, bsel)
         rest = _flatten(
-            (sdo[gsel], src_sig[gsel, bsel, jsel], lv[gb], fi[gb], ci[gsel]), _RS_DIMS[1:]
+            (sdo[gsel], src_sig[gsel, bsel, jsel], lv[gb], fi[gb], ci[gsel]),
+            _RS_DIMS[1:],
+            ("sdo", "input node", "level", "expansion", "channels"),
         )
         self._both_cells(
             g_parts,
@@ -429,7 +507,9 @@ class CostModel:
         gsel, bsel = np.nonzero(live)
         gb = (gsel, bsel)
         rest = _flatten(
-            (is_out[gb], lv[gb], fi[gb], ki[gb], mi[gb], n_in[gb] - 1, ci[gsel]), _BODY_DIMS[1:]
+            (is_out[gb], lv[gb], fi[gb], ki[gb], mi[gb], n_in[gb] - 1, ci[gsel]),
+            _BODY_DIMS[1:],
+            ("output", "level", "expansion", "kernel", "merge", "inputs", "channels"),
         )
         self._both_cells(
             g_parts,
@@ -607,3 +687,7 @@ class CostModel:
             for key, m in self._comp_keys[c].items():
                 total[key] += int(m * k)
         return total
+
+
+# Every space registered so far must fit (the cost model checks again when it is made).
+check_spaces_fit()

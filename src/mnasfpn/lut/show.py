@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.store import TableStore
 
 
 def describe(path: Path, *, top: int = 10) -> str:
-    with TableStore.open(path) as store:
+    with TableStore.open(path, readonly=True) as store:
         meta = store.meta()
         rows = store.op_rows()
         e2e = store.e2e_archs()
@@ -23,11 +24,15 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  format {meta.get('format')} schema {meta.get('schema_version')}; created "
         f"{meta.get('created_at')}, updated {meta.get('updated_at')}",
         f"  device: {meta.get('profile')} ({meta.get('device_model')}, {meta.get('abi')}); "
-        f"{meta.get('runtime')} {meta.get('runtime_version')}; converter "
-        f"tensorflow {meta.get('converter_version')}",
+        f"{meta.get('runtime')} {meta.get('runtime_version')}; micro-models "
+        f"by {meta.get('converter_version')}",
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
+        f"  timing: {meta.get('statistic', 'median')} of {meta.get('num_runs')} runs after "
+        f"{meta.get('warmup_runs')} warm-ups ({meta.get('min_repeats')}..{meta.get('max_repeats')}"
+        f" rounds), {meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
+        f"{_known(meta.get('use_xnnpack'))}; overrides {meta.get('overrides') or 'none'}",
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
         f"{', '.join(meta.get('spaces', [])) or '-'}",
@@ -37,7 +42,7 @@ def describe(path: Path, *, top: int = 10) -> str:
     ]
     by_type: dict[str, list[float]] = {}
     for r in rows:
-        by_type.setdefault(r.key.split("/", 1)[0], []).append(r.median_ms)
+        by_type.setdefault(op_type_of(r.key), []).append(r.median_ms)
     if by_type:
         lines.append(
             "  per type: "
@@ -70,16 +75,20 @@ def describe(path: Path, *, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def export_csv(path: Path, out: Path) -> int:
+def export_csv(path: Path, out: Path, *, replace: bool = False) -> int:
+    """Write the table's op rows to `out` as CSV, atomically; an existing `out` is
+    replaced only with `replace`. Returns the number of rows."""
     import pandas as pd
 
-    with TableStore.open(path) as store:
+    from mnasfpn.atomic import OutputError, write_atomic
+
+    with TableStore.open(path, readonly=True) as store:
         rows = store.op_rows()
     frame = pd.DataFrame(
         [
             {
                 "key": r.key,
-                "type": r.key.split("/", 1)[0],
+                "type": op_type_of(r.key),
                 "median_ms": r.median_ms,
                 "min_ms": r.min_ms,
                 "std_ms": r.std_ms,
@@ -104,8 +113,10 @@ def export_csv(path: Path, out: Path) -> int:
             "worker",
         ],
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    try:
+        write_atomic(out, frame.to_csv(index=False), replace=replace)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
     return len(frame)
 
 

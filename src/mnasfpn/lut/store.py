@@ -1,33 +1,29 @@
 """The latency table on disk: one SQLite file per device.
 
-Every measurement is committed in its own transaction (WAL journal), so a build that is
-killed at any moment keeps every row it finished and never a half-written one. Nothing
-here imports TensorFlow.
+Every measurement is committed in its own transaction, so a build that is killed at any
+moment keeps every row it finished and never a half-written one. The file handling
+(format check, writer lock, read-only opens, meta) is `mnasfpn.sqlite_db`'s. Nothing here
+imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.ops import op_type_of
+from mnasfpn.sqlite_db import Database, DatabaseError, Schema, now
 
 FORMAT = "mnasfpn-lut"
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -96,7 +92,6 @@ CREATE TABLE IF NOT EXISTS calibration (
 );
 """
 _TABLES = (
-    "meta",
     "sessions",
     "ops",
     "op_passes",
@@ -106,32 +101,54 @@ _TABLES = (
     "calibration",
 )
 
-# What makes two tables comparable: a build never mixes measurements that differ in these.
-IDENTITY_FIELDS: tuple[str, ...] = (
+# What makes two tables comparable: a build never mixes measurements that differ in any
+# of these (the device and how it was driven, the software, the detector's settings).
+DEVICE_FIELDS: tuple[str, ...] = (
     "device",
     "profile",
     "device_model",
     "abi",
     "runtime",
     "runtime_version",
-    "converter_version",
-    "input_size",
-    "num_classes",
-    "alpha",
-    "depth",
+    "binary_version",
+    "core",
+    "threads",
+    "use_xnnpack",
 )
+SETTINGS_FIELDS: tuple[str, ...] = ("input_size", "num_classes", "alpha", "depth")
+# How each op was timed: runs and warm-ups change an op's figure (end-to-end runs in
+# validate are timed with their own counts, so they are compared on the fields above).
+OP_TIMING_FIELDS: tuple[str, ...] = (
+    "statistic",
+    "warmup_runs",
+    "num_runs",
+    "min_repeats",
+    "max_repeats",
+    "stability_tolerance",
+)
+IDENTITY_FIELDS: tuple[str, ...] = DEVICE_FIELDS + SETTINGS_FIELDS + OP_TIMING_FIELDS
+NEW_TABLE_ADVICE = (
+    "its entries cannot be mixed with these: start a new table with --out NEW.sqlite, "
+    "or build with the table's settings"
+)
+# The statistic an op entry holds (the `median_ms` column); stored as meta `statistic`.
+DEFAULT_STATISTIC = "median"
 
 
-class TableError(MnasfpnError):
+class TableError(DatabaseError):
     """A latency table cannot be used as asked (the message is one line)."""
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-
-def op_type_of(key: str) -> str:
-    return key.split("/", 1)[0]
+SCHEMA = Schema(
+    format=FORMAT,
+    version=SCHEMA_VERSION,
+    ddl=_SCHEMA,
+    tables=_TABLES,
+    noun="latency table",
+    make_hint="build it with mnasfpn-lut build",
+    remake_hint="rebuild it with mnasfpn-lut build",
+    error=TableError,
+)
 
 
 @dataclass
@@ -147,112 +164,52 @@ class OpRow:
     worker: str | None
 
 
-class TableStore:
-    """Read/write access to one table file. Thread-safe (one connection behind a lock)."""
+def _write_entry(c: sqlite3.Connection, key: str) -> None:
+    """Set `key`'s entry to its fastest pass: every statistic of the row (median, min,
+    std, runs, session, worker) comes from that one pass. `dispersion` is the spread of
+    the pass medians, (slowest - fastest) / fastest, which says how much the machine
+    moved; with one pass, that pass's own dispersion."""
+    rows = c.execute(
+        "SELECT median_ms, min_ms, std_ms, runs, dispersion, measured_at, session, worker "
+        "FROM op_passes WHERE key = ? ORDER BY median_ms, pass",
+        (key,),
+    ).fetchall()
+    best = rows[0]
+    if len(rows) > 1:
+        spread = (rows[-1][0] - best[0]) / best[0] if best[0] > 0 else None
+    else:
+        spread = best[4]
+    c.execute(
+        "INSERT OR REPLACE INTO ops(key, type, median_ms, min_ms, std_ms, runs, dispersion, "
+        "measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, op_type_of(key), best[0], best[1], best[2], best[3], spread, best[5], best[6],
+         best[7]),
+    )  # fmt: skip
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
-        self.path = path
-        self._conn = conn
-        self._lock = threading.RLock()
+
+class TableStore:
+    """Read/write access to one table file. Thread-safe (one connection behind a lock).
+
+    Opened for writing, the file is locked against a second writer until `close()`;
+    opened `readonly`, it may be a read-only file in a read-only folder, and nothing is
+    written, not even a side file."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.path = db.path
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = False) -> TableStore:
+    def open(cls, path: str | Path, *, create: bool = False, readonly: bool = False) -> TableStore:
         """Open an existing table (or create an empty one when `create`).
 
         Anything that is not a table of this schema raises TableError with one line.
         """
-        path = Path(path)
-        exists = path.exists()
-        if not exists and not create:
-            raise TableError(f"{path}: no such latency table; build it with mnasfpn-lut build")
-        if exists and path.is_dir():
-            raise TableError(f"{path} is a directory, not a latency table")
-        if exists and path.stat().st_size == 0 and not create:
-            raise TableError(
-                f"{path} is not a latency table (empty file); rebuild it with mnasfpn-lut build"
-            )
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not exists or path.stat().st_size == 0
-        try:
-            conn = sqlite3.connect(
-                str(path), timeout=30, check_same_thread=False, isolation_level=None
-            )
-        except sqlite3.Error as exc:
-            raise TableError(f"{path}: cannot open ({exc})") from None
-        store = cls(path, conn)
-        try:
-            if fresh:
-                store._init_schema()
-            else:
-                store._check_schema()
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise TableError(
-                f"{path} is not a latency table ({exc}); rebuild it with mnasfpn-lut build"
-            ) from None
-        except TableError:
-            conn.close()
-            raise
-        return store
-
-    def _init_schema(self) -> None:
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            with self._tx() as c:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        c.execute(statement)
-                c.executemany(
-                    "INSERT OR IGNORE INTO meta(name, value) VALUES (?, ?)",
-                    [
-                        ("format", json.dumps(FORMAT)),
-                        ("schema_version", json.dumps(SCHEMA_VERSION)),
-                        ("created_at", json.dumps(now())),
-                    ],
-                )
-
-    def _check_schema(self) -> None:
-        with self._lock:
-            names = {
-                r[0]
-                for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if "meta" not in names:
-                raise TableError(
-                    f"{self.path} is not a latency table (an SQLite file without mnasfpn-lut "
-                    "tables); rebuild it with mnasfpn-lut build"
-                )
-            meta = self._meta_raw()
-            if meta.get("format") != FORMAT:
-                raise TableError(
-                    f"{self.path} is not a latency table (format {meta.get('format')!r}); "
-                    "rebuild it with mnasfpn-lut build"
-                )
-            version = meta.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise TableError(
-                    f"{self.path} has table schema version {version}, this mnasfpn reads "
-                    f"version {SCHEMA_VERSION}; rebuild it with mnasfpn-lut build"
-                )
-            missing = [t for t in _TABLES if t not in names]
-            if missing:
-                raise TableError(
-                    f"{self.path} is not a latency table (missing tables {', '.join(missing)}); "
-                    "rebuild it with mnasfpn-lut build"
-                )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # Reading every page catches files truncated after the header.
-            row = self._conn.execute("PRAGMA quick_check").fetchone()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else '?'}")
+        return cls(Database.open(path, SCHEMA, create=create, readonly=readonly))
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> TableStore:
         return self
@@ -260,74 +217,46 @@ class TableStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed on success, rolled back on any error."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.tx()
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, args).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise TableError(
-                    f"{self.path} is not a latency table ({exc}); rebuild it with mnasfpn-lut build"
-                ) from None
+        return self._db.query(sql, args)
 
     # -- metadata ---------------------------------------------------------------------
 
-    def _meta_raw(self) -> dict[str, Any]:
-        out = {}
-        for name, value in self._conn.execute("SELECT name, value FROM meta"):
-            try:
-                out[name] = json.loads(value)
-            except (TypeError, json.JSONDecodeError):
-                out[name] = value
-        return out
-
     def meta(self) -> dict[str, Any]:
-        with self._lock:
-            try:
-                return self._meta_raw()
-            except sqlite3.DatabaseError as exc:
-                raise TableError(
-                    f"{self.path} is not a latency table ({exc}); rebuild it with mnasfpn-lut build"
-                ) from None
+        return self._db.meta()
 
     def set_meta(self, values: Mapping[str, Any]) -> None:
-        with self._tx() as c:
-            c.executemany(
-                "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+        self._db.set_meta(values)
 
     def identity(self) -> dict[str, Any]:
         meta = self.meta()
         return {f: meta[f] for f in IDENTITY_FIELDS if f in meta}
 
-    def check_identity(self, current: Mapping[str, Any], *, out_hint: str = "--out") -> None:
-        """Raise a one-line TableError when the stored identity differs from `current`."""
-        stored = self.identity()
-        if not stored:
-            return
+    def check_identity(
+        self,
+        current: Mapping[str, Any],
+        *,
+        fields: tuple[str, ...] = IDENTITY_FIELDS,
+        advice: str = NEW_TABLE_ADVICE,
+    ) -> None:
+        """Raise a one-line TableError when the table holds measurements and its recorded
+        identity differs from `current` in any of `fields` (a field the table does not
+        record counts as different: nothing says its measurements were taken that way)."""
+        if not self.count_ops() and not self._query("SELECT 1 FROM e2e_runs LIMIT 1"):
+            return  # nothing measured yet: any identity may start it
+        stored = self.meta()
         diffs = [
             f"{f} {stored[f]!r} here vs {current[f]!r} now"
-            for f in IDENTITY_FIELDS
-            if f in stored and f in current and stored[f] != current[f]
+            if f in stored
+            else f"{f} unrecorded here vs {current[f]!r} now"
+            for f in fields
+            if f in current and (f not in stored or stored[f] != current[f])
         ]
         if diffs:
-            raise TableError(
-                f"{self.path} was measured differently ({'; '.join(diffs)}); it cannot be "
-                f"extended with these measurements: use another {out_hint}"
-            )
+            raise TableError(f"{self.path} was measured differently ({'; '.join(diffs)}); {advice}")
 
     def start_session(self, kind: str, device: Mapping[str, Any], note: str = "") -> str:
         sid = uuid.uuid4().hex[:12]
@@ -399,10 +328,12 @@ class TableStore:
         session: str,
         worker: str | None = None,
     ) -> bool:
-        """Record one timing pass of `key` in one transaction; once `passes` passes are in,
-        write the op's entry in the same transaction. True when the entry was written.
+        """Record one timing pass of `key` in one transaction. The op's entry is written
+        (or refreshed) in the same transaction once the key has `passes` passes, and
+        refreshed by every later pass of a key that already has one. True when the key
+        has its `passes` passes.
 
-        The entry is the fastest pass median: load from other processes only ever slows a
+        The entry is the fastest pass so far: load from other processes only ever slows a
         pass down, so a pass that ran beside other work is outvoted by a quiet one."""
         if not (median_ms == median_ms) or median_ms < 0:  # NaN or negative
             raise ValueError(f"{key}: invalid latency {median_ms!r}")
@@ -419,23 +350,28 @@ class TableStore:
                 "VALUES (?, ?, ?, 1, NULL, ?)",
                 (key, pass_index, session, at),
             )
-            rows = c.execute(
-                "SELECT median_ms, min_ms, runs FROM op_passes WHERE key = ? ORDER BY median_ms",
-                (key,),
-            ).fetchall()
-            if len(rows) < passes:
-                return False
-            medians = [r[0] for r in rows]
-            mins = [r[1] for r in rows if r[1] is not None]
-            # Across passes, the spread of the medians says how much the machine moved.
-            spread = (medians[-1] - medians[0]) / medians[0] if medians[0] > 0 else None
-            c.execute(
-                "INSERT OR REPLACE INTO ops(key, type, median_ms, min_ms, std_ms, runs, "
-                "dispersion, measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, op_type_of(key), medians[0], min(mins) if mins else None, std_ms,
-                 sum(r[2] for r in rows), spread, at, session, worker),
-            )  # fmt: skip
-            return True
+            count = c.execute("SELECT COUNT(*) FROM op_passes WHERE key = ?", (key,)).fetchone()
+            has_entry = c.execute("SELECT 1 FROM ops WHERE key = ?", (key,)).fetchone()
+            if count[0] >= passes or has_entry:
+                _write_entry(c, key)
+            return bool(count[0] >= passes)
+
+    def settle_entries(self, passes: int) -> int:
+        """Write the entry of every key that has at least `passes` passes but no entry
+        (a build stopped between a key's passes, resumed asking for fewer); returns how
+        many were written."""
+        with self._tx() as c:
+            keys = [
+                r[0]
+                for r in c.execute(
+                    "SELECT key FROM op_passes WHERE key NOT IN (SELECT key FROM ops) "
+                    "GROUP BY key HAVING COUNT(*) >= ?",
+                    (passes,),
+                )
+            ]
+            for key in keys:
+                _write_entry(c, key)
+        return len(keys)
 
     def passes_done(self) -> dict[str, set[int]]:
         done: dict[str, set[int]] = {}

@@ -6,32 +6,39 @@ the IR and numpy.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnasfpn.ir.config import ConfigError, DetectorConfig
 from mnasfpn.ir.ops import PARTS
 from mnasfpn.lut.calibration import Calibration, CalibrationError, feature_columns
-from mnasfpn.lut.predictor import CostModel, MissingOpError, Settings
+from mnasfpn.lut.predictor import CostModel, MissingOpError
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.searchspace.genotype import Genotype
 
 
-def settings_from_meta(meta: dict[str, Any], path: Path) -> Settings:
+def config_from_meta(meta: dict[str, Any], path: Path) -> DetectorConfig:
+    """The detector configuration a table was measured for."""
     try:
-        return Settings(
+        return DetectorConfig(
             input_size=int(meta["input_size"]),
             num_classes=int(meta["num_classes"]),
             alpha=float(meta["alpha"]),
             depth=int(meta["depth"]),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ConfigError):
         raise TableError(
             f"{path} has no complete settings (input size, classes, alpha, depth); "
             "it was never built: run mnasfpn-lut build"
         ) from None
+
+
+def _override_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class LatencyTable:
@@ -48,13 +55,13 @@ class LatencyTable:
         self.meta = meta
         self.latencies = latencies
         self.calibration = calibration
-        self.settings = settings_from_meta(meta, path)
-        self.model = CostModel(latencies, self.settings)
+        self.config = config_from_meta(meta, path)
+        self.model = CostModel(latencies, self.config)
 
     @classmethod
     def open(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
-        with TableStore.open(path) as store:
+        with TableStore.open(path, readonly=True) as store:
             meta = store.meta()
             latencies = store.op_latencies()
             doc = store.calibration_doc()
@@ -67,8 +74,13 @@ class LatencyTable:
         return cls(path, meta, latencies, calibration)
 
     @property
+    def settings(self) -> DetectorConfig:
+        """The same as `config` (its older name)."""
+        return self.config
+
+    @property
     def input_size(self) -> int:
-        return self.settings.input_size
+        return self.config.input_size
 
     @property
     def spaces(self) -> list[str]:
@@ -83,8 +95,26 @@ class LatencyTable:
             raise TableError(
                 f"op {exc.key} of {what} is not in {self.path} (measured at input size "
                 f"{self.input_size} for spaces {', '.join(self.spaces) or '-'}); add it with "
-                f"mnasfpn-lut build --space {g.space} --out {self.path}"
+                f"{self.build_command(g.space)}"
             ) from None
+
+    def build_command(self, space: str) -> str:
+        """The command that adds `space`'s ops to this table, as it must be typed: same
+        device, input size and file (device overrides recorded in the table included)."""
+        args = [
+            "mnasfpn-lut",
+            "build",
+            "--device",
+            str(self.meta.get("profile") or "host"),
+            "--space",
+            space,
+            "--input-size",
+            str(self.input_size),
+        ]
+        for name, value in sorted((self.meta.get("overrides") or {}).items()):
+            args += ["--set", f"{name}={_override_text(value)}"]
+        args += ["--out", str(self.path)]
+        return shlex.join(args)
 
     def predict(
         self, genotypes: Sequence[Genotype], *, calibrated: bool = True, naive: bool = False

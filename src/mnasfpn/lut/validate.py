@@ -17,17 +17,26 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of
-from mnasfpn.lut.calibration import FEATURE_SETS, Calibration, fit_calibration
-from mnasfpn.lut.store import TableError, TableStore
+from mnasfpn.lut.calibration import fit_calibration
+from mnasfpn.lut.fidelity import (
+    METHODS,
+    choose_fit,
+    cross_validate,
+    end_to_end_latency,
+    metrics,
+    round_spread,
+)
+from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
+from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
 from mnasfpn.parallel import spawn_map
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
@@ -35,21 +44,12 @@ from mnasfpn.searchspace.spaces import get_space
 
 SAMPLE_REPEATS = (3, 4, 5)
 POOL_PER_SAMPLE = 50
-FOLDS = 5
 # End-to-end models run long: fewer invocations per round, more rounds across the batch.
 E2E_OVERRIDES: dict[str, Any] = {
     "warmup_runs": 3,
     "num_runs": 10,
     "min_repeats": 2,
     "max_repeats": 6,
-}
-METHODS = ("calibrated", "raw_sum", "naive_sum", "naive_calibrated", "madds_linear")
-METHOD_LABELS = {
-    "calibrated": "connectivity table, calibrated",
-    "raw_sum": "connectivity table, raw sum",
-    "naive_sum": "naive table (all blocks), raw sum",
-    "naive_calibrated": "naive table (all blocks), calibrated",
-    "madds_linear": "MAdds, linear fit",
 }
 
 
@@ -90,26 +90,17 @@ def sample_architectures(
     return picked
 
 
-def _export_one(doc: dict[str, Any], settings: dict[str, Any], out: str) -> tuple[str, float]:
-    from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
+def _export_one(doc: dict[str, Any], config: dict[str, Any], out: str) -> tuple[str, float]:
     from mnasfpn.model.export import export_tflite
 
     t0 = time.perf_counter()
-    g = genotype_from_dict(doc)
-    graph = build_opgraph(
-        g,
-        backbone=BackboneConfig(alpha=settings["alpha"]),
-        predictor=PredictorConfig(depth=settings["depth"]),
-        input_size=settings["input_size"],
-        num_classes=settings["num_classes"],
-    )
-    export_tflite(graph, out)
+    export_tflite(DetectorConfig(**config).opgraph(genotype_from_dict(doc)), out)
     return out, time.perf_counter() - t0
 
 
 def export_models(
     jobs_list: list[tuple[Genotype, Path]],
-    settings: dict[str, Any],
+    config: DetectorConfig,
     jobs: int,
     progress: Callable[[int], None] | None = None,
 ) -> float:
@@ -118,179 +109,14 @@ def export_models(
     todo = [(g, p) for g, p in jobs_list if not p.exists()]
     if not todo:
         return 0.0
-    tasks = [(g.to_dict(), settings, str(p)) for g, p in todo]
+    tasks = [(g.to_dict(), config.to_dict(), str(p)) for g, p in todo]
     for _ in spawn_map(_export_one, tasks, jobs):
         if progress:
             progress(1)
     return time.perf_counter() - t0
 
 
-# -- metrics ---------------------------------------------------------------------------
-
-
-def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
-    from scipy.stats import kendalltau
-    from sklearn.metrics import r2_score
-
-    rel = (pred - meas) / meas
-    tau = kendalltau(pred, meas).statistic if len(meas) > 1 else float("nan")
-    return {
-        "r2": float(r2_score(meas, pred)),
-        "mape": float(np.mean(np.abs(rel))),
-        "max_err": float(np.max(np.abs(rel))),
-        "max_err_ms": float(np.max(np.abs(pred - meas))),
-        "within10": float(np.mean(np.abs(rel) <= 0.10)),
-        "kendall_tau": float(tau),
-        "bias": float(np.mean(rel)),
-    }
-
-
-TARGETS = ("median", "min")
-
-
-def end_to_end_latency(rounds: dict[int, dict[str, Any]], target: str = "median") -> float:
-    """One architecture's latency from its interleaved rounds.
-
-    median: the median of the rounds' medians (the usual figure). min: the fastest single
-    invocation over all rounds, the least disturbed run on a shared machine (long models
-    are preempted more often than the micro-models, whose medians the table holds)."""
-    if target == "median":
-        return float(np.median([r["median_ms"] for r in rounds.values()]))
-    if target == "min":
-        return float(
-            min(r["min_ms"] if r["min_ms"] is not None else r["median_ms"] for r in rounds.values())
-        )
-    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
-
-
-def round_spread(rounds: dict[int, dict[str, Any]]) -> float:
-    """(max - min) / median of the rounds' medians: the same model, measured again."""
-    v = [r["median_ms"] for r in rounds.values()]
-    return float((max(v) - min(v)) / np.median(v))
-
-
-def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
-    idx = np.random.default_rng(seed).permutation(n)
-    return [f for f in np.array_split(idx, min(k, n)) if len(f)]
-
-
-FIT_CHOICES: tuple[tuple[str, bool], ...] = tuple(
-    (fs, rel) for fs in FEATURE_SETS for rel in (False, True)
-)
-
-
-def _cv_mape(x: np.ndarray, y: np.ndarray, choice: tuple[str, bool], seed: int) -> float:
-    errs = []
-    for test in _folds(len(y), FOLDS, seed):
-        train = np.setdiff1d(np.arange(len(y)), test)
-        cal = fit_calibration(x[train], y[train], choice[0], relative=choice[1])
-        pred = apply_calibration(cal, x[test])
-        errs += list(np.abs(pred - y[test]) / y[test])
-    return float(np.mean(errs))
-
-
-def apply_calibration(cal: Calibration, features: np.ndarray) -> np.ndarray:
-    return cal.intercept_ms + np.asarray(features) @ np.asarray(cal.column_scales())
-
-
-def choose_fit(
-    x: np.ndarray, y: np.ndarray, seed: int
-) -> tuple[tuple[str, bool], dict[str, float]]:
-    """The calibration form (feature set, error weighting) with the best cross-validated
-    MAPE on (x, y) alone (the caller's training split); with too few points, the
-    smallest form. Candidates: feature sets major, type, type_part × absolute or relative
-    error weighting."""
-    if len(y) < 2 * FOLDS:
-        return ("major", False), {}
-    scores = {c: _cv_mape(x, y, c, seed) for c in FIT_CHOICES}
-    best = min(FIT_CHOICES, key=lambda c: (scores[c], FIT_CHOICES.index(c)))
-    return best, {f"{fs}/{'relative' if rel else 'absolute'}": v for (fs, rel), v in scores.items()}
-
-
-def cross_validate(
-    x: np.ndarray,
-    x_naive: np.ndarray,
-    madds: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Out-of-fold predictions of every method (k-fold, seeded) and per-fold details."""
-    from sklearn.linear_model import LinearRegression
-
-    n = len(y)
-    out = {m: np.zeros(n) for m in METHODS}
-    out["raw_sum"] = x.sum(axis=1)
-    out["naive_sum"] = x_naive.sum(axis=1)
-    details = []
-    for f, test in enumerate(_folds(n, FOLDS, seed)):
-        train = np.setdiff1d(np.arange(n), test)
-        (fs, rel), _ = choose_fit(x[train], y[train], seed + 1 + f)
-        cal = fit_calibration(x[train], y[train], fs, relative=rel)
-        out["calibrated"][test] = apply_calibration(cal, x[test])
-        ncal = fit_calibration(x_naive[train], y[train], fs, relative=rel)
-        out["naive_calibrated"][test] = apply_calibration(ncal, x_naive[test])
-        lin = LinearRegression().fit(madds[train, None], y[train])
-        out["madds_linear"][test] = lin.predict(madds[test, None])
-        details.append(
-            {
-                "fold": f,
-                "train": len(train),
-                "test": len(test),
-                "feature_set": fs,
-                "weighting": "relative" if rel else "absolute",
-            }
-        )
-    return out, details
-
-
 # -- the command -----------------------------------------------------------------------
-
-
-@dataclass
-class ValidationResult:
-    lut: Path
-    n: int
-    folds: list[dict[str, Any]]
-    metrics: dict[str, dict[str, float]]
-    calibration: Calibration
-    report_path: Path
-    plot_path: Path
-    measured_new: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    noise: dict[str, Any] = field(default_factory=dict)
-
-    def _noise_text(self) -> str:
-        n = self.noise
-        if n.get("round_spread_median") is None:
-            return "one round each"
-        lo, hi = n["latency_range_ms"]
-        return (
-            f"range {lo:.1f}-{hi:.1f} ms, same-model round-to-round spread median "
-            f"{100 * n['round_spread_median']:.1f}% (p90 {100 * n['round_spread_p90']:.1f}%)"
-        )
-
-    def summary_text(self) -> str:
-        sizes = sorted({(d["train"], d["test"]) for d in self.folds})
-        lines = [
-            f"{self.n} architectures, {len(self.folds)}-fold cross-validation "
-            f"(train/test sizes {', '.join(f'{a}/{b}' for a, b in sizes)}); "
-            f"{self.measured_new} new end-to-end runs; target: {self.noise.get('target')} "
-            f"latency, {self._noise_text()}",
-            f"{'method':<40} {'R2':>7} {'MAPE':>7} {'max':>7} {'±10%':>6} {'tau':>6}",
-        ]
-        for m in METHODS:
-            r = self.metrics[m]
-            lines.append(
-                f"{METHOD_LABELS[m]:<40} {r['r2']:7.4f} {100 * r['mape']:6.2f}% "
-                f"{100 * r['max_err']:6.1f}% {100 * r['within10']:5.1f}% {r['kendall_tau']:6.3f}"
-            )
-        cal = self.calibration
-        lines.append(
-            f"stored calibration (per {cal.feature_set}, {cal.stats.get('weighting')} errors): "
-            f"overhead {cal.intercept_ms:.3f} ms, "
-            + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items()))
-        )
-        return "\n".join(lines)
 
 
 def validate(
@@ -303,6 +129,7 @@ def validate(
     rounds: int = 3,
     target: str = "median",
     spaces: list[str] | None = None,
+    device: str | None = None,
     serials: Sequence[str] = (),
     adb_transport: str = "server",
     adb_host: str | None = None,
@@ -314,20 +141,18 @@ def validate(
 ) -> ValidationResult:
     from tqdm import tqdm
 
-    from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
-
+    if len(serials) > 1:
+        # One calibration fitted over several phones would fold their unit-to-unit
+        # differences into the noise; end-to-end runs are timed on one phone.
+        raise TableError(
+            f"validate times end-to-end runs on one phone, not {len(serials)}: give one --serial"
+        )
     table = LatencyTable.open(lut_path)
     meta = table.meta
-    st = table.settings
+    st = table.config
     spaces = spaces or table.spaces
     if not spaces:
         raise TableError(f"{lut_path} lists no spaces; rebuild it with mnasfpn-lut build")
-    settings = {
-        "input_size": st.input_size,
-        "num_classes": st.num_classes,
-        "alpha": st.alpha,
-        "depth": st.depth,
-    }
     genotypes = sample_architectures(table, spaces, samples, seed)
     ids = [arch_id(g, st.input_size) for g in genotypes]
     cache = (cache_dir or default_cache_dir()) / "detectors" / f"tf-{meta.get('converter_version')}"
@@ -336,13 +161,7 @@ def validate(
     measured_new = 0
     with TableStore.open(lut_path) as store:
         for g, a in zip(genotypes, ids, strict=True):
-            graph = build_opgraph(
-                g,
-                backbone=BackboneConfig(alpha=st.alpha),
-                predictor=PredictorConfig(depth=st.depth),
-                input_size=st.input_size,
-                num_classes=st.num_classes,
-            )
+            graph = st.opgraph(g)
             store.add_e2e_arch(
                 a,
                 name=g.name,
@@ -363,7 +182,7 @@ def validate(
                 total=len(need), desc="export", unit="model", disable=not show_progress
             ) as bar:
                 timings["export_s"] = export_models(
-                    [(by_id[a], paths[a]) for a in need], settings, jobs, bar.update
+                    [(by_id[a], paths[a]) for a in need], st, jobs, bar.update
                 )
             measured_new = _time_e2e(
                 store,
@@ -374,7 +193,7 @@ def validate(
                 rounds,
                 seed,
                 DeviceOptions(
-                    str(meta.get("profile")),
+                    device or str(meta.get("profile")),
                     tuple(serials),
                     adb_transport,
                     adb_host,
@@ -396,19 +215,7 @@ def validate(
     spread = np.array([round_spread(runs[a]) for a in ids if len(runs[a]) > 1])
     x = table.features(genotypes)
     x_naive = table.features(genotypes, naive=True)
-    madds = np.array(
-        [
-            build_opgraph(
-                g,
-                backbone=BackboneConfig(alpha=st.alpha),
-                predictor=PredictorConfig(depth=st.depth),
-                input_size=st.input_size,
-                num_classes=st.num_classes,
-            ).madds()
-            / 1e6
-            for g in genotypes
-        ]
-    )
+    madds = np.array([st.opgraph(g).madds() / 1e6 for g in genotypes])
     preds, folds = cross_validate(x, x_naive, madds, y, seed)
     results = {m: metrics(preds[m], y) for m in METHODS}
     (fs, rel), scores = choose_fit(x, y, seed)
@@ -475,7 +282,7 @@ def _time_e2e(
     rounds: int,
     seed: int,
     device: DeviceOptions,
-    settings: Any,
+    config: DetectorConfig,
     timings: dict[str, float],
     show_progress: bool,
     tqdm: Any,
@@ -485,7 +292,12 @@ def _time_e2e(
     try:
         dev = devices[0]
         info = dev.info().to_dict()
-        store.check_identity(identity_of(info, device.name, settings), out_hint="table (--lut)")
+        store.check_identity(
+            identity_of(info, dev.profile, config),
+            fields=DEVICE_FIELDS + SETTINGS_FIELDS,
+            advice="validate it on the device and with the profile settings it was built with "
+            "(check --device overrides given with --set)",
+        )
         session = store.start_session("validate", info, note=f"{len(need)} architectures")
         rng = random.Random(seed)
         t0 = time.perf_counter()
@@ -517,88 +329,3 @@ def _time_e2e(
         for d in devices:
             d.close()
     return count
-
-
-def plot_scatter(
-    preds: dict[str, np.ndarray], measured: np.ndarray, out: Path, *, title: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 6.5), dpi=120)
-    lo = float(min(measured.min(), *(p.min() for p in preds.values()))) * 0.9
-    hi = float(max(measured.max(), *(p.max() for p in preds.values()))) * 1.1
-    line = np.linspace(lo, hi, 50)
-    ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="±10%")
-    ax.plot(line, line, "k-", lw=1, label="y = x")
-    markers = dict(zip(METHODS, ("o", "s", "^", "v", "x"), strict=True))
-    for m in METHODS:
-        ax.scatter(measured, preds[m], marker=markers[m], s=22, alpha=0.75, label=METHOD_LABELS[m])
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured end-to-end latency (ms)")
-    ax.set_ylabel("predicted latency (ms, held-out)")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-
-
-def write_report(
-    result: ValidationResult, rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path
-) -> None:
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(out_dir / "architectures.csv", index=False)
-    (out_dir / "metrics.json").write_text(
-        json.dumps(
-            {
-                "metrics": result.metrics,
-                "folds": result.folds,
-                "calibration": result.calibration.to_dict(),
-            },
-            indent=2,
-        )
-    )
-    sizes = sorted({(d["train"], d["test"]) for d in result.folds})
-    lines = [
-        f"# Latency table validation: {result.lut.name}",
-        "",
-        f"- device: {meta.get('profile')} ({meta.get('device_model')}), "
-        f"{meta.get('runtime')} {meta.get('runtime_version')}, converter tensorflow "
-        f"{meta.get('converter_version')}",
-        f"- input size {meta.get('input_size')}, spaces {', '.join(meta.get('spaces', []))}",
-        f"- {result.n} architectures measured end to end (median of interleaved rounds); "
-        f"{len(result.folds)}-fold cross-validation, train/test sizes "
-        f"{', '.join(f'{a}/{b}' for a, b in sizes)}; every figure below is on held-out "
-        "architectures",
-        f"- measured latency: {result.noise.get('target')} over {result.noise.get('rounds')} "
-        f"interleaved rounds; {result._noise_text()} (the noise floor of any predictor)",
-        "",
-        "| method | R² | MAPE | max error | within ±10% | Kendall τ | mean bias |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in METHODS:
-        r = result.metrics[m]
-        lines.append(
-            f"| {METHOD_LABELS[m]} | {r['r2']:.4f} | {100 * r['mape']:.2f}% | "
-            f"{100 * r['max_err']:.1f}% ({r['max_err_ms']:.2f} ms) | {100 * r['within10']:.1f}% "
-            f"| {r['kendall_tau']:.3f} | {100 * r['bias']:+.2f}% |"
-        )
-    cal = result.calibration
-    lines += [
-        "",
-        f"Stored calibration (fitted on all {result.n}, features per {cal.feature_set}, "
-        f"{cal.stats.get('weighting')} errors; chosen by inner cross-validation): "
-        f"overhead {cal.intercept_ms:.3f} ms; "
-        + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items())),
-        "",
-        f"![predicted vs measured]({result.plot_path.name})",
-        "",
-        "Per-architecture numbers: `architectures.csv`; metrics: `metrics.json`.",
-    ]
-    result.report_path.write_text("\n".join(lines) + "\n")

@@ -1,36 +1,30 @@
-"""IR op key → single-op Keras model → .tflite, cached on disk by key and converter version.
+"""IR op key → single-op .tflite, cached on disk by key and by what made it.
 
 Each micro-model has the op's activation inputs as model inputs and the op as its only
-layer, built by the same layer factory as the detector, so the table times the very op
-the detector runs. Conversions run in worker processes (the converter is single-threaded
-for most of its time); files are written atomically, so a killed build leaves no half file.
+op. The direct writer (the default, no TensorFlow) writes it from the key; the TensorFlow
+converter (`converter="tf"`, the reference) converts a one-layer Keras model built by the
+detector's own layer factory; both give the same op (tests/test_tflite_writer.py).
+Converter runs go to worker processes (it is single-threaded for most of its time); files
+are written atomically, so a killed build leaves no half file.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from functools import cache
-from importlib import metadata
 from pathlib import Path
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.ops import parse_key
+from mnasfpn.ir.ops import op_type_of, parse_key
+from mnasfpn.model.convert import DEFAULT_CONVERTER, check_converter, converter_id
 from mnasfpn.parallel import spawn_map
 from mnasfpn.tfenv import load_tensorflow
 
 
-@cache
-def converter_version() -> str:
-    """The TensorFlow (converter) version, read without importing TensorFlow."""
-    return metadata.version("tensorflow")
-
-
-def cache_path(key: str, cache_dir: Path) -> Path:
+def cache_path(key: str, cache_dir: Path, converter: str = DEFAULT_CONVERTER) -> Path:
     # Keys are readable but long; a digest keeps file names short and safe everywhere.
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
-    op_type = key.split("/", 1)[0]
-    return Path(cache_dir) / f"tf-{converter_version()}" / f"{op_type}-{digest}.tflite"
+    return Path(cache_dir) / converter_id(converter) / f"{op_type_of(key)}-{digest}.tflite"
 
 
 def build_micromodel(key: str):  # -> keras.Model
@@ -57,19 +51,28 @@ def build_micromodel(key: str):  # -> keras.Model
     return keras.Model(inputs, y)
 
 
-def convert_key(key: str, out: Path) -> Path:
+def convert_key(key: str, out: Path, converter: str = DEFAULT_CONVERTER) -> Path:
     from mnasfpn.atomic import write_atomic
+
+    if check_converter(converter) == "direct":
+        from mnasfpn.tflite.writer import micromodel_tflite
+
+        return write_atomic(out, micromodel_tflite(key))
+    from mnasfpn.model.convert import tensorflow_version
     from mnasfpn.model.export import convert_keras
 
+    tensorflow_version()  # one clear line when TensorFlow is missing
     return write_atomic(out, convert_keras(build_micromodel(key)))
 
 
-def _convert_many(keys: list[str], cache_dir: str) -> list[tuple[str, str | None]]:
+def _convert_many(
+    keys: list[str], cache_dir: str, converter: str = DEFAULT_CONVERTER
+) -> list[tuple[str, str | None]]:
     done = []
     for key in keys:
-        out = cache_path(key, Path(cache_dir))
+        out = cache_path(key, Path(cache_dir), converter)
         try:
-            convert_key(key, out)
+            convert_key(key, out, converter)
             done.append((key, None))
         except Exception as exc:  # reported per key by the caller
             done.append((key, f"{type(exc).__name__}: {exc}".splitlines()[0]))
@@ -87,11 +90,12 @@ def micromodel_paths(
     jobs: int = 2,
     progress: Callable[[int], None] | None = None,
     chunk: int = 8,
+    converter: str = DEFAULT_CONVERTER,
 ) -> dict[str, Path]:
     """Path of each key's micro-model, converting the missing ones (`jobs` processes).
     `progress(n)` is called as n more keys are ready."""
     cache_dir = Path(cache_dir)
-    paths = {key: cache_path(key, cache_dir) for key in dict.fromkeys(keys)}
+    paths = {key: cache_path(key, cache_dir, converter) for key in dict.fromkeys(keys)}
     missing = [k for k, p in paths.items() if not p.exists()]
     if progress and len(paths) > len(missing):
         progress(len(paths) - len(missing))
@@ -99,7 +103,10 @@ def micromodel_paths(
         return paths
     failures: list[tuple[str, str]] = []
     batches = [missing[i : i + chunk] for i in range(0, len(missing), chunk)]
-    for done in spawn_map(_convert_many, [(b, str(cache_dir)) for b in batches], jobs):
+    # The direct writer takes milliseconds a model: a worker process would cost more.
+    jobs = 1 if converter == "direct" else jobs
+    tasks = [(b, str(cache_dir), converter) for b in batches]
+    for done in spawn_map(_convert_many, tasks, jobs):
         failures += [(k, e) for k, e in done if e]
         if progress:
             progress(len(done))

@@ -94,6 +94,25 @@ class SearchSpace:
         except StopIteration as done:
             return done.value
 
+    def walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
+        """Run the decisions, asking `pick` for each value (the genotype is not pruned)."""
+        return self._walk(pick)
+
+    def decode_decisions(self, indices: Sequence[int]) -> list[Decision]:
+        """The decisions a sequence of choice indices meets (the schema of `decode`)."""
+        seen: list[Decision] = []
+        it = iter(indices)
+
+        def pick(d: Decision) -> int | str:
+            seen.append(d)
+            i = next(it, None)
+            if i is None or not 0 <= i < len(d.choices):
+                raise GenotypeError(f"{d.name}: no valid choice index in the sequence")
+            return d.choices[i]
+
+        self._walk(pick)
+        return seen
+
     def walker(self) -> Generator[Decision, int | str, Genotype]:
         """A fresh decision coroutine: `next()` gives the first decision, `send(value)` the
         next one; StopIteration carries the genotype (not pruned)."""

@@ -1,0 +1,421 @@
+"""`mnasfpn search` and `mnasfpn pareto`.
+
+Start-up stays light: Ray, matplotlib and the proxy load inside the commands, and
+TensorFlow only inside the workers that train children."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mnasfpn.cli_common import handle_errors
+from mnasfpn.errors import MnasfpnError
+
+if TYPE_CHECKING:
+    from mnasfpn.search.executors import Executor
+
+DEFAULT_TRIALS = 100
+
+
+def _workers_default() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+class ProgressLine:
+    """One status line: rewritten in place on a terminal, printed on change otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = ""
+
+    def __call__(self, p: Any) -> None:
+        c = p.counts
+        parts = [
+            f"trials {p.finished}/{p.trials}",
+            f"done {c.get('done', 0)} (cached {p.cached})",
+            f"failed {c.get('failed', 0)}",
+            f"rejected {c.get('rejected', 0)}",
+            f"running {c.get('running', 0)}",
+        ]
+        if p.best is not None:
+            tid, reward, map_value, lat = p.best
+            parts.append(f"best reward {reward:.4f} (mAP {map_value:.4f} @ {lat:.1f} ms, #{tid})")
+        bands = []
+        for (lo, hi), best in zip(p.bands, p.band_best, strict=True):
+            if best is not None:
+                span = (
+                    f"<{hi:.0f}"
+                    if lo == 0
+                    else (f">{lo:.0f}" if hi == float("inf") else f"{lo:.0f}-{hi:.0f}")
+                )
+                bands.append(f"{span}ms {best:.3f}")
+        if bands:
+            parts.append("best mAP " + " | ".join(bands))
+        parts.append(f"ETA {_fmt_eta(p.eta_seconds())}")
+        line = " · ".join(parts)
+        if line == self.last:
+            return
+        self.last = line
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _proxy_budget(options: dict[str, Any]) -> Any:
+    try:
+        from mnasfpn.train.proxy import ProxyBudget
+    except ImportError:
+        raise MnasfpnError(
+            "proxy training is not available in this installation (mnasfpn.train.proxy is "
+            "missing); children cannot be trained"
+        ) from None
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return ProxyBudget(**given)
+    except (TypeError, ValueError) as exc:
+        raise MnasfpnError(f"bad proxy settings: {exc}") from None
+
+
+def _check_data(data: Path) -> None:
+    """Refuse a data folder the proxy would reject, before any child trains: both
+    annotation files present, and the val split readable as COCO."""
+    from mnasfpn.data.coco import load_coco
+    from mnasfpn.train.proxy import data_fingerprint
+
+    if not data.is_dir():
+        raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
+    data_fingerprint(data)
+    load_coco(data, "val")
+
+
+@click.command("search")
+@click.option(
+    "--lut",
+    "lut_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Latency table (mnasfpn-lut build) giving LAT(m).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="COCO-format folder for the proxy task (mnasfpn data synth|split).",
+)
+@click.option(
+    "--space",
+    default="mnasfpn",
+    show_default=True,
+    help="mnasfpn, no-expand, nasfpnlite-s or conn-search.",
+)
+@click.option("--strategy", default="ppo", show_default=True, help="ppo, evolution or random.")
+@click.option(
+    "--trials",
+    type=int,
+    default=DEFAULT_TRIALS,
+    show_default=True,
+    help="Children to propose in all (trained, reused, rejected or failed).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Search folder (trial store, frontier); rerun the same command to resume.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Children trained at once [default: the CPUs of this machine].",
+)
+@click.option("--ray-address", default=None, help="An existing Ray cluster (host:port or auto).")
+@click.option(
+    "--w",
+    "w",
+    type=float,
+    default=-0.3,
+    show_default=True,
+    help="Latency exponent of the reward mAP·(LAT/T)^w.",
+)
+@click.option(
+    "--target-ms",
+    type=float,
+    default=None,
+    help="T of the reward [default: the table's latency of paper-mnasfpn].",
+)
+@click.option(
+    "--max-ms",
+    type=float,
+    default=None,
+    help="Reject children predicted slower than this, before training.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Strategy random seed.")
+@click.option(
+    "--seed-arch",
+    default=None,
+    metavar="NAME|FILE",
+    help="Evaluate this cell first (paper-mnasfpn, nasfpnlite, a genotype .json).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Cell repeats of every child [default: the space's].",
+)
+@click.option(
+    "--force-new",
+    is_flag=True,
+    help="Start over in a folder whose search had other settings (kept aside).",
+)
+@click.option("--proxy-input-size", type=int, default=None, help="Proxy training input size.")
+@click.option("--proxy-steps", type=int, default=None, help="Proxy training steps per child.")
+@click.option("--proxy-batch-size", type=int, default=None, help="Proxy training batch size.")
+@click.option("--proxy-lr", type=float, default=None, help="Proxy training peak learning rate.")
+@click.option("--proxy-alpha", type=float, default=None, help="Proxy backbone width.")
+@click.option(
+    "--proxy-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="TensorFlow threads per child [default: TensorFlow's].",
+)
+@click.option(
+    "--proxy-timeout",
+    type=float,
+    default=None,
+    help="Stop a child running longer than this many seconds (recorded as failed).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Proxy cache of the shared backbone and its features, reused by every search on "
+    "the same data [default: ~/.cache/mnasfpn/proxy].",
+)
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@handle_errors
+def search_cmd(
+    lut_path: Path,
+    data: Path,
+    space: str,
+    strategy: str,
+    trials: int,
+    out: Path,
+    workers: int | None,
+    ray_address: str | None,
+    w: float,
+    target_ms: float | None,
+    max_ms: float | None,
+    seed: int,
+    seed_arch: str | None,
+    repeats: int | None,
+    force_new: bool,
+    proxy_input_size: int | None,
+    proxy_steps: int | None,
+    proxy_batch_size: int | None,
+    proxy_lr: float | None,
+    proxy_alpha: float | None,
+    proxy_threads: int | None,
+    proxy_timeout: float | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Latency-aware search: children proposed by a strategy, LAT(m) from the table,
+    mAP(m) from the proxy task in Ray workers, Reward = mAP·(LAT/T)^w. Every trial is
+    committed to OUT/trials.sqlite; a killed search resumes with the same command."""
+    from mnasfpn.search.evaluators import ProxyEvaluator
+
+    setup = prepare(
+        lut_path, space, strategy, trials, w, target_ms, max_ms, seed, seed_arch, repeats
+    )
+    if ray_address:
+        from mnasfpn.search.executors import check_reachable
+
+        check_reachable(ray_address)
+    budget = _proxy_budget(
+        {
+            "input_size": proxy_input_size,
+            "steps": proxy_steps,
+            "batch_size": proxy_batch_size,
+            "lr": proxy_lr,
+            "alpha": proxy_alpha,
+            "threads": proxy_threads,
+            "timeout_s": proxy_timeout,
+        }
+    )
+    _check_data(data)
+    evaluator = ProxyEvaluator(
+        str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
+    )
+
+    def ray_executor(ev: Any) -> Executor:
+        from mnasfpn.search.executors import RayExecutor
+
+        return RayExecutor(ev, workers=workers or _workers_default(), address=ray_address)
+
+    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
+
+
+def prepare(
+    lut_path: Path,
+    space_name: str,
+    strategy: str,
+    trials: int,
+    w: float,
+    target_ms: float | None,
+    max_ms: float | None,
+    seed: int,
+    seed_arch: str | None,
+    repeats: int | None,
+) -> dict[str, Any]:
+    """Everything checked before any child trains: one line for each bad input."""
+    from mnasfpn.archs import resolve_archs
+    from mnasfpn.lut.table import LatencyTable
+    from mnasfpn.search.driver import adopt_seed, check_table_covers, table_identity
+    from mnasfpn.search.reward import RewardSpec
+    from mnasfpn.search.strategies import STRATEGIES
+    from mnasfpn.searchspace.genotype import GenotypeError
+    from mnasfpn.searchspace.named import get_architecture
+    from mnasfpn.searchspace.spaces import SPACES
+
+    if trials < 1:
+        raise MnasfpnError(f"--trials must be at least 1, got {trials}")
+    if strategy not in STRATEGIES:
+        raise MnasfpnError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if space_name not in SPACES:
+        raise MnasfpnError(f"unknown search space {space_name!r}; known: {', '.join(SPACES)}")
+    space = SPACES[space_name]
+    if space.fixed is not None:
+        raise MnasfpnError(
+            f"space {space_name!r} is a fixed cell with nothing to search; search "
+            f"nasfpnlite-s with --seed-arch {space_name} to start from it"
+        )
+    if not lut_path.exists():
+        raise MnasfpnError(f"--lut {lut_path}: no such table; build one with mnasfpn-lut build")
+    table = LatencyTable.open(lut_path)
+    check_table_covers(table, space)
+    repeats = repeats or space.repeats
+    seed_genotype = None
+    if seed_arch is not None:
+        try:
+            (g,) = resolve_archs(seed_arch)[:1]
+        except GenotypeError as exc:
+            raise MnasfpnError(f"--seed-arch: {exc}") from None
+        seed_genotype = adopt_seed(space, g, repeats)
+    if target_ms is None:
+        target_ms = float(table.predict([get_architecture("paper-mnasfpn")])[0])
+    reward = RewardSpec(w=w, target_ms=target_ms, max_ms=max_ms)
+    return {
+        "table": table,
+        "space": space_name,
+        "strategy": strategy,
+        "seed": seed,
+        "reward": reward,
+        "repeats": repeats,
+        "seed_arch": seed_genotype,
+        "table_hash": table_identity(table),
+    }
+
+
+def run_cli_search(
+    setup: dict[str, Any],
+    evaluator: Any,
+    out: Path,
+    trials: int,
+    make_executor: Callable[[Any], Executor],
+    force_new: bool,
+    quiet: bool,
+) -> None:
+    """Run (or resume) the search, showing progress, then print its frontier."""
+    from mnasfpn.search.driver import Search, SearchSettings, open_store
+    from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
+
+    settings = SearchSettings(
+        space=setup["space"],
+        strategy=setup["strategy"],
+        seed=setup["seed"],
+        reward=setup["reward"],
+        repeats=setup["repeats"],
+        table_hash=setup["table_hash"],
+        evaluator=evaluator.identity(),
+        seed_arch=setup["seed_arch"],
+    )
+    # Refuse a folder with other settings before starting any worker.
+    open_store(out, settings, force_new=force_new).close()
+    start = time.perf_counter()
+    executor = make_executor(evaluator)
+    progress = None if quiet else ProgressLine()
+    search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
+    try:
+        search.run()
+    finally:
+        if progress is not None:
+            progress.end()
+        search.close()
+    click.echo(f"search finished in {time.perf_counter() - start:.0f}s: {out}")
+    points = write_genotypes(frontier_points(load_run(out)))
+    click.echo(frontier_table(points))
+
+
+@click.command("pareto")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Plot file [default: FOLDER/pareto.png of the first folder].",
+)
+@handle_errors
+def pareto_cmd(folders: tuple[Path, ...], as_json: bool, plot_path: Path | None) -> None:
+    """The latency-mAP frontier of one or more search folders: a table (or JSON), a plot
+    of every trial with the frontiers, and each frontier genotype as
+    FOLDER/frontier/trial-N.json (for mnasfpn train / export, mnasfpn-lut predict)."""
+    from mnasfpn.search.pareto import (
+        frontier_json,
+        frontier_points,
+        frontier_table,
+        load_run,
+        plot,
+        write_genotypes,
+    )
+
+    runs = [load_run(f) for f in folders]
+    points = [p for run in runs for p in write_genotypes(frontier_points(run))]
+    target = plot_path or folders[0] / "pareto.png"
+    plot(runs, target)
+    if as_json:
+        click.echo(frontier_json(points))
+    else:
+        click.echo(frontier_table(points))
+        click.echo(f"plot: {target}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(search_cmd)
+    group.add_command(pareto_cmd)

@@ -1,0 +1,96 @@
+"""Evaluators: picklable callables genotype → ChildResult that run inside workers.
+
+`ProxyEvaluator` trains and evaluates a child with the training package's proxy task
+(TensorFlow loads in the worker that runs it, never in the driver). `SurrogateEvaluator`
+is a fixed synthetic accuracy function for benchmarking strategies without training; its
+numbers are not measurements of anything and are labelled as such in the store."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
+
+from mnasfpn.search.store import ChildResult
+from mnasfpn.searchspace.genotype import LEVELS, NUM_CELL_INPUTS, Genotype
+from mnasfpn.searchspace.spaces import pruned
+
+
+@dataclass(frozen=True)
+class ProxyEvaluator:
+    data: str
+    budget: Any  # mnasfpn.train.proxy.ProxyBudget
+    cache_dir: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        budget = asdict(self.budget) if is_dataclass(self.budget) else repr(self.budget)
+        return {"kind": "proxy", "data": self.data, "budget": budget}
+
+    def __call__(self, genotype: Genotype) -> ChildResult:
+        from mnasfpn.train.proxy import proxy_evaluate
+
+        r = proxy_evaluate(genotype, self.data, self.budget, cache_dir=self.cache_dir)
+        return ChildResult(
+            map=float(r.map),
+            map50=float(r.map50),
+            map75=float(r.map75),
+            metrics={k: float(v) for k, v in dict(r.metrics).items()},
+            train_seconds=float(r.train_seconds),
+            eval_seconds=float(r.eval_seconds),
+            total_seconds=float(r.total_seconds),
+        )
+
+
+def surrogate_accuracy(genotype: Genotype) -> float:
+    """A deterministic stand-in for proxy mAP that rewards what helps detection heads:
+    capacity (expansion × kernel area × channels) and multi-scale connectivity (blocks that
+    read other levels, outputs fed by intermediate blocks, distinct input levels), each with
+    diminishing returns. In 0..0.4."""
+    g = pruned(genotype)
+    level_of = {n: LEVELS[n] for n in range(NUM_CELL_INPUTS)}
+    capacity = 0.0
+    cross_edges: set[tuple[int, int]] = set()
+    read_levels: set[int] = set()
+    fed_by_blocks = 0
+    for b, block in enumerate(g.blocks):
+        level_of[NUM_CELL_INPUTS + b] = block.level
+        capacity += block.expansion * (block.kernel**2 / 9) * len(block.inputs)
+        for i in block.inputs:
+            if level_of[i] != block.level:
+                cross_edges.add((level_of[i], block.level))
+            read_levels.add(level_of[i])
+            if g.is_output(b) and i >= NUM_CELL_INPUTS:
+                fed_by_blocks += 1
+        if block.merge == "se":
+            capacity += 0.25 * block.expansion
+    cap_term = 1 - math.exp(-capacity / 1500.0)
+    conn_term = (
+        0.5 * (1 - math.exp(-len(cross_edges) / 4.0))
+        + 0.3 * (1 - math.exp(-fed_by_blocks / 3.0))
+        + 0.2 * len(read_levels) / len(LEVELS)
+    )
+    width_term = 1 - math.exp(-g.channels / 40.0)
+    depth_term = 1 - math.exp(-g.repeats / 2.0)
+    return 0.4 * (0.4 * cap_term + 0.35 * conn_term + 0.25 * width_term) * depth_term
+
+
+@dataclass(frozen=True)
+class SurrogateEvaluator:
+    """The synthetic accuracy as a child result (for benchmarks and tests of the search
+    machinery; optional sleep to stand in for training time)."""
+
+    seconds: float = 0.0
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "surrogate", "seconds": self.seconds}
+
+    def __call__(self, genotype: Genotype) -> ChildResult:
+        start = time.perf_counter()
+        if self.seconds:
+            time.sleep(self.seconds)
+        acc = surrogate_accuracy(genotype)
+        spent = time.perf_counter() - start
+        return ChildResult(
+            map=acc, metrics={"synthetic": 1.0}, train_seconds=spent, total_seconds=spent
+        )

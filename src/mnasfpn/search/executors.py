@@ -1,0 +1,158 @@
+"""Where children run: Ray tasks (a local instance sized by --workers, or a cluster), or
+in this process (tests and cheap surrogate objectives).
+
+An evaluator is any picklable callable genotype → ChildResult. A child that raises, or
+whose worker dies (killed, out of memory), comes back as a ChildResult with its error;
+Ray is told not to retry it, so a child that kills its worker is not retried forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.search.store import ChildResult, worker_name
+from mnasfpn.searchspace.genotype import Genotype
+
+Evaluator = Callable[[Genotype], ChildResult]
+
+
+def run_child(evaluator: Evaluator, genotype: Genotype) -> ChildResult:
+    """Evaluate one child; its failure is a result, with the error's last line."""
+    start = time.perf_counter()
+    try:
+        result = evaluator(genotype)
+    except Exception as exc:  # the child's failure is data for the store, not a crash
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return ChildResult(
+            map=None,
+            error=last,
+            worker=worker_name(),
+            total_seconds=time.perf_counter() - start,
+        )
+    if result.worker is None:
+        result = ChildResult(**{**result.__dict__, "worker": worker_name()})
+    return result
+
+
+class Executor(ABC):
+    capacity: int = 1
+
+    @abstractmethod
+    def submit(self, trial_id: int, genotype: Genotype) -> None: ...
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:
+        """Finished children (at least one unless `timeout` passes or none is running)."""
+
+    @abstractmethod
+    def in_flight(self) -> int: ...
+
+    def close(self) -> None:  # noqa: B027 (most executors hold nothing to release)
+        """Release workers."""
+
+
+class InlineExecutor(Executor):
+    """Runs each child in this process when waited for, one at a time."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.queue: list[tuple[int, Genotype]] = []
+
+    def submit(self, trial_id: int, genotype: Genotype) -> None:
+        self.queue.append((trial_id, genotype))
+
+    def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:
+        if not self.queue:
+            return []
+        trial_id, genotype = self.queue.pop(0)
+        return [(trial_id, run_child(self.evaluator, genotype))]
+
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line when nothing listens at a Ray address (Ray itself would retry for
+    minutes, logging as it goes)."""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MnasfpnError(f"--ray-address {address!r} is not HOST:PORT (or auto)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MnasfpnError(f"--ray-address {address}: no Ray cluster answers ({reason})") from None
+
+
+class RayExecutor(Executor):
+    """One Ray task per child (1 CPU each). A local instance gets num_cpus = workers and
+    no dashboard; with `address` the tasks go to that cluster (sized by the cluster)."""
+
+    def __init__(self, evaluator: Evaluator, *, workers: int, address: str | None = None) -> None:
+        import ray
+
+        self.ray = ray
+        self.evaluator = evaluator
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+            "configure_logging": True,
+        }
+        if address and address != "auto":
+            check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+                cpus = int(ray.cluster_resources().get("CPU", workers))
+                self.capacity = max(1, min(workers, cpus)) if workers else max(1, cpus)
+            else:
+                ray.init(num_cpus=workers, **kwargs)
+                self.capacity = workers
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MnasfpnError(f"cannot start {where}: {msg}") from None
+        self._task = ray.remote(num_cpus=1, max_retries=0)(run_child)
+        self._evaluator_ref = ray.put(evaluator)
+        self.refs: dict[Any, int] = {}
+
+    def submit(self, trial_id: int, genotype: Genotype) -> None:
+        ref = self._task.remote(self._evaluator_ref, genotype)
+        self.refs[ref] = trial_id
+
+    def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:
+        if not self.refs:
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            trial_id = self.refs.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except Exception as exc:  # worker died (killed, OOM): the child failed
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                result = ChildResult(map=None, error=f"{type(exc).__name__}: {first}")
+            out.append((trial_id, result))
+        return out
+
+    def in_flight(self) -> int:
+        return len(self.refs)
+
+    def close(self) -> None:
+        for ref in list(self.refs):
+            self.ray.cancel(ref, force=True)
+        self.refs.clear()
+        self.ray.shutdown()

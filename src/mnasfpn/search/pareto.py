@@ -1,0 +1,213 @@
+"""The accuracy-latency frontier of one or more searches: table, plot and genotype files.
+
+A trial is on the frontier when no other finished trial of its search is at least as fast
+and strictly more accurate (or as accurate and strictly faster); cached repeats of an
+architecture count once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnasfpn.atomic import write_atomic
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.search.store import STORE_NAME, Trial, TrialStore, genotype_key
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    folder: Path
+    label: str
+    settings: dict[str, Any]
+    table: dict[str, Any]
+    trials: list[Trial]
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    run: SearchRun
+    trial: Trial
+    params: int
+    madds: int
+    file: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.trial
+        return {
+            "search": str(self.run.folder),
+            "trial": t.id,
+            "latency_ms": t.latency_ms,
+            "map": t.map,
+            "map50": t.map50,
+            "reward": t.reward,
+            "params": self.params,
+            "madds": self.madds,
+            "genotype_file": None if self.file is None else str(self.file),
+            "genotype": t.genotype.to_dict(),
+        }
+
+
+def load_run(folder: str | Path) -> SearchRun:
+    folder = Path(folder)
+    if not (folder / STORE_NAME).exists():
+        raise MnasfpnError(f"{folder} holds no search ({STORE_NAME} missing); run mnasfpn search")
+    with TrialStore.open(folder, readonly=True) as store:
+        meta = store.meta()
+        trials = store.trials()
+    settings = meta.get("settings") or {}
+    label = f"{folder.name} ({settings.get('space', '?')}, {settings.get('strategy', '?')})"
+    return SearchRun(folder, label, settings, meta.get("table") or {}, trials)
+
+
+def frontier(trials: list[Trial]) -> list[Trial]:
+    """Pareto-optimal finished trials (low latency, high mAP), fastest first."""
+    seen: set[str] = set()
+    done = []
+    for t in sorted(trials, key=lambda t: t.id):
+        if t.status != "done" or t.map is None or t.latency_ms is None:
+            continue
+        key = genotype_key(t.genotype)
+        if key in seen:
+            continue
+        seen.add(key)
+        done.append(t)
+    done.sort(key=lambda t: (t.latency_ms, -(t.map or 0.0)))
+    out: list[Trial] = []
+    best = float("-inf")
+    for t in done:
+        assert t.map is not None
+        if t.map > best:
+            out.append(t)
+            best = t.map
+    return out
+
+
+def detector_config(run: SearchRun) -> DetectorConfig:
+    t = run.table
+    return DetectorConfig(
+        input_size=int(t.get("input_size", 320)),
+        num_classes=int(t.get("num_classes", 90)),
+        alpha=float(t.get("alpha", 1.0)),
+        depth=int(t.get("depth", 64)),
+    )
+
+
+def frontier_points(run: SearchRun) -> list[FrontierPoint]:
+    cfg = detector_config(run)
+    out = []
+    for t in frontier(run.trials):
+        graph = cfg.opgraph(t.genotype)
+        out.append(FrontierPoint(run, t, graph.keras_params(), graph.madds()))
+    return out
+
+
+def write_genotypes(points: list[FrontierPoint]) -> list[FrontierPoint]:
+    """Each frontier genotype as <search>/frontier/trial-<id>.json (for mnasfpn train,
+    mnasfpn export and mnasfpn-lut predict --arch FILE)."""
+    out = []
+    for p in points:
+        folder = p.run.folder / "frontier"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"trial-{p.trial.id}.json"
+        name = f"{p.run.settings.get('space', 'search')}-trial-{p.trial.id}"
+        g = Genotype(
+            p.trial.genotype.space,
+            p.trial.genotype.channels,
+            p.trial.genotype.blocks,
+            p.trial.genotype.repeats,
+            p.trial.genotype.sdo,
+            name,
+        )
+        write_atomic(path, (g.to_json() + "\n").encode())
+        out.append(FrontierPoint(p.run, p.trial, p.params, p.madds, path))
+    return out
+
+
+def named_match(g: Genotype) -> str | None:
+    """The named architecture (paper-mnasfpn, ...) a trial's cell is, if any."""
+    for name in ARCHITECTURES:
+        named = get_architecture(name, g.repeats)
+        if named.blocks == g.blocks and named.channels == g.channels and named.sdo == g.sdo:
+            return name
+    return None
+
+
+def plot(runs: list[SearchRun], path: Path) -> None:
+    """Latency vs mAP of every finished trial, each search's frontier as a step line, the
+    seed and any named cell (the paper's) marked (paper Fig. 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for k, run in enumerate(runs):
+        color = f"C{k}"
+        done = [t for t in run.trials if t.status == "done" and t.map is not None]
+        ax.scatter(
+            [t.latency_ms for t in done],
+            [t.map for t in done],
+            s=10,
+            alpha=0.35,
+            color=color,
+            label=f"{run.label}: {len(done)} trials",
+        )
+        front = frontier(run.trials)
+        if front:
+            ax.step(
+                [t.latency_ms for t in front],
+                [t.map for t in front],
+                where="post",
+                color=color,
+                lw=1.5,
+                marker="o",
+                ms=4,
+            )
+        for t in done:
+            name = named_match(t.genotype)
+            if name is not None or t.info.get("seed"):
+                ax.scatter([t.latency_ms], [t.map], marker="*", s=160, color=color, edgecolor="k")
+                ax.annotate(
+                    name or "seed",
+                    (t.latency_ms or 0.0, t.map or 0.0),
+                    textcoords="offset points",
+                    xytext=(6, 4),
+                    fontsize=8,
+                )
+    ax.set_xlabel("predicted latency (ms, from the table)")
+    ax.set_ylabel("proxy mAP")
+    ax.set_title("Search trials and frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def frontier_table(points: list[FrontierPoint]) -> str:
+    head = (
+        f"{'search':<28} {'trial':>5} {'lat ms':>8} {'mAP':>7} {'reward':>7} "
+        f"{'params':>8} {'MAdds':>8}  genotype"
+    )
+    lines = [head]
+    for p in points:
+        t = p.trial
+        lines.append(
+            f"{p.run.folder.name[:28]:<28} {t.id:>5} {t.latency_ms or 0:>8.2f} {t.map or 0:>7.4f} "
+            f"{t.reward or 0:>7.4f} {p.params / 1e6:>7.2f}M {p.madds / 1e9:>7.3f}B  "
+            f"{p.file or ''}"
+        )
+    return "\n".join(lines)
+
+
+def frontier_json(points: list[FrontierPoint]) -> str:
+    return json.dumps([p.to_dict() for p in points], indent=2)

@@ -1,0 +1,1 @@
+"""TFLite flatbuffers written straight from the IR, without TensorFlow."""

@@ -1,0 +1,83 @@
+"""A phone that throttles in phases: detection by its frequency cap, bounded re-timing
+after a cool-down, and the kept measurement at the unthrottled level."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from adbd_emulator import AdbdEmulator, EmulatorConfig
+from adbd_emulator.fixtures import QUICK, build_models
+from mnasfpn.devices import open_device
+from mnasfpn.devices.adb import AdbDevice
+
+SLOW = 3.0  # far above the emulator's own run-to-run noise
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+def _open(emu: AdbdEmulator) -> AdbDevice:
+    dev = open_device(
+        "pixel4",
+        adb_transport="direct",
+        adb_host=emu.address,
+        overrides={**QUICK, "min_repeats": 2, "max_repeats": 2},
+    )
+    assert isinstance(dev, AdbDevice)
+    return dev
+
+
+def test_emulator_throttles_in_phases_and_shows_it_in_sysfs() -> None:
+    with AdbdEmulator(EmulatorConfig(throttle_phases=((2, 1.0), (3, SLOW)))) as emu:
+        assert [emu.throttle_factor(i) for i in range(7)] == [1, 1, SLOW, SLOW, SLOW, 1, 1]
+        cap = emu.sandbox.path("/sys/devices/system/cpu/cpu7/cpufreq/scaling_max_freq")
+        assert int(cap.read_text()) == emu.config.max_khz
+        assert [emu._next_run_slowdown() for _ in range(3)] == [1, 1, SLOW]
+        assert int(cap.read_text()) == int(emu.config.max_khz / SLOW)  # run 3 throttles
+
+
+def test_a_model_timed_while_throttled_is_timed_again_after_a_cool_down(
+    models: dict[str, Path],
+) -> None:
+    # 6 quiet runs (three 2-run models), then 2 throttled runs, quiet again. The cap
+    # read after model 2 already shows the throttle coming: it is timed again (runs 6-7,
+    # throttled, flagged again), and once more (quiet, kept). Nothing else is repeated.
+    config = EmulatorConfig(throttle_phases=((6, 1.0), (2, SLOW), (100, 1.0)))
+    pauses: list[float] = []
+    with AdbdEmulator(config) as emu, _open(emu) as dev:
+        dev._sleep = pauses.append  # type: ignore[method-assign]
+        results = dev.time_models([models["small"]] * 5)
+    assert all(r.ok for r in results)
+    assert [r.remeasured for r in results] == [0, 0, 2, 0, 0]
+    assert pauses == [dev.throttle_cooldown_s] * 2
+    assert not any(r.slow_phase for r in results)
+    assert results[2].ref_ratio is not None and results[2].ref_ratio < 1.05
+    latencies = [r.latency_ms for r in results]
+    assert all(x is not None for x in latencies)
+    level = statistics.median(latencies)  # type: ignore[type-var]
+    # The kept timing is the unthrottled one (the throttled runs were 3× slower).
+    assert results[2].latency_ms < 2 * level  # type: ignore[operator]
+    assert results[2].statistic == dev.statistic and results[2].clock == "wall"
+
+
+def test_a_phone_that_stays_throttled_costs_a_bounded_number_of_retries(
+    models: dict[str, Path],
+) -> None:
+    config = EmulatorConfig(throttle_phases=((2, 1.0), (10**6, SLOW)))
+    pauses: list[float] = []
+    with AdbdEmulator(config) as emu, _open(emu) as dev:
+        dev._sleep = pauses.append  # type: ignore[method-assign]
+        results = dev.time_models([models["small"]] * 6)
+        budget = dev.budget
+    assert all(r.ok for r in results)
+    assert sum(r.remeasured for r in results) == budget.used == len(pauses)
+    assert budget.used <= max(budget.floor, budget.per_item * len(results))
+    assert max(r.remeasured for r in results) <= budget.per_item
+    # Told, not hidden: every later model says it was kept from a throttled phase.
+    assert all(r.slow_phase for r in results[1:])
+    assert all(r.ref_ratio is not None and r.ref_ratio > 2 for r in results[1:])

@@ -1,0 +1,103 @@
+"""The fast predictor's dense grids: every space must fit them, and a genotype that does
+not is refused rather than aliased onto another table entry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.build import build_opgraph
+from mnasfpn.lut.predictor import (
+    CostModel,
+    GridError,
+    Settings,
+    check_space_fits,
+    check_spaces_fit,
+)
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.named import paper_mnasfpn
+from mnasfpn.searchspace.spaces import SPACES
+
+SIZE = 64
+
+
+def test_every_registered_space_fits() -> None:
+    check_spaces_fit()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"merges": ("add", "se", "concat")}, "merges ['concat']"),
+        ({"max_inputs": 6}, "6 inputs per block"),
+        ({"kernels": (3, 5, 9)}, "kernels [9]"),
+        ({"channels": (16, 40)}, "widths [40]"),
+        ({"num_intermediate": 20}, "24 blocks"),
+    ],
+    ids=["merge", "inputs", "kernel", "width", "blocks"],
+)
+def test_a_space_beyond_the_grids_is_refused(change: dict[str, object], words: str) -> None:
+    wider = dataclasses.replace(SPACES["conn-search"], name="wider", **change)  # type: ignore[arg-type]
+    with pytest.raises(GridError, match=r"search space 'wider' does not fit") as info:
+        check_space_fits(wider)
+    assert words in str(info.value)
+    assert isinstance(info.value, MnasfpnError)
+
+
+def test_a_space_registered_later_is_checked_by_the_cost_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wider = dataclasses.replace(SPACES["mnasfpn"], name="wider", merges=("add", "se", "gate"))
+    monkeypatch.setitem(SPACES, "wider", wider)
+    with pytest.raises(GridError, match="'wider'"):
+        CostModel({}, Settings(input_size=SIZE))
+
+
+def _paper_with(b: int, **change: object) -> Genotype:
+    g = paper_mnasfpn()
+    blocks = list(g.blocks)
+    blocks[b] = dataclasses.replace(blocks[b], **change)  # type: ignore[arg-type]
+    return dataclasses.replace(g, blocks=tuple(blocks))
+
+
+@pytest.mark.parametrize(
+    ("genotype", "words"),
+    [
+        # A merge no grid knows: it used to be read as "add".
+        (_paper_with(2, merge="concat"), "merge index -1"),
+        # Five inputs: the input-count digit would carry into the channel digit.
+        (_paper_with(2, inputs=(0, 1, 2, 3, 4)), "block 2: 5 inputs"),
+        # Level 7 (not a level): it would carry into the next digit of a pool's code.
+        (_paper_with(0, level=7), "block 0: level 7"),
+        # A block reading itself or a later node.
+        (_paper_with(1, inputs=(0, 5)), "block 1: input node 5"),
+        (_paper_with(0, kernel=9), "kernel 9"),
+    ],
+    ids=["merge", "inputs", "level", "later-node", "kernel"],
+)
+def test_unencodable_genotypes_are_refused(genotype: Genotype, words: str) -> None:
+    model = CostModel({}, Settings(input_size=SIZE))
+    with pytest.raises(GridError) as info:
+        model.encode([genotype])
+    assert words in str(info.value)
+
+
+def test_block_body_grid_matches_the_widest_space() -> None:
+    model = CostModel({}, Settings(input_size=SIZE))
+    widest = max(sp.max_inputs for sp in SPACES.values())
+    g = _paper_with(4, inputs=tuple(range(widest)))
+    # The widest block of any space encodes, to exactly the graph's live ops.
+    assert model.key_counts(g) == build_opgraph(g, input_size=SIZE).key_counts()
+
+
+def test_missing_op_is_a_one_line_project_error() -> None:
+    from mnasfpn.lut.predictor import MissingOpError
+
+    with pytest.raises(MissingOpError) as info:
+        CostModel({}, Settings(input_size=SIZE)).predict([paper_mnasfpn()])
+    message = str(info.value)
+    assert isinstance(info.value, MnasfpnError)
+    assert message.startswith("the table has no entry for op ") and "\n" not in message
+    assert info.value.key in message and "paper-mnasfpn" in message
