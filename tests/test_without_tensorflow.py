@@ -1,4 +1,4 @@
-"""Tables without TensorFlow: build, predict, profile and devices run in a
+"""Tables without TensorFlow: build, validate, predict, profile and devices run in a
 process where TensorFlow cannot be imported; commands that need it say so in one line.
 
 A `sitecustomize` on PYTHONPATH (loaded by every Python process started here, the host
@@ -64,8 +64,10 @@ def test_the_blocker_blocks(env: dict[str, str]) -> None:
     assert _attempts(env) == ["tensorflow"]
 
 
-@pytest.mark.slow  # a tiny build and a few timings (~30 s on 2 busy cores)
-def test_build_predict_profile_without_tensorflow(env: dict[str, str], tmp_path: Path) -> None:
+# Not marked slow (~30 s on 2 busy cores): it is what keeps tables free of TensorFlow.
+def test_build_validate_predict_profile_without_tensorflow(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     lut = tmp_path / "host.sqlite"
     fast = ("--set", "num_runs=5", "--set", "warmup_runs=1", "--set", "max_repeats=3")
     res = _run(
@@ -74,6 +76,13 @@ def test_build_predict_profile_without_tensorflow(env: dict[str, str], tmp_path:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "table has" in res.stdout and _attempts(env) == []
+
+    res = _run(
+        env, LUT, "validate", "--lut", str(lut), "--samples", "4", "--rounds", "1",
+        "--report", str(tmp_path / "rep"), "--quiet", "--min-r2", "-100", *fast,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "rep" / "report.md").stat().st_size > 0 and _attempts(env) == []
 
     res = _run(env, LUT, "predict", "--lut", str(lut), "--arch", "nasfpnlite")
     assert res.returncode == 0 and "ms" in res.stdout, res.stderr
