@@ -152,6 +152,7 @@ def test_success_only_when_every_key_has_an_entry(tmp_path: Path, fake_models: P
         ({"threads": 2}, "threads"),
         ({"num_runs": 7}, "num_runs"),
         ({"warmup_runs": 1}, "warmup_runs"),
+        ({"cooldown_s": 1.0}, "cooldown_s"),
     ],
 )
 def test_a_table_refuses_timings_taken_another_way(

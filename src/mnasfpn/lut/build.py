@@ -83,6 +83,8 @@ def identity_of(
         "binary_version": info.get("binary_version"),
         # The core actually used (a host profile's -1 resolves to a real core).
         "core": info.get("core") if info.get("core") is not None else profile.core,
+        # The CPU mask a phone's benchmark runs under (a host worker pins `core` itself).
+        "taskset_mask": (info.get("extra") or {}).get("taskset_mask"),
         "threads": profile.threads,
         "use_xnnpack": profile.use_xnnpack,
         "input_size": config.input_size,
@@ -95,6 +97,7 @@ def identity_of(
         "min_repeats": profile.min_repeats,
         "max_repeats": profile.max_repeats,
         "stability_tolerance": profile.stability_tolerance,
+        "cooldown_s": profile.cooldown_s,
     }
 
 
