@@ -201,7 +201,7 @@ def _check_data(data: Path) -> None:
     "--proxy-threads",
     type=click.IntRange(min=1),
     default=None,
-    help="TensorFlow threads per child [default: TensorFlow's].",
+    help="TensorFlow threads per child [default: CPUs / --workers on a local instance].",
 )
 @click.option(
     "--proxy-timeout",
@@ -256,6 +256,10 @@ def search_cmd(
         from mnasfpn.search.executors import check_reachable
 
         check_reachable(ray_address)
+    n_workers = workers or _workers_default()
+    if proxy_threads is None and not ray_address:
+        # children share this machine's cores: one TensorFlow pool each, not one per core
+        proxy_threads = max(1, _workers_default() // n_workers)
     budget = _proxy_budget(
         {
             "input_size": proxy_input_size,
@@ -275,7 +279,7 @@ def search_cmd(
     def ray_executor(ev: Any) -> Executor:
         from mnasfpn.search.executors import RayExecutor
 
-        return RayExecutor(ev, workers=workers or _workers_default(), address=ray_address)
+        return RayExecutor(ev, workers=n_workers, address=ray_address)
 
     run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
 
@@ -372,6 +376,10 @@ def run_cli_search(
     search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
     try:
         search.run()
+    except KeyboardInterrupt:
+        raise MnasfpnError(
+            f"interrupted; {out} keeps every finished trial: run the same command to resume"
+        ) from None
     finally:
         if progress is not None:
             progress.end()
