@@ -239,3 +239,17 @@ def test_write_atomic_gives_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_device_options_without_device() -> None:
+    @click.command()
+    @device_options(multiple_serials=True, with_device=False)
+    def cmd(serials: tuple[str, ...], overrides: dict[str, Any], **rest: Any) -> None:
+        assert "device_name" not in rest
+        click.echo(f"{list(serials)} {overrides}")
+
+    res = CliRunner().invoke(cmd, ["--serial", "a", "--serial", "b", "--set", "num_runs=4"])
+    assert res.exit_code == 0, res.output
+    assert res.output == "['a', 'b'] {'num_runs': 4}\n"
+    assert "--device" in CliRunner().invoke(_device_cmd, ["--help"]).output
+    assert "--device" not in CliRunner().invoke(cmd, ["--help"]).output

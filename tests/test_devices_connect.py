@@ -57,20 +57,36 @@ def test_nothing_listening() -> None:
     assert "adb tcpip" in str(err)
 
 
+def _read_request(conn: socket.socket) -> None:
+    """Take in all the client sent (it may come in pieces): closing with unread data would
+    reset the connection and could discard our answer before the client reads it."""
+    conn.settimeout(0.3)
+    with contextlib.suppress(OSError):
+        while conn.recv(1024):
+            pass
+
+
 def _http(conn: socket.socket) -> None:
-    conn.recv(1024)
+    _read_request(conn)
     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(10)
+    with contextlib.suppress(OSError):
+        while conn.recv(1024):  # until the client has read the answer and closed
+            pass
 
 
 def _hang_up(conn: socket.socket) -> None:
-    conn.recv(1024)
+    _read_request(conn)
 
 
 def _silent(conn: socket.socket) -> None:
-    conn.recv(1024)
-    conn.settimeout(5)
+    # Read whatever comes (the CNXN may arrive in pieces) and never answer, until the
+    # client gives up and closes.
+    conn.settimeout(10)
     with contextlib.suppress(OSError):
-        conn.recv(1024)  # until the client gives up
+        while conn.recv(1024):
+            pass
 
 
 @pytest.mark.parametrize(

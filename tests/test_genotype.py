@@ -386,7 +386,7 @@ def _documents(draw: st.DrawFn) -> bytes:
     return text.encode("utf-8", errors="surrogatepass")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_documents())
 def test_any_bytes_give_a_genotype_or_a_project_error(data: bytes) -> None:
     try:

@@ -40,7 +40,7 @@ from mnasfpn.search.random_search import RandomSearch
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import ChildResult, TrialStore
 from mnasfpn.search.strategies import STRATEGIES, make_strategy
-from mnasfpn.search.strategy import Outcome, Proposal
+from mnasfpn.search.strategy import Outcome, Proposal, unpack_state
 from mnasfpn.searchspace.genotype import Genotype, load_genotype
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SPACES, get_space, pruned
@@ -445,13 +445,20 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path: Path, table_pa
     # same trials in the same order with the same results: nothing lost, nothing counted
     # twice, and the controller continued from its checkpoint (its later proposals match)
     assert got == want
-    store = TrialStore.open(folder, create=False)
+    store = TrialStore.open(folder, readonly=True)
     ck_killed = store.checkpoint()
     store.close()
-    store = TrialStore.open(tmp_path / "ref", create=False)
+    store = TrialStore.open(tmp_path / "ref", readonly=True)
     ck_ref = store.checkpoint()
     store.close()
-    assert ck_killed == ck_ref
+    assert ck_killed is not None and ck_ref is not None
+    assert ck_killed.state == ck_ref.state  # RNG, reward baseline, batch buffer
+    assert ck_killed.arrays_version == ck_ref.arrays_version  # as many updates
+    assert ck_killed.arrays is not None and ck_ref.arrays is not None
+    killed, ref = unpack_state(ck_killed.arrays), unpack_state(ck_ref.arrays)
+    assert killed.keys() == ref.keys()
+    for k in ref:  # weights and optimizer moments
+        np.testing.assert_array_equal(killed[k], ref[k])
 
 
 # -- CLI: bad input, one line before any child trains ----------------------------------
@@ -534,3 +541,93 @@ def test_pareto_frontier_table_plot_and_genotype_files(tmp_path: Path, table: La
     assert text.exit_code == 0 and "lat ms" in text.output and "plot:" in text.output
     missing = CliRunner().invoke(main, ["pareto", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "holds no search" in missing.output
+
+
+# -- Ray -------------------------------------------------------------------------------
+
+
+class ExitsOnWideCells:
+    """Kills its own worker process for C >= 80, as an out-of-memory kill would."""
+
+    def __call__(self, g: Genotype) -> ChildResult:
+        if g.channels >= 80:
+            os._exit(137)
+        time.sleep(0.2)
+        return ChildResult(map=surrogate_accuracy(g), total_seconds=0.2)
+
+
+@pytest.mark.slow
+def test_ray_children_on_two_workers_and_a_killed_worker(
+    tmp_path: Path, table: LatencyTable
+) -> None:
+    import ray.cloudpickle
+
+    from mnasfpn.search.executors import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(ExitsOnWideCells(), workers=2)
+    assert executor.capacity == 2
+    search = Search(tmp_path / "s", settings_for(table), table, executor, trials=12)
+    search.run()
+    search.close()
+    run = load_run(tmp_path / "s")
+    assert len(run.trials) == 12
+    failed = [t for t in run.trials if t.status == "failed"]
+    assert failed and all("Error" in (t.error or "") for t in failed)
+    assert all(t.genotype.channels >= 80 for t in failed)
+    done = [t for t in run.trials if t.status == "done"]
+    assert all(t.genotype.channels < 80 for t in done)
+    assert len({t.worker for t in done}) >= 2  # two worker processes took children
+
+
+def test_a_second_search_in_the_same_folder_is_refused(tmp_path: Path, table: LatencyTable) -> None:
+    run_search(tmp_path / "s", table, SurrogateEvaluator(), 2)
+    with TrialStore.open(tmp_path / "s"):  # a search still running there
+        with pytest.raises(MnasfpnError, match=r"trials\.sqlite is being written by another"):
+            run_search(tmp_path / "s", table, SurrogateEvaluator(), 4)
+        assert len(load_run(tmp_path / "s").trials) == 2  # pareto reads beside it
+
+
+def test_cli_search_run_shows_progress_and_prints_the_frontier(
+    tmp_path: Path, table_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnasfpn.search.cli import ProgressLine, prepare, run_cli_search
+
+    setup = prepare(
+        table_path, "mnasfpn", "evolution", 12, -0.3, None, None, 0, "paper-mnasfpn", None
+    )
+    # T defaults to the table's latency of the paper cell
+    assert setup["reward"].target_ms == pytest.approx(
+        float(setup["table"].predict([get_architecture("paper-mnasfpn")])[0])
+    )
+    run_cli_search(setup, SurrogateEvaluator(), tmp_path / "s", 12, InlineExecutor, False, False)
+    out, err = capsys.readouterr()
+    assert "search finished" in out and "lat ms" in out and "frontier/trial-" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trials 12/12 · done 12") and "best reward" in last, err
+    assert "best mAP" in last and "ETA" in last
+    # a second run of the same command resumes: nothing more to do
+    run_cli_search(setup, SurrogateEvaluator(), tmp_path / "s", 12, InlineExecutor, False, True)
+    assert len(load_run(tmp_path / "s").trials) == 12
+    assert ProgressLine  # the display class the command uses
+
+
+def test_search_cli_refuses_a_bad_data_folder(tmp_path: Path, table_path: Path) -> None:
+    pytest.importorskip("mnasfpn.train.proxy")
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "--lut",
+            str(table_path),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "instances_" in lines[0], result.output
+    assert not (tmp_path / "o").exists()

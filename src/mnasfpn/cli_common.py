@@ -76,14 +76,24 @@ def _parse_set(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
         raise click.BadParameter(one_line(exc), ctx=ctx, param=param) from None
 
 
+def check_overrides(device_name: str, overrides: dict[str, Any]) -> None:
+    """DeviceError (one line) unless profile `device_name` exists and takes `overrides`
+    (types and ranges, including those that span fields such as min/max repeats)."""
+    from mnasfpn.devices.profiles import load_profile
+
+    load_profile(device_name).replace(**overrides)
+
+
 def device_options(
-    *, multiple_serials: bool = False, device_required: bool = True
+    *, multiple_serials: bool = False, device_required: bool = True, with_device: bool = True
 ) -> Callable[[F], F]:
-    """``--device`` (as ``device_name``), ``--serial`` (``serial``, or ``serials`` when
-    several phones may share the work), ``--adb-transport``, ``--adb-host``,
-    ``--benchmark-binary`` and ``--set FIELD=VALUE`` (as ``overrides``: a dict typed by
-    the profile schema). The profile and its overrides are checked before the command
-    runs, so a typo fails at once rather than after minutes of conversion."""
+    """``--device`` (as ``device_name``; left out with ``with_device=False``, for commands
+    whose device comes from elsewhere, e.g. a table), ``--serial`` (``serial``, or
+    ``serials`` when several phones may share the work), ``--adb-transport``,
+    ``--adb-host``, ``--benchmark-binary`` and ``--set FIELD=VALUE`` (as ``overrides``: a
+    dict typed by the profile schema). Given ``--device``, the profile and its overrides
+    are checked before the command runs, so a typo fails at once rather than after
+    minutes of conversion; without it, call ``check_overrides`` once the profile is known."""
 
     from mnasfpn.devices.profiles import list_profiles
 
@@ -92,10 +102,8 @@ def device_options(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             name = kwargs.get("device_name")
             if name is not None:
-                from mnasfpn.devices.profiles import load_profile
-
                 try:
-                    load_profile(name).replace(**kwargs.get("overrides", {}))
+                    check_overrides(name, kwargs.get("overrides", {}))
                 except MnasfpnError as exc:
                     raise ProjectError(one_line(exc)) from None
             return func(*args, **kwargs)
@@ -110,14 +118,15 @@ def device_options(
             if multiple_serials
             else click.option("--serial", default=None, help="Phone serial (adb server).")
         )
+        device = click.option(
+            "--device",
+            "device_name",
+            required=device_required,
+            default=None,
+            help=f"Device profile: {', '.join(list_profiles())}.",
+        )
         options = [
-            click.option(
-                "--device",
-                "device_name",
-                required=device_required,
-                default=None,
-                help=f"Device profile: {', '.join(list_profiles())}.",
-            ),
+            *([device] if with_device else []),
             serial,
             click.option(
                 "--adb-transport",

@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mnasfpn.cli_common import handle_errors
 from mnasfpn.errors import MnasfpnError
+
+if TYPE_CHECKING:
+    from mnasfpn.search.executors import Executor
 
 DEFAULT_TRIALS = 100
 
@@ -96,15 +100,16 @@ def _proxy_budget(options: dict[str, Any]) -> Any:
         raise MnasfpnError(f"bad proxy settings: {exc}") from None
 
 
-def _check_data(data: Path, budget: Any) -> None:
-    """Refuse a data folder the proxy would reject, before any child trains."""
-    from mnasfpn.train import proxy
+def _check_data(data: Path) -> None:
+    """Refuse a data folder the proxy would reject, before any child trains: both
+    annotation files present, and the val split readable as COCO."""
+    from mnasfpn.data.coco import load_coco
+    from mnasfpn.train.proxy import data_fingerprint
 
-    check = getattr(proxy, "check_data", None)
-    if check is not None:
-        check(data, budget)
-    elif not data.is_dir():
+    if not data.is_dir():
         raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
+    data_fingerprint(data)
+    load_coco(data, "val")
 
 
 @click.command("search")
@@ -193,10 +198,23 @@ def _check_data(data: Path, budget: Any) -> None:
 @click.option("--proxy-lr", type=float, default=None, help="Proxy training peak learning rate.")
 @click.option("--proxy-alpha", type=float, default=None, help="Proxy backbone width.")
 @click.option(
+    "--proxy-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="TensorFlow threads per child [default: CPUs / --workers on a local instance].",
+)
+@click.option(
+    "--proxy-timeout",
+    type=float,
+    default=None,
+    help="Stop a child running longer than this many seconds (recorded as failed).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Proxy cache (backbone features) [default: <out>/proxy-cache].",
+    help="Proxy cache of the shared backbone and its features, reused by every search on "
+    "the same data [default: ~/.cache/mnasfpn/proxy].",
 )
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @handle_errors
@@ -221,6 +239,8 @@ def search_cmd(
     proxy_batch_size: int | None,
     proxy_lr: float | None,
     proxy_alpha: float | None,
+    proxy_threads: int | None,
+    proxy_timeout: float | None,
     cache_dir: Path | None,
     quiet: bool,
 ) -> None:
@@ -236,6 +256,10 @@ def search_cmd(
         from mnasfpn.search.executors import check_reachable
 
         check_reachable(ray_address)
+    n_workers = workers or _workers_default()
+    if proxy_threads is None and not ray_address:
+        # children share this machine's cores: one TensorFlow pool each, not one per core
+        proxy_threads = max(1, _workers_default() // n_workers)
     budget = _proxy_budget(
         {
             "input_size": proxy_input_size,
@@ -243,13 +267,21 @@ def search_cmd(
             "batch_size": proxy_batch_size,
             "lr": proxy_lr,
             "alpha": proxy_alpha,
+            "threads": proxy_threads,
+            "timeout_s": proxy_timeout,
         }
     )
-    _check_data(data, budget)
+    _check_data(data)
     evaluator = ProxyEvaluator(
-        str(data.resolve()), budget, str((cache_dir or out / "proxy-cache").resolve())
+        str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
     )
-    run_cli_search(setup, evaluator, out, trials, workers, ray_address, force_new, quiet)
+
+    def ray_executor(ev: Any) -> Executor:
+        from mnasfpn.search.executors import RayExecutor
+
+        return RayExecutor(ev, workers=n_workers, address=ray_address)
+
+    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
 
 
 def prepare(
@@ -318,13 +350,12 @@ def run_cli_search(
     evaluator: Any,
     out: Path,
     trials: int,
-    workers: int | None,
-    ray_address: str | None,
+    make_executor: Callable[[Any], Executor],
     force_new: bool,
     quiet: bool,
 ) -> None:
+    """Run (or resume) the search, showing progress, then print its frontier."""
     from mnasfpn.search.driver import Search, SearchSettings, open_store
-    from mnasfpn.search.executors import RayExecutor
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
 
     settings = SearchSettings(
@@ -340,11 +371,15 @@ def run_cli_search(
     # Refuse a folder with other settings before starting any worker.
     open_store(out, settings, force_new=force_new).close()
     start = time.perf_counter()
-    executor = RayExecutor(evaluator, workers=workers or _workers_default(), address=ray_address)
+    executor = make_executor(evaluator)
     progress = None if quiet else ProgressLine()
     search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
     try:
         search.run()
+    except KeyboardInterrupt:
+        raise MnasfpnError(
+            f"interrupted; {out} keeps every finished trial: run the same command to resume"
+        ) from None
     finally:
         if progress is not None:
             progress.end()

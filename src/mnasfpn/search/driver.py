@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from mnasfpn.search.executors import Executor
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import (
     STORE_NAME,
+    Checkpoint,
     ChildResult,
     TrialStore,
     genotype_key,
@@ -217,16 +219,22 @@ class Search:
         self.latency: dict[int, float] = {}
         self._started = time.perf_counter()
         self._finished_before = 0
+        self._arrays_saved: str | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _checkpoint(self) -> tuple[str, bytes]:
-        return (self.strategy.name, self.strategy.save())
+    def _checkpoint(self) -> Checkpoint:
+        version = self.strategy.arrays_version()
+        fresh = version is None or version != self._arrays_saved
+        state, arrays = self.strategy.save_parts(arrays=fresh)
+        self._arrays_saved = version
+        return Checkpoint(self.strategy.name, state, arrays, version)
 
     def _restore(self) -> None:
         ck = self.store.checkpoint()
         if ck is not None:
-            self.strategy.restore(ck[1])
+            self.strategy.restore_parts(ck.state, ck.arrays)
+            self._arrays_saved = ck.arrays_version
 
     def _progress(self) -> Progress:
         bands = latency_bands(self.settings.reward.target_ms)
@@ -247,7 +255,6 @@ class Search:
     def _submit(self, trial_id: int, proposal: Proposal, latency: float) -> None:
         self.proposals[trial_id] = proposal
         self.latency[trial_id] = latency
-        self.store.start_attempt(trial_id)
         self.executor.submit(trial_id, proposal.genotype)
 
     def _resume_running(self) -> None:
@@ -258,6 +265,7 @@ class Search:
                 self._finish(t.id, proposal, ChildResult(map=None, error=error), t.latency_ms)
                 continue
             assert t.latency_ms is not None
+            self.store.start_attempt(t.id)
             self._submit(t.id, proposal, t.latency_ms)
 
     def _finish(
@@ -265,8 +273,9 @@ class Search:
     ) -> None:
         reward = None
         if result.error is None:
-            if result.map is None or latency is None:
-                result = ChildResult(**{**result.__dict__, "error": "child returned no mAP"})
+            if result.map is None or not math.isfinite(result.map) or latency is None:
+                error = f"child returned no usable mAP ({result.map})"
+                result = ChildResult(**{**result.__dict__, "error": error})
             else:
                 reward = self.settings.reward.reward(result.map, latency)
         self.strategy.learn([Outcome(proposal, reward)])

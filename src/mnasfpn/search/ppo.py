@@ -316,6 +316,9 @@ class PPO(Strategy):
             v_hat = self.adam_v[k] / (1 - b2**self.adam_t)
             self.policy.params[k] -= cfg.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
+    def arrays_version(self) -> str | None:
+        return str(self.adam_t)  # weights and Adam moments change only in an update
+
     # -- state ----------------------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:

@@ -12,24 +12,23 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.errors import MnasfpnError
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
+from mnasfpn.sqlite_db import Database, DatabaseError, Schema
 
 STORE_NAME = "trials.sqlite"
+FORMAT = "mnasfpn-trials"
 SCHEMA_VERSION = 1
 # statuses: running (proposed, not finished), done, failed, rejected (over --max-ms)
 FINISHED = ("done", "failed", "rejected")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY,
     status TEXT NOT NULL,
@@ -63,6 +62,13 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     strategy TEXT NOT NULL,
     state BLOB NOT NULL,
     saved_at TEXT NOT NULL
+);
+-- A row of its own: SQLite rewrites a whole row on update, and the arrays (PPO's
+-- weights, ~2 MB) change far less often than the rest of the state.
+CREATE TABLE IF NOT EXISTS checkpoint_arrays (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    arrays BLOB NOT NULL,
+    version TEXT
 );
 """
 
@@ -104,6 +110,16 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A strategy's state: its JSON part, and its arrays (None: unchanged since saved)."""
+
+    strategy: str
+    state: bytes
+    arrays: bytes | None
+    arrays_version: str | None
+
+
+@dataclass(frozen=True)
 class ChildResult:
     """What one evaluated child reports back (the proxy's result, or its failure)."""
 
@@ -118,41 +134,46 @@ class ChildResult:
     error: str | None = None
 
 
-class StoreError(MnasfpnError):
-    pass
+class StoreError(DatabaseError):
+    """A trial store that cannot be used as asked (one line)."""
+
+
+SCHEMA = Schema(
+    format=FORMAT,
+    version=SCHEMA_VERSION,
+    ddl=_SCHEMA,
+    tables=("trials", "checkpoint", "checkpoint_arrays"),
+    noun="trial store",
+    make_hint="run mnasfpn search",
+    remake_hint="start the search over in a new folder (or with --force-new)",
+    error=StoreError,
+)
+_COLUMNS = (
+    "id", "status", "genotype", "decisions", "info", "latency_ms", "breakdown", "map",
+    "map50", "map75", "reward", "metrics", "error", "cached_from", "attempts", "worker",
+    "train_seconds", "eval_seconds", "total_seconds", "proposed_at", "finished_at",
+)  # fmt: skip
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM trials"
 
 
 class TrialStore:
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    """The writer holds the folder's store exclusively (a second search in the same folder
+    is refused); `readonly` opens (pareto) work beside a running search."""
+
+    def __init__(self, path: Path, db: Database) -> None:
         self.path = path
-        self.conn = conn
+        self.db = db
 
     @classmethod
-    def open(cls, folder: str | Path, *, create: bool = True) -> TrialStore:
+    def open(cls, folder: str | Path, *, create: bool = True, readonly: bool = False) -> TrialStore:
         folder = Path(folder)
         path = folder / STORE_NAME
-        if not path.exists() and not create:
+        if not path.exists() and (readonly or not create):
             raise StoreError(f"{folder} holds no search ({STORE_NAME} missing); run mnasfpn search")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{path}: cannot open the trial store ({exc})") from None
-        store = cls(path, conn)
-        version = store.meta().get("schema_version")
-        if version is None:
-            store.set_meta({"schema_version": SCHEMA_VERSION})
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has trial-store schema {version}; this mnasfpn reads {SCHEMA_VERSION}"
-            )
-        return store
+        return cls(path, Database.open(path, SCHEMA, create=create, readonly=readonly))
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def __enter__(self) -> TrialStore:
         return self
@@ -160,28 +181,16 @@ class TrialStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.db.tx()
 
     # -- meta and settings ------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        return self.db.meta()
 
     def set_meta(self, values: Mapping[str, Any]) -> None:
-        with self.transaction() as tx:
-            tx.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+        self.db.set_meta(values)
 
     def settings(self) -> dict[str, Any] | None:
         return self.meta().get("settings")
@@ -192,7 +201,7 @@ class TrialStore:
         self,
         rows: list[dict[str, Any]],
         table: tuple[str, str],
-        checkpoint: tuple[str, bytes] | None,
+        checkpoint: Checkpoint | None,
     ) -> list[int]:
         """Insert proposals (running, or already finished: rejected / cached) and the
         strategy checkpoint taken after proposing them, atomically."""
@@ -202,8 +211,8 @@ class TrialStore:
                 cur = tx.execute(
                     "INSERT INTO trials(status, genotype, genotype_key, decisions, info, "
                     "latency_ms, breakdown, map, map50, map75, reward, metrics, error, "
-                    "cached_from, table_path, table_hash, proposed_at, finished_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "cached_from, attempts, table_path, table_hash, proposed_at, finished_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         r["status"],
                         r["genotype"].to_json(indent=None),
@@ -219,6 +228,7 @@ class TrialStore:
                         json.dumps(r.get("metrics")),
                         r.get("error"),
                         r.get("cached_from"),
+                        1 if r["status"] == "running" else 0,  # it starts right away
                         table[0],
                         table[1],
                         now(),
@@ -227,7 +237,7 @@ class TrialStore:
                 )
                 ids.append(int(cur.lastrowid or 0))
             if checkpoint is not None:
-                self._save_checkpoint(tx, *checkpoint)
+                self._save_checkpoint(tx, checkpoint)
         return ids
 
     def start_attempt(self, trial_id: int) -> int:
@@ -241,7 +251,7 @@ class TrialStore:
         trial_id: int,
         result: ChildResult,
         reward: float | None,
-        checkpoint: tuple[str, bytes] | None,
+        checkpoint: Checkpoint | None,
     ) -> None:
         """Record a child's result (or failure) and the checkpoint that learned from it."""
         status = "failed" if result.error is not None else "done"
@@ -269,64 +279,74 @@ class TrialStore:
             if cur.rowcount != 1:
                 raise StoreError(f"trial {trial_id} is not running; it cannot finish twice")
             if checkpoint is not None:
-                self._save_checkpoint(tx, *checkpoint)
+                self._save_checkpoint(tx, checkpoint)
 
-    def _save_checkpoint(self, tx: sqlite3.Connection, strategy: str, state: bytes) -> None:
+    def _save_checkpoint(self, tx: sqlite3.Connection, ck: Checkpoint) -> None:
         tx.execute(
             "INSERT OR REPLACE INTO checkpoint(id, strategy, state, saved_at) VALUES (1,?,?,?)",
-            (strategy, state, now()),
+            (ck.strategy, ck.state, now()),
+        )
+        if ck.arrays is not None:  # None: unchanged since they were last saved
+            tx.execute(
+                "INSERT OR REPLACE INTO checkpoint_arrays(id, arrays, version) VALUES (1,?,?)",
+                (ck.arrays, ck.arrays_version),
+            )
+
+    def checkpoint(self) -> Checkpoint | None:
+        rows = self.db.query("SELECT strategy, state FROM checkpoint WHERE id = 1")
+        if not rows:
+            return None
+        row = rows[0]
+        found = self.db.query("SELECT arrays, version FROM checkpoint_arrays WHERE id = 1")
+        arrays = found[0] if found else None
+        return Checkpoint(
+            str(row[0]),
+            bytes(row[1]),
+            None if arrays is None else bytes(arrays[0]),
+            None if arrays is None else arrays[1],
         )
 
-    def checkpoint(self) -> tuple[str, bytes] | None:
-        row = self.conn.execute("SELECT strategy, state FROM checkpoint WHERE id = 1").fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
-
     def trials(self, status: str | None = None) -> list[Trial]:
-        sql = "SELECT * FROM trials" + (" WHERE status = ?" if status else "") + " ORDER BY id"
-        cur = self.conn.execute(sql, (status,) if status else ())
-        names = [c[0] for c in cur.description]
-        return [_trial(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+        sql = _SELECT + (" WHERE status = ?" if status else "") + " ORDER BY id"
+        rows = self.db.query(sql, (status,) if status else ())
+        return [_trial(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall()
+        rows = self.db.query("SELECT status, COUNT(*) FROM trials GROUP BY status")
         return {str(s): int(n) for s, n in rows}
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self.db.query(sql, args)[0][0]
 
     def summary(self, bands: list[tuple[float, float]]) -> dict[str, Any]:
         """Counts by status, cached reuses, the best reward, and the best mAP in each
         latency band [lo, hi): what the live display shows, in a few queries."""
-        out: dict[str, Any] = {"counts": self.counts()}
-        (out["cached"],) = self.conn.execute(
-            "SELECT COUNT(*) FROM trials WHERE cached_from IS NOT NULL"
-        ).fetchone()
-        out["best"] = self.conn.execute(
+        best = self.db.query(
             "SELECT id, reward, map, latency_ms FROM trials WHERE status = 'done' "
             "ORDER BY reward DESC, id LIMIT 1"
-        ).fetchone()
-        out["bands"] = [
-            self.conn.execute(
-                "SELECT MAX(map) FROM trials WHERE status = 'done' "
-                "AND latency_ms >= ? AND latency_ms < ?",
-                (lo, hi),
-            ).fetchone()[0]
-            for lo, hi in bands
-        ]
-        (out["child_seconds"],) = self.conn.execute(
-            "SELECT AVG(total_seconds) FROM trials WHERE status IN ('done', 'failed') "
-            "AND cached_from IS NULL AND total_seconds IS NOT NULL"
-        ).fetchone()
-        return out
+        )
+        return {
+            "counts": self.counts(),
+            "cached": self._one("SELECT COUNT(*) FROM trials WHERE cached_from IS NOT NULL"),
+            "best": best[0] if best else None,
+            "bands": [
+                self._one(
+                    "SELECT MAX(map) FROM trials WHERE status = 'done' "
+                    "AND latency_ms >= ? AND latency_ms < ?",
+                    (lo, hi),
+                )
+                for lo, hi in bands
+            ],
+        }
 
     def finished_by_key(self, key: str) -> Trial | None:
         """An earlier finished evaluation of the same architecture (done, not cached)."""
-        cur = self.conn.execute(
-            "SELECT * FROM trials WHERE genotype_key = ? AND status = 'done' "
-            "AND cached_from IS NULL ORDER BY id LIMIT 1",
+        rows = self.db.query(
+            _SELECT + " WHERE genotype_key = ? AND status = 'done' AND cached_from IS NULL "
+            "ORDER BY id LIMIT 1",
             (key,),
         )
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return _trial(dict(zip([c[0] for c in cur.description], row, strict=True)))
+        return _trial(dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
 
 
 def _loads(text: str | None) -> Any:
@@ -363,7 +383,3 @@ def worker_name() -> str:
     import os
 
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def elapsed(start: float) -> float:
-    return time.perf_counter() - start

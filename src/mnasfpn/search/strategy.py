@@ -96,6 +96,24 @@ class Strategy(ABC):
     def restore(self, blob: bytes) -> None:
         self.set_state(unpack_state(blob))
 
+    def arrays_version(self) -> str | None:
+        """Changes whenever the state's numpy arrays change (None: at any time). Lets the
+        store rewrite the large arrays (PPO's weights) only after they changed."""
+        return None
+
+    def save_parts(self, *, arrays: bool = True) -> tuple[bytes, bytes | None]:
+        """The state as (JSON part, arrays part); the arrays only when asked for."""
+        state = self.get_state()
+        light = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        heavy = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+        return json.dumps(light).encode(), (pack_state(heavy) if arrays else None)
+
+    def restore_parts(self, light: bytes, heavy: bytes | None) -> None:
+        state = json.loads(light.decode())
+        if heavy is not None:
+            state.update(unpack_state(heavy))
+        self.set_state(state)
+
 
 def pack_state(state: dict[str, Any]) -> bytes:
     """A state dict → bytes: numpy arrays in an .npz, everything else as one JSON entry."""
