@@ -117,7 +117,7 @@ def main() -> None:
     ratio = predicted / measured
     meta = table.meta
     print(
-        f"# {args.lut}: statistic {meta.get('timing_statistic', 'median (before issue 8)')}, "
+        f"# {args.lut}: statistic {meta.get('statistic', 'median (before issue 8)')}, "
         f"{len(archs)} architectures not in its validation (seed {args.seed}); export "
         f"{export_s:.0f} s, timing {time_s:.0f} s; load average at start {load:.2f}"
     )
