@@ -105,6 +105,18 @@ def test_backbone_weights_from_a_keras_mobilenetv2_file(tmp_path: Path) -> None:
     want = keras.Model(ref.input, ref.get_layer("block_16_project_BN").output)(x)
     got = keras.Model(model.input, model.get_layer("backbone_block16_project").output)(x)
     assert np.allclose(got, want, atol=1e-4)
+    # The Keras 2 layout of the published ImageNet files (…_no_top.h5) loads too.
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    legacy = tmp_path / "mobilenet_v2_no_top.h5"
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    for v in model.weights:  # forget the first load
+        v.assign(np.zeros(v.shape, v.dtype))
+    load_backbone_weights(model, legacy, alpha=alpha, input_size=size)
+    got = keras.Model(model.input, model.get_layer("backbone_block16_project").output)(x)
+    assert np.allclose(got, want, atol=1e-4)
     with pytest.raises(BackboneWeightsError, match="alpha"):
         load_backbone_weights(model, path, alpha=1.0, input_size=size)
     bad = tmp_path / "x.weights.h5"
