@@ -123,3 +123,28 @@ def test_backbone_weights_from_a_keras_mobilenetv2_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not hdf5")
     with pytest.raises(BackboneWeightsError, match="not a Keras MobileNetV2"):
         load_backbone_weights(model, bad, alpha=alpha, input_size=size)
+
+
+def test_checkpoint_keeps_the_data_position_or_says_it_cannot(tmp_path: Path) -> None:
+    from mnasfpn.train.checkpoint import read_latest, restore_checkpoint, save_checkpoint
+
+    v = tf.Variable(1.0)
+    it = iter(tf.data.Dataset.range(10).shuffle(10, seed=1))
+    seen = [int(next(it)) for _ in range(3)]
+    assert save_checkpoint(tmp_path / "a", 3, {"v": v}, it) is True
+    rest = [int(x) for x in it]
+    again = iter(tf.data.Dataset.range(10).shuffle(10, seed=1))
+    v.assign(5.0)
+    restore_checkpoint(tmp_path / "a", read_latest(tmp_path / "a"), {"v": v}, again)
+    assert float(v) == 1.0 and [int(x) for x in again] == rest and len(seen + rest) == 10
+    # A Python function in the pipeline makes the iterator unsaveable: the checkpoint says
+    # so, and the trainer replays the position (same seed, skipping the batches used).
+    py = tf.data.Dataset.range(4).map(lambda x: tf.py_function(lambda y: y, [x], tf.int64))
+    it = iter(py)
+    next(it)
+    assert save_checkpoint(tmp_path / "b", 1, {"v": v}, it) is False
+    assert read_latest(tmp_path / "b").data_state is False
+    for step in (2, 3, 4):
+        save_checkpoint(tmp_path / "b", step, {"v": v}, None)
+    kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("ckpt-*"))
+    assert kept == ["ckpt-3", "ckpt-4"] and read_latest(tmp_path / "b").step == 4
