@@ -616,21 +616,29 @@ class CostModel:
             u = np.where(p & (is_out | is_input) & (later[:, None] > 0), _POW2[16 + (key & 15)], 0)
             outs |= np.bitwise_or.reduce(a | u, axis=1)
         v = len(_VALUES)
+        rows = np.arange(n)
         for bits, is_own in ((own, True), (outs, False)):
-            if not bits.any():
-                continue
-            byte_view = bits.astype("<u8").view(np.uint8).reshape(n, 8)
-            g, k = np.nonzero(np.unpackbits(byte_view, axis=1, bitorder="little"))
-            if is_own:
-                code = _OWN_POOL_CODE[k] + ci[g]
-                inner = k >= 16
-                code[inner] += lv[g[inner], (k[inner] - 16) // 4] * (len(LEVELS) * v)
-                counts = np.where(inner, rep[g], 1)
-            else:
-                code = _OUTS_POOL_CODE[k] + ci[g]
-                counts = np.where(k < 16, 1, later[g])
-            ids = self._lookup(self._pool_table, code, self._pool_component)
-            pieces.append((g, ids, counts.astype(np.float64)))
+            codes, counts = [], []
+            while True:  # one set bit per genotype at a time (a few rounds)
+                present = bits != 0
+                if not present.any():
+                    break
+                low = bits & (~bits + np.uint64(1))
+                bits = bits ^ low
+                k = np.log2(np.where(present, low, 1).astype(np.float64)).astype(np.int64)
+                if is_own:
+                    inner = k >= 16
+                    level = lv[rows, np.where(inner, (k - 16) // 4, 0)]
+                    codes.append(_OWN_POOL_CODE[k] + ci + inner * level * (len(LEVELS) * v))
+                    counts.append(np.where(present, np.where(inner, rep, 1), 0))
+                else:
+                    codes.append(_OUTS_POOL_CODE[k] + ci)
+                    counts.append(np.where(present, np.where(k < 16, 1, later), 0))
+            if codes:
+                count = np.stack(counts, axis=1).astype(np.float64)
+                code = np.stack(codes, axis=1)
+                ids = self._lookup(self._pool_table, code, self._pool_component, count > 0)
+                pieces.append((None, ids, count))
 
     def _check_missing(self, genotypes: Sequence[Genotype], pieces: list[_Piece]) -> None:
         """Raise MissingOpError for the first genotype (by index) that needs a component
@@ -768,13 +776,13 @@ def _check_genotype_fields(sdo: np.ndarray, rep: np.ndarray, nb: np.ndarray) -> 
     for what, values, lo, hi in (
         ("sdo", sdo, 0, 1),
         ("repeats", rep, 1, None),
-        ("block count", nb, NUM_CELL_INPUTS, _MAX_BLOCKS),
+        ("the block count", nb, NUM_CELL_INPUTS, _MAX_BLOCKS),
     ):
         bad = (values < lo) | (values > hi) if hi is not None else values < lo
         if bad.any():
             g = int(np.argmax(bad))
             want = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
-            raise GridError(f"genotype #{g}: {what} {int(values[g])} is outside {want}")
+            raise GridError(f"genotype #{g}: {what} must be {want}, got {int(values[g])}")
 
 
 # Every space registered so far must fit (the cost model checks again when it is made).
