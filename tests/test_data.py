@@ -201,6 +201,9 @@ def test_bad_single_annotations_skipped_with_count(tmp_path: Path) -> None:
         coco = load_coco(root, "train")
     assert coco.skipped == {"zero area": 1, "out of bounds": 1}
     assert len(coco.annotations[0]) == 41
+    gt = coco.ground_truth()  # what COCO eval reads: the kept annotations, clipped
+    assert [a["id"] for a in gt["annotations"]] == [*range(40), 102]
+    assert gt["annotations"][-1]["bbox"] == pytest.approx([39.5, 0, 0.5, 30])
     # Within the tolerance a box is clipped to the image, not dropped.
     assert coco.annotations[0].boxes[-1].tolist() == pytest.approx([39.5, 0, 0.5, 30])
 

@@ -187,6 +187,8 @@ def test_build_through_the_adbd_emulator(tmp_path: Path, cache_dir: Path) -> Non
         "Pixel 4",
         "arm64-v8a",
     )
+    # The phone's identity includes how it was driven: its core mask and run counts.
+    assert (meta["taskset_mask"], meta["num_runs"], meta["use_xnnpack"]) == ("80", 5, False)
     # The same table cannot take host measurements.
     res = CliRunner().invoke(
         lut_main,

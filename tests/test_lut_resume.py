@@ -152,6 +152,7 @@ def test_success_only_when_every_key_has_an_entry(tmp_path: Path, fake_models: P
         ({"threads": 2}, "threads"),
         ({"num_runs": 7}, "num_runs"),
         ({"warmup_runs": 1}, "warmup_runs"),
+        ({"cooldown_s": 1.0}, "cooldown_s"),
     ],
 )
 def test_a_table_refuses_timings_taken_another_way(
@@ -243,3 +244,31 @@ def test_a_second_build_into_one_table_is_refused(tmp_path: Path, fake_models: P
     ):
         _build(out, fake_models, 1)
     assert _build(out, fake_models, 1).ok
+
+
+def test_input_size_hint_is_a_command_that_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from test_lut_predict import make_table
+
+    table = tmp_path / "t.sqlite"
+    make_table(table)
+    res = CliRunner().invoke(
+        lut_main, ["predict", "--lut", str(table), "--arch", "nasfpnlite", "--input-size", "128"]
+    )
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    argv = shlex.split(res.output.split(" with ", 1)[1].strip())
+    assert argv[:2] == ["mnasfpn-lut", "build"]
+    seen: dict[str, Any] = {}
+
+    def fake_build(out: Path, spaces: list[str], device: DeviceOptions, **kw: Any) -> Any:
+        seen.update(out=out, device=device.name, size=kw["config"].input_size)
+        return lut_build.BuildReport(keys=1, already=1)
+
+    monkeypatch.setattr(lut_build, "build_table", fake_build)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(lut_main, argv[1:])
+    assert res.exit_code == 0, res.output
+    assert seen == {"out": Path("NEW.sqlite"), "device": "host", "size": 128}

@@ -586,3 +586,48 @@ def test_a_second_search_in_the_same_folder_is_refused(tmp_path: Path, table: La
         with pytest.raises(MnasfpnError, match=r"trials\.sqlite is being written by another"):
             run_search(tmp_path / "s", table, SurrogateEvaluator(), 4)
         assert len(load_run(tmp_path / "s").trials) == 2  # pareto reads beside it
+
+
+def test_cli_search_run_shows_progress_and_prints_the_frontier(
+    tmp_path: Path, table_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnasfpn.search.cli import ProgressLine, prepare, run_cli_search
+
+    setup = prepare(
+        table_path, "mnasfpn", "evolution", 12, -0.3, None, None, 0, "paper-mnasfpn", None
+    )
+    # T defaults to the table's latency of the paper cell
+    assert setup["reward"].target_ms == pytest.approx(
+        float(setup["table"].predict([get_architecture("paper-mnasfpn")])[0])
+    )
+    run_cli_search(setup, SurrogateEvaluator(), tmp_path / "s", 12, InlineExecutor, False, False)
+    out, err = capsys.readouterr()
+    assert "search finished" in out and "lat ms" in out and "frontier/trial-" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trials 12/12 · done 12") and "best reward" in last, err
+    assert "best mAP" in last and "ETA" in last
+    # a second run of the same command resumes: nothing more to do
+    run_cli_search(setup, SurrogateEvaluator(), tmp_path / "s", 12, InlineExecutor, False, True)
+    assert len(load_run(tmp_path / "s").trials) == 12
+    assert ProgressLine  # the display class the command uses
+
+
+def test_search_cli_refuses_a_bad_data_folder(tmp_path: Path, table_path: Path) -> None:
+    pytest.importorskip("mnasfpn.train.proxy")
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "--lut",
+            str(table_path),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "instances_" in lines[0], result.output
+    assert not (tmp_path / "o").exists()

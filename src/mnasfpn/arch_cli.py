@@ -7,6 +7,7 @@ TensorFlow or Keras (not even indirectly): `describe` is meant to answer instant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -38,13 +39,13 @@ def _check_input_size(ctx: click.Context, param: click.Parameter, value: int) ->
     return value
 
 
-def _arch_options(func: F) -> F:
+def _arch_options(func: F, *, arch_required: bool = True) -> F:
     """--arch, --repeats and the detector around the head (paper defaults)."""
     func = model_options(repeats_option(func))
     return click.option(
         "--arch",
         "arch",
-        required=True,
+        required=arch_required,
         metavar="NAME|FILE.json|FILE.jsonl",
         help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
     )(func)
@@ -153,13 +154,17 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
 
 
 @click.command()
-@_arch_options
+@functools.partial(_arch_options, arch_required=False)
 @click.option(
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the .tflite file.",
 )
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A training run folder: export its trained detector instead of --arch.")
+@click.option("--with-postprocess", is_flag=True,
+              help="With --run: append TFLite's detection post-process (NMS) op.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option(
@@ -172,15 +177,24 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
 )
 @handle_errors
 def export(
-    arch: str,
+    arch: str | None,
     repeats: int | None,
     config: DetectorConfig,
     out: Path,
+    run_dir: Path | None,
+    with_postprocess: bool,
     seed: int,
     force: bool,
     converter: str,
 ) -> None:
-    """Build the detector (untrained weights) as a .tflite file."""
+    """Build the detector (untrained weights, or a run's trained ones) as a .tflite file."""
+    if run_dir is not None or with_postprocess:
+        from mnasfpn.train.export_cli import export_run_command
+
+        export_run_command(run_dir, out, with_postprocess=with_postprocess, arch=arch, force=force)
+        return
+    if arch is None:
+        raise click.ClickException("give --arch NAME|FILE (or --run RUN_DIR for a trained one)")
     genotypes = resolve_archs(arch, repeats)
     if len(genotypes) != 1:
         raise click.ClickException(

@@ -27,9 +27,11 @@ def _register() -> None:
     from mnasfpn.devices.cli import register as register_devices
     from mnasfpn.lut.cli import register as register_lut
     from mnasfpn.search.cli import register as register_search
+    from mnasfpn.train.cli import register as register_train
 
     register_arch(main)
     register_data(main)
+    register_train(main)
     register_devices(lut_main)
     register_lut(lut_main)
     register_search(main)

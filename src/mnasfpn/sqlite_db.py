@@ -113,11 +113,11 @@ class Database:
     @classmethod
     def _open_readonly(cls, path: Path, schema: Schema, timeout: float) -> Database:
         wal = Path(f"{path}-wal")
-        if _is_wal(path) and _writable_place(path):
-            # A WAL-format file (an older file, or a writer that was stopped before it
-            # could switch back): a read-only connection would create -wal/-shm files and
-            # leave them behind. Unless a writer is active, finish any log into the file
-            # and return it to the plain format, once.
+        if _is_wal(path) and not wal.exists() and _writable_place(path):
+            # A WAL-format file with no log (an older file): a read-only connection would
+            # create -wal/-shm files and leave them behind, so return it to the plain
+            # format once. With a log present a writer is at work (or was stopped: its
+            # files are already there), and a read-only connection adds nothing.
             _to_rollback_journal(path, timeout)
         if _is_wal(path) and not wal.exists():
             # Still WAL-format but not writable: nothing is pending in a log, so the file
@@ -377,7 +377,11 @@ def _writer_stamp() -> dict[str, Any]:
 def _take_writer_lock(path: Path, schema: Schema) -> int:
     """An exclusive flock on the file itself (flock and SQLite's POSIX locks are
     independent on Linux), held until close: no lock file is left behind, and a writer
-    that dies releases it with its last descriptor."""
+    that dies releases it with its last descriptor.
+
+    Closing a descriptor drops the process's POSIX locks on the file, SQLite's included;
+    so ours is closed only after the connection, and one process should not hold a writer
+    of a file while it opens another of the same file."""
     fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -8,8 +8,9 @@ Folder layout (what `mnasfpn data synth` writes and real COCO 2017 already is)::
 `load_coco(DIR, split) -> CocoSet` reads and checks one split with no TensorFlow: images
 (id, path, width, height), per-image annotations (COCO x,y,w,h pixel boxes, category ids,
 iscrowd), categories [(id, name)], `class_index` (COCO id ↔ contiguous 0..K-1, in ascending
-id order) and `skipped` (counts of annotations left out, by reason). Bad input raises a
-one-line `DataError` before any training.
+id order), `skipped` (counts of annotations left out, by reason) and `ground_truth()` (the
+COCO document for pycocotools, skipped annotations left out). Bad input raises a one-line
+`DataError` before any training.
 
 `make_dataset(coco, input_size S, batch_size B, *, training, seed=0, max_boxes=100)` yields
 dicts of batched tensors:

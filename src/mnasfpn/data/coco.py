@@ -52,11 +52,13 @@ class ImageRecord:
 @dataclass(frozen=True)
 class ImageAnnotations:
     """One image's kept annotations: `boxes` [N,4] COCO x,y,w,h pixels (float32, clipped to
-    the image), `category_ids` [N] COCO ids (int64), `iscrowd` [N] bool."""
+    the image), `category_ids` [N] COCO ids (int64), `iscrowd` [N] bool, `source_index` [N]
+    each one's position in the file's annotation list."""
 
     boxes: np.ndarray
     category_ids: np.ndarray
     iscrowd: np.ndarray
+    source_index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.category_ids)
@@ -112,6 +114,23 @@ class CocoSet:
     @property
     def num_boxes(self) -> int:
         return sum(len(a) for a in self.annotations)
+
+    def ground_truth(self) -> dict[str, Any]:
+        """The COCO instances document for evaluation (pycocotools): the file's own entries
+        (every field kept, e.g. segmentation `area`, which decides COCO's size buckets),
+        with the skipped annotations left out and kept boxes clipped as here."""
+        doc = _read_json(self.annotation_path)
+        raw = doc["annotations"]
+        anns = []
+        for ann in self.annotations:
+            for i, box in zip(ann.source_index, ann.boxes, strict=True):
+                entry = dict(raw[int(i)])
+                entry["bbox"] = [float(v) for v in box]
+                entry.setdefault("area", float(box[2] * box[3]))
+                entry.setdefault("iscrowd", 0)
+                entry.setdefault("id", int(i) + 1)
+                anns.append(entry)
+        return {**doc, "annotations": anns}
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
@@ -276,9 +295,10 @@ def _annotations(
     boxes: list[list[list[float]]] = [[] for _ in images]
     cats: list[list[int]] = [[] for _ in images]
     crowd: list[list[bool]] = [[] for _ in images]
+    where: list[list[int]] = [[] for _ in images]
     skipped: Counter[str] = Counter()
     total = 0
-    for ann in doc["annotations"]:
+    for position, ann in enumerate(doc["annotations"]):
         total += 1
         try:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
@@ -309,12 +329,14 @@ def _annotations(
         boxes[i].append([x0, y0, x1 - x0, y1 - y0])
         cats[i].append(cid)
         crowd[i].append(bool(ann.get("iscrowd", 0)))
+        where[i].append(position)
     out = [
         ImageAnnotations(
             boxes=np.asarray(b, dtype=np.float32).reshape(-1, 4),
             category_ids=np.asarray(c, dtype=np.int64),
             iscrowd=np.asarray(k, dtype=bool),
+            source_index=np.asarray(w, dtype=np.int64),
         )
-        for b, c, k in zip(boxes, cats, crowd, strict=True)
+        for b, c, k, w in zip(boxes, cats, crowd, where, strict=True)
     ]
     return out, skipped, total

@@ -1,10 +1,13 @@
 """`mnasfpn-lut build`: measure every op key of the chosen spaces on one device.
 
-Resumable: the table commits each measured row in its own transaction, and a build first
-skips the keys already there. Conversion loads the CPU, so on the host every missing
-micro-model is converted first and timing runs alone afterwards; with phones, converting
-the next batch overlaps timing the current one, and several identical phones (`serials`)
-share one queue of keys, one thread each.
+Resumable: the table commits each timing pass in its own transaction, and a build first
+counts the passes each key already has (an op's entry exists once it has `passes` of
+them, and is its fastest pass so far). The table is locked for the build's duration and
+refuses timings taken another way (`identity_of`). Conversion loads the CPU, so on the
+host every missing micro-model is converted first and timing runs alone afterwards; with
+phones, converting the next batch overlaps timing the current one, and several identical
+phones (`serials`) share one queue of keys, one thread each. Ctrl-C stops within about a
+second; conversion workers die with the build, even when it is killed outright.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ def identity_of(
         "binary_version": info.get("binary_version"),
         # The core actually used (a host profile's -1 resolves to a real core).
         "core": info.get("core") if info.get("core") is not None else profile.core,
+        # The CPU mask a phone's benchmark runs under (a host worker pins `core` itself).
+        "taskset_mask": (info.get("extra") or {}).get("taskset_mask"),
         "threads": profile.threads,
         "use_xnnpack": profile.use_xnnpack,
         "input_size": config.input_size,
@@ -95,6 +100,7 @@ def identity_of(
         "min_repeats": profile.min_repeats,
         "max_repeats": profile.max_repeats,
         "stability_tolerance": profile.stability_tolerance,
+        "cooldown_s": profile.cooldown_s,
     }
 
 

@@ -1,8 +1,8 @@
 """`mnasfpn-lut build | predict | validate | show | export`.
 
-`build` writes its micro-models directly and loads TensorFlow only with `--converter tf`;
-`validate` loads it to convert detectors; `predict`, `show`, `export` and `--help` need
-SQLite, the IR and numpy only. Every user error is a `MnasfpnError`, printed
+No command needs TensorFlow: `build` and `validate` write their models directly and
+load it only with `--converter tf`; `predict`, `show`, `export` and `--help` need SQLite,
+the IR and numpy only. Every user error is a `MnasfpnError`, printed
 as one line by cli_common's handler; anything else is a bug and keeps its traceback.
 """
 
@@ -305,6 +305,7 @@ def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
 )
 @device_options(multiple_serials=True, device_required=False)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@_converter_option("Detector writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def validate_command(
@@ -324,6 +325,7 @@ def validate_command(
     benchmark_binary: str | None,
     overrides: dict[str, Any],
     cache_dir: Path | None,
+    converter: str,
     quiet: bool,
 ) -> None:
     """Measure sampled architectures end to end on the table's device (one phone), fit
@@ -349,6 +351,7 @@ def validate_command(
         cache_dir=cache_dir,
         echo=click.echo,
         show_progress=not quiet,
+        converter=converter,
     )
     click.echo(result.summary_text())
     click.echo(f"report: {result.report_path}  plot: {result.plot_path}")

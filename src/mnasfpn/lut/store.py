@@ -112,6 +112,7 @@ DEVICE_FIELDS: tuple[str, ...] = (
     "runtime_version",
     "binary_version",
     "core",
+    "taskset_mask",
     "threads",
     "use_xnnpack",
 )
@@ -125,6 +126,7 @@ OP_TIMING_FIELDS: tuple[str, ...] = (
     "min_repeats",
     "max_repeats",
     "stability_tolerance",
+    "cooldown_s",
 )
 IDENTITY_FIELDS: tuple[str, ...] = DEVICE_FIELDS + SETTINGS_FIELDS + OP_TIMING_FIELDS
 NEW_TABLE_ADVICE = (

@@ -2,7 +2,8 @@
 
 1. Sample many genotypes of the table's spaces, predict their raw sums and pick `samples`
    of them stratified by quantile of predicted latency (plus the named paper cells).
-2. Export each whole detector (`export_tflite`, `jobs` processes, all before any timing)
+2. Write each whole detector (the direct writer; the TensorFlow converter in `jobs`
+   processes with `converter="tf"`), all before any timing,
    and time them on the table's device in `rounds` interleaved rounds; every round of
    every architecture is stored in the table, so a second validate measures nothing new.
 3. Fit the calibration (overhead + non-negative per-op-type scales, scikit-learn) and
@@ -37,6 +38,7 @@ from mnasfpn.lut.fidelity import (
 from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
+from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
 from mnasfpn.parallel import spawn_map
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
@@ -90,11 +92,15 @@ def sample_architectures(
     return picked
 
 
-def _export_one(doc: dict[str, Any], config: dict[str, Any], out: str) -> tuple[str, float]:
-    from mnasfpn.model.export import export_tflite
+def _export_one(
+    doc: dict[str, Any], config: dict[str, Any], out: str, converter: str = DEFAULT_CONVERTER
+) -> tuple[str, float]:
+    from mnasfpn.atomic import write_atomic
+    from mnasfpn.model.convert import detector_tflite
 
     t0 = time.perf_counter()
-    export_tflite(DetectorConfig(**config).opgraph(genotype_from_dict(doc)), out)
+    graph = DetectorConfig(**config).opgraph(genotype_from_dict(doc))
+    write_atomic(out, detector_tflite(graph, converter))
     return out, time.perf_counter() - t0
 
 
@@ -103,14 +109,16 @@ def export_models(
     config: DetectorConfig,
     jobs: int,
     progress: Callable[[int], None] | None = None,
+    converter: str = DEFAULT_CONVERTER,
 ) -> float:
     """Export the detectors (in `jobs` spawned processes); returns the wall time."""
     t0 = time.perf_counter()
     todo = [(g, p) for g, p in jobs_list if not p.exists()]
     if not todo:
         return 0.0
-    tasks = [(g.to_dict(), config.to_dict(), str(p)) for g, p in todo]
-    for _ in spawn_map(_export_one, tasks, jobs):
+    tasks = [(g.to_dict(), config.to_dict(), str(p), converter) for g, p in todo]
+    # The direct writer takes well under a second a detector: no worker processes.
+    for _ in spawn_map(_export_one, tasks, 1 if converter == "direct" else jobs):
         if progress:
             progress(1)
     return time.perf_counter() - t0
@@ -138,6 +146,7 @@ def validate(
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
+    converter: str = DEFAULT_CONVERTER,
 ) -> ValidationResult:
     from tqdm import tqdm
 
@@ -155,7 +164,8 @@ def validate(
         raise TableError(f"{lut_path} lists no spaces; rebuild it with mnasfpn-lut build")
     genotypes = sample_architectures(table, spaces, samples, seed)
     ids = [arch_id(g, st.input_size) for g in genotypes]
-    cache = (cache_dir or default_cache_dir()) / "detectors" / f"tf-{meta.get('converter_version')}"
+    # Before any device work: a missing converter says so. Each converter its own cache.
+    cache = (cache_dir or default_cache_dir()) / "detectors" / converter_id(converter)
     paths = {a: cache / f"{a}-{st.input_size}.tflite" for a in ids}
     timings: dict[str, float] = {}
     measured_new = 0
@@ -182,7 +192,7 @@ def validate(
                 total=len(need), desc="export", unit="model", disable=not show_progress
             ) as bar:
                 timings["export_s"] = export_models(
-                    [(by_id[a], paths[a]) for a in need], st, jobs, bar.update
+                    [(by_id[a], paths[a]) for a in need], st, jobs, bar.update, converter
                 )
             measured_new = _time_e2e(
                 store,

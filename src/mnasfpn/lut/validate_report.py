@@ -111,7 +111,7 @@ def write_report(
         f"# Latency table validation: {result.lut.name}",
         "",
         f"- device: {meta.get('profile')} ({meta.get('device_model')}), "
-        f"{meta.get('runtime')} {meta.get('runtime_version')}, converter tensorflow "
+        f"{meta.get('runtime')} {meta.get('runtime_version')}, micro-models by "
         f"{meta.get('converter_version')}",
         f"- input size {meta.get('input_size')}, spaces {', '.join(meta.get('spaces', []))}",
         f"- {result.n} architectures measured end to end (median of interleaved rounds); "

@@ -15,11 +15,17 @@ def layer_name(op_name: str) -> str:
     return op_name.replace("/", "_")
 
 
-def build_keras_model(graph: OpGraph, *, seed: int | None = 0) -> keras.Model:
-    """The detector of `graph` (before NMS): image in [-1, 1] → [boxes [1,A,4], logits [1,A,K]]."""
+def build_keras_model(
+    graph: OpGraph, *, seed: int | None = 0, batch_size: int | None = 1
+) -> keras.Model:
+    """The detector of `graph` (before NMS): image in [-1, 1] → [boxes [B,A,4], logits [B,A,K]].
+
+    B is 1 for export and timing (what the table measured); training passes None for a free
+    batch dimension. Layer names and weights are the same either way, so weights trained on
+    one load into the other."""
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    image = keras.Input(shape=graph.input_shape, batch_size=1, name="image")
+    image = keras.Input(shape=graph.input_shape, batch_size=batch_size, name="image")
     tensors: dict[int, Any] = {MODEL_INPUT: image}
     shared: dict[str, keras.layers.Layer] = {}
     for op in graph.live_ops():

@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mnasfpn.cli_common import handle_errors
 from mnasfpn.errors import MnasfpnError
+
+if TYPE_CHECKING:
+    from mnasfpn.search.executors import Executor
 
 DEFAULT_TRIALS = 100
 
@@ -194,10 +198,16 @@ def _check_data(data: Path) -> None:
 @click.option("--proxy-lr", type=float, default=None, help="Proxy training peak learning rate.")
 @click.option("--proxy-alpha", type=float, default=None, help="Proxy backbone width.")
 @click.option(
+    "--proxy-backbone-steps",
+    type=int,
+    default=None,
+    help="Training steps of the proxy's shared backbone (once per data set and settings).",
+)
+@click.option(
     "--proxy-threads",
     type=click.IntRange(min=1),
     default=None,
-    help="TensorFlow threads per child [default: TensorFlow's].",
+    help="TensorFlow threads per child [default: CPUs / --workers on a local instance].",
 )
 @click.option(
     "--proxy-timeout",
@@ -235,6 +245,7 @@ def search_cmd(
     proxy_batch_size: int | None,
     proxy_lr: float | None,
     proxy_alpha: float | None,
+    proxy_backbone_steps: int | None,
     proxy_threads: int | None,
     proxy_timeout: float | None,
     cache_dir: Path | None,
@@ -252,6 +263,10 @@ def search_cmd(
         from mnasfpn.search.executors import check_reachable
 
         check_reachable(ray_address)
+    n_workers = workers or _workers_default()
+    if proxy_threads is None and not ray_address:
+        # children share this machine's cores: one TensorFlow pool each, not one per core
+        proxy_threads = max(1, _workers_default() // n_workers)
     budget = _proxy_budget(
         {
             "input_size": proxy_input_size,
@@ -259,6 +274,7 @@ def search_cmd(
             "batch_size": proxy_batch_size,
             "lr": proxy_lr,
             "alpha": proxy_alpha,
+            "backbone_steps": proxy_backbone_steps,
             "threads": proxy_threads,
             "timeout_s": proxy_timeout,
         }
@@ -267,7 +283,13 @@ def search_cmd(
     evaluator = ProxyEvaluator(
         str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
     )
-    run_cli_search(setup, evaluator, out, trials, workers, ray_address, force_new, quiet)
+
+    def ray_executor(ev: Any) -> Executor:
+        from mnasfpn.search.executors import RayExecutor
+
+        return RayExecutor(ev, workers=n_workers, address=ray_address)
+
+    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
 
 
 def prepare(
@@ -336,13 +358,12 @@ def run_cli_search(
     evaluator: Any,
     out: Path,
     trials: int,
-    workers: int | None,
-    ray_address: str | None,
+    make_executor: Callable[[Any], Executor],
     force_new: bool,
     quiet: bool,
 ) -> None:
+    """Run (or resume) the search, showing progress, then print its frontier."""
     from mnasfpn.search.driver import Search, SearchSettings, open_store
-    from mnasfpn.search.executors import RayExecutor
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
 
     settings = SearchSettings(
@@ -358,11 +379,15 @@ def run_cli_search(
     # Refuse a folder with other settings before starting any worker.
     open_store(out, settings, force_new=force_new).close()
     start = time.perf_counter()
-    executor = RayExecutor(evaluator, workers=workers or _workers_default(), address=ray_address)
+    executor = make_executor(evaluator)
     progress = None if quiet else ProgressLine()
     search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
     try:
         search.run()
+    except KeyboardInterrupt:
+        raise MnasfpnError(
+            f"interrupted; {out} keeps every finished trial: run the same command to resume"
+        ) from None
     finally:
         if progress is not None:
             progress.end()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -272,8 +273,9 @@ class Search:
     ) -> None:
         reward = None
         if result.error is None:
-            if result.map is None or latency is None:
-                result = ChildResult(**{**result.__dict__, "error": "child returned no mAP"})
+            if result.map is None or not math.isfinite(result.map) or latency is None:
+                error = f"child returned no usable mAP ({result.map})"
+                result = ChildResult(**{**result.__dict__, "error": error})
             else:
                 reward = self.settings.reward.reward(result.map, latency)
         self.strategy.learn([Outcome(proposal, reward)])

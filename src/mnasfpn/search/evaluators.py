@@ -24,7 +24,10 @@ class ProxyEvaluator:
     cache_dir: str | None = None
 
     def identity(self) -> dict[str, Any]:
-        budget = asdict(self.budget) if is_dataclass(self.budget) else repr(self.budget)
+        budget = asdict(self.budget) if is_dataclass(self.budget) else {"repr": repr(self.budget)}
+        # how a child runs (threads, time limit) does not change what its score means
+        for how in ("threads", "timeout_s"):
+            budget.pop(how, None)
         return {"kind": "proxy", "data": self.data, "budget": budget}
 
     def __call__(self, genotype: Genotype) -> ChildResult:

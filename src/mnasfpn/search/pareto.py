@@ -181,7 +181,9 @@ def plot(runs: list[SearchRun], path: Path) -> None:
                     fontsize=8,
                 )
     ax.set_xlabel("predicted latency (ms, from the table)")
-    ax.set_ylabel("proxy mAP")
+    kinds = {run.settings.get("evaluator", {}).get("kind") for run in runs}
+    # a benchmark's surrogate is not a measurement: say so on the axis
+    ax.set_ylabel("synthetic accuracy (surrogate)" if kinds == {"surrogate"} else "proxy mAP")
     ax.set_title("Search trials and frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

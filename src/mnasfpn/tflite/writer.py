@@ -111,7 +111,8 @@ class _ModelBuilder:
 
     def tensor(self, shape: Sequence[int], name: str, dtype: int = fb.TensorType.FLOAT32) -> int:
         t = fb.TensorT()
-        t.shape = [int(d) for d in shape]
+        # numpy vectors: the generated Pack writes them in one copy, lists element by element.
+        t.shape = np.array(shape, np.int32)
         t.type = dtype
         t.buffer = 0
         t.name = name
@@ -144,8 +145,8 @@ class _ModelBuilder:
             self.opcodes[op_type] = len(self.opcodes)
         o = fb.OperatorT()
         o.opcodeIndex = self.opcodes[op_type]
-        o.inputs = inputs
-        o.outputs = [output]
+        o.inputs = np.array(inputs, np.int32)
+        o.outputs = np.array([output], np.int32)
         o.builtinOptionsType = options_type
         o.builtinOptions = options
         self.operators.append(o)
@@ -240,8 +241,8 @@ class _ModelBuilder:
     def finish(self, inputs: list[int], outputs: list[int]) -> bytes:
         sub = fb.SubGraphT()
         sub.tensors = self.tensors
-        sub.inputs = inputs
-        sub.outputs = outputs
+        sub.inputs = np.array(inputs, np.int32)
+        sub.outputs = np.array(outputs, np.int32)
         sub.operators = self.operators
         sub.name = "main"
 

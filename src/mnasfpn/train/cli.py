@@ -1,0 +1,295 @@
+"""`mnasfpn train | eval | detect`: TensorFlow loads only inside the command bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mnasfpn.cli_common import handle_errors
+from mnasfpn.train.checkpoint import require_checkpoint
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def require_tensorflow(command: str) -> None:
+    """One line instead of an import traceback where the train extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise click.ClickException(
+            f"mnasfpn {command} needs TensorFlow, which is not installed: "
+            "pip install 'mnasfpn[train]'"
+        )
+
+
+def _parameter_given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (
+        click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None,
+    )  # fmt: skip
+
+
+@click.command("train")
+@click.option(
+    "--arch",
+    required=True,
+    metavar="NAME|FILE.json",
+    help="A named architecture (paper-mnasfpn, ...) or a genotype file.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="COCO-format folder: annotations/instances_SPLIT.json + SPLIT/ images.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder: run.json, checkpoints/, metrics.csv.",
+)
+@click.option("--split", default="train", show_default=True, help="Training split.")
+@click.option(
+    "--input-size",
+    type=int,
+    default=320,
+    show_default=True,
+    help="Square input side, a multiple of 64.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps.")
+@click.option(
+    "--epochs",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Training length in passes over the data (instead of --steps).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Peak learning rate [default: 0.4 × batch / 64, the paper's proxy rate].",
+)
+@click.option(
+    "--backbone-alpha",
+    type=click.FloatRange(min=0, min_open=True, max=2),
+    default=1.0,
+    show_default=True,
+    help="MobileNetV2 depth multiplier.",
+)
+@click.option(
+    "--backbone-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keras MobileNetV2 .h5/.weights.h5 file (default: scratch).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Cell repeats (default: the architecture's own).",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Predictor tower depth D.",
+)
+@click.option(
+    "--ema",
+    "ema_decay",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Keep an EMA of the weights with this decay (e.g. 0.9998).",
+)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@handle_errors
+def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, split: str,
+                  input_size: int, steps: int | None, epochs: float | None, batch_size: int,
+                  lr: float | None, backbone_alpha: float, backbone_weights: Path | None,
+                  repeats: int | None, depth: int, ema_decay: float | None,
+                  checkpoint_every: int, seed: int, resume: bool, quiet: bool) -> None:  # fmt: skip
+    """Train an SSD detector with this head on a COCO-format folder."""
+    from mnasfpn.archs import resolve_archs
+    from mnasfpn.ir.config import DetectorConfig
+    from mnasfpn.train.run import HParams, RunError, RunInfo, load_run
+    from mnasfpn.train.schedule import bn_momentum, default_lr, default_warmup
+
+    # Every check runs before TensorFlow loads or anything is written.
+    genotypes = resolve_archs(arch, repeats)
+    if len(genotypes) != 1:
+        raise click.ClickException(f"--arch {arch!r} holds {len(genotypes)} genotypes; "
+                                   "train takes exactly one")  # fmt: skip
+    genotype = genotypes[0]
+    if steps is not None and epochs is not None:
+        raise click.ClickException("give --steps or --epochs, not both")
+    if steps is None and epochs is None and not resume:
+        raise click.ClickException("give the training length: --steps N or --epochs E")
+    if backbone_weights is not None and not backbone_weights.is_file():
+        raise click.ClickException(f"--backbone-weights {str(backbone_weights)!r}: file not found")
+    previous = None
+    if resume:
+        previous = load_run(run_dir)
+    elif (run_dir / "run.json").exists():
+        raise click.ClickException(f"--out {str(run_dir)!r} already holds a run; pass --resume "
+                                   "to continue it or choose another folder")  # fmt: skip
+
+    require_tensorflow("train")
+    from mnasfpn.train.data_source import categories, open_split, train_batches
+
+    coco = open_split(data_dir, split)
+    cats = categories(coco)
+    detector = DetectorConfig(input_size=input_size, num_classes=len(cats),
+                              alpha=backbone_alpha, depth=depth)  # fmt: skip
+    if previous is not None:
+        wanted = RunInfo(genotype, detector, previous.hparams, "", str(data_dir), cats)
+        if not previous.same_architecture(wanted):
+            raise RunError(
+                f"--resume: {run_dir} was made for another architecture "
+                f"({_arch_label(previous)}); this command asks for {_arch_label(wanted)}"
+            )
+        if previous.categories != cats:
+            raise RunError(f"--resume: {data_dir} has other categories than the run was "
+                           "trained on")  # fmt: skip
+        ignored = [n for n in ("steps", "epochs", "batch_size", "lr", "ema_decay",
+                               "checkpoint_every", "seed", "backbone_weights")
+                   if _parameter_given(ctx, n)]  # fmt: skip
+        if ignored:
+            click.echo(
+                "note: --resume keeps the run's own settings; ignoring "
+                + ", ".join("--" + n.replace("_", "-") for n in ignored),
+                err=True,
+            )
+        info = previous
+    else:
+        if steps is None:
+            per_epoch = max(1, len(coco.images) // batch_size)
+            steps = max(1, math.ceil((epochs or 0) * per_epoch))
+        hp = HParams(
+            steps=steps, batch_size=batch_size, lr=lr or default_lr(batch_size),
+            warmup_steps=default_warmup(steps), bn_momentum=bn_momentum(steps),
+            ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed,
+        )  # fmt: skip
+        weights = str(backbone_weights.resolve()) if backbone_weights else "scratch"
+        info = RunInfo(genotype, detector, hp, weights, str(data_dir.resolve()), cats)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info.save(run_dir)
+
+    from mnasfpn.train.trainer import train
+
+    hp = info.hparams
+    click.echo(f"training {_arch_label(info)} on {len(coco.images)} images of {data_dir} "
+               f"({split}) for {hp.steps} steps, batch {hp.batch_size}, peak lr {hp.lr:g}, "
+               f"backbone {info.backbone_weights}")  # fmt: skip
+    result = train(
+        run_dir, info,
+        train_batches(coco, info.detector.input_size, hp.batch_size, hp.seed),
+        resume=resume,
+        # Loaded only when the run starts fresh (a resumed one has them in its checkpoint).
+        backbone_weights=None if info.backbone_weights == "scratch"
+        else Path(info.backbone_weights),
+        progress=not quiet,
+        images_per_epoch=len(coco.images),
+        echo=lambda s: click.echo(s, err=True),
+    )  # fmt: skip
+    last = result.last
+    click.echo(f"done: step {result.final_step} of {hp.steps} in {result.seconds:.0f} s "
+               f"({result.images_per_s:.1f} images/s); last loss {last.get('loss', math.nan):.4f} "
+               f"(class {last.get('cls_loss', math.nan):.4f}, box "
+               f"{last.get('box_loss', math.nan):.4f}); run in {run_dir}")  # fmt: skip
+
+
+def _arch_label(info: Any) -> str:
+    g, d = info.genotype, info.detector
+    name = g.name or f"a {g.space} genotype"
+    return (f"{name}, C={g.channels}, {g.repeats} repeats, input {d.input_size}, "
+            f"{d.num_classes} classes, alpha {d.alpha}, depth {d.depth}")  # fmt: skip
+
+
+@click.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", default="val", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@handle_errors
+def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
+                 as_json: bool) -> None:  # fmt: skip
+    """COCO mAP (and @0.5, @0.75, small/medium/large) of a trained run on a split."""
+    from mnasfpn.train.run import RunError, load_run
+
+    info = load_run(run_dir)
+    require_checkpoint(run_dir)
+    require_tensorflow("eval")
+    from mnasfpn.train.data_source import categories, eval_batches, ground_truth, open_split
+
+    coco = open_split(data_dir, split)
+    if categories(coco) != info.categories:
+        raise RunError(f"{data_dir} ({split}) has other categories than run {run_dir} was "
+                       "trained on")  # fmt: skip
+    from mnasfpn.train.coco_metrics import METRIC_NAMES, coco_metrics
+    from mnasfpn.train.detector import build_detector, restore_weights
+    from mnasfpn.train.evaluate import predict_dataset
+
+    model = build_detector(info.genotype, info.detector, batch_size=None)
+    step = restore_weights(model, run_dir)
+    size = info.detector.input_size
+    ids = [c["id"] for c in info.categories]
+    results, seen = predict_dataset(model, eval_batches(coco, size, batch_size), size, ids)
+    metrics = coco_metrics(ground_truth(coco), results, seen)
+    if as_json:
+        click.echo(json.dumps({"run": str(run_dir), "step": step, "split": split,
+                               "images": len(seen), "detections": len(results),
+                               **{k: (None if math.isnan(v) else v)
+                                  for k, v in metrics.items()}}))  # fmt: skip
+        return
+    click.echo(f"{run_dir} (step {step}) on {data_dir} {split}: {len(seen)} images, "
+               f"{len(results)} detections")  # fmt: skip
+    for name in METRIC_NAMES:
+        v = metrics[name]
+        click.echo(f"  {name:<11} {'n/a (no such objects)' if math.isnan(v) else f'{v:.4f}'}")
+
+
+@click.command("detect")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the annotated PNGs.",
+)
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@handle_errors
+def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
+                   min_score: float) -> None:  # fmt: skip
+    """Draw a trained run's detections (after NMS) on images, with class names and scores."""
+    from mnasfpn.train.run import load_run
+
+    info = load_run(run_dir)
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise click.ClickException(f"image not found: {', '.join(missing)}")
+    require_checkpoint(run_dir)
+    require_tensorflow("detect")
+    from mnasfpn.train.detect import detect_images
+
+    for src, dst, count in detect_images(info, run_dir, list(images), out_dir, min_score):
+        click.echo(f"{src}: {count} detections → {dst}")
+
+
+def register(group: click.Group) -> None:
+    for command in (train_command, eval_command, detect_command):
+        group.add_command(command)

@@ -1,0 +1,89 @@
+"""Detections of a trained detector (decode, sigmoid, NMS, back to original pixels) and
+their COCO metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.anchors import anchor_centers_sizes
+from mnasfpn.train.detector import preprocess
+
+NMS_IOU = 0.6
+SCORE_THRESHOLD = 0.01
+MAX_DETECTIONS = 100
+
+
+@dataclass(frozen=True)
+class NmsConfig:
+    iou: float = NMS_IOU
+    score_threshold: float = SCORE_THRESHOLD
+    max_detections: int = MAX_DETECTIONS
+
+
+def make_predict_fn(model: Any, input_size: int, nms: NmsConfig | None = None) -> Any:
+    """images 0..255 [B,S,S,3] → (boxes [B,N,4] normalized corners, scores, classes, counts)."""
+    tf = load_tensorflow()
+    from mnasfpn.train.boxes import decode
+
+    nms = nms or NmsConfig()
+    anchors = tf.constant(anchor_centers_sizes(input_size))
+
+    @tf.function(reduce_retracing=True)
+    def predict(images: Any) -> tuple[Any, Any, Any, Any]:
+        codes, logits = model(preprocess(images), training=False)
+        boxes = decode(codes, anchors)
+        scores = tf.sigmoid(logits)
+        out = tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :],
+            scores,
+            max_output_size_per_class=nms.max_detections,
+            max_total_size=nms.max_detections,
+            iou_threshold=nms.iou,
+            score_threshold=nms.score_threshold,
+            clip_boxes=True,
+        )
+        return out.nmsed_boxes, out.nmsed_scores, out.nmsed_classes, out.valid_detections
+
+    return predict
+
+
+def detections_to_coco(
+    boxes: Any, scores: Any, classes: Any, counts: Any, image_ids: Any, scales: Any,
+    input_size: int, category_ids: list[int],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One batch of NMS output → COCO results in original image pixels.
+
+    Boxes are normalized to the padded input square; `scale` is input pixels per original
+    pixel (the image was resized, then padded at the bottom/right)."""
+    out = []
+    for b in range(len(counts)):
+        factor = input_size / float(scales[b])
+        for i in range(int(counts[b])):
+            ymin, xmin, ymax, xmax = (float(v) * factor for v in boxes[b, i])
+            out.append({
+                "image_id": int(image_ids[b]),
+                "category_id": int(category_ids[int(classes[b, i])]),
+                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                "score": float(scores[b, i]),
+            })  # fmt: skip
+    return out
+
+
+def predict_dataset(
+    model: Any, batches: Iterable[dict[str, Any]], input_size: int, category_ids: list[int],
+    nms: NmsConfig | None = None,
+) -> tuple[list[dict[str, Any]], list[int]]:  # fmt: skip
+    """COCO results for every image of `batches`, and the ids of the images seen."""
+    predict = make_predict_fn(model, input_size, nms)
+    results: list[dict[str, Any]] = []
+    seen: list[int] = []
+    for batch in batches:
+        boxes, scores, classes, counts = (t.numpy() for t in predict(batch["image"]))
+        ids = batch["image_id"].numpy()
+        results += detections_to_coco(boxes, scores, classes, counts, ids,
+                                      batch["scale"].numpy(), input_size, category_ids)  # fmt: skip
+        seen += [int(i) for i in ids]
+    return results, seen

@@ -1,0 +1,53 @@
+"""`mnasfpn export --run`: the body behind arch_cli's export option (TensorFlow loads here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mnasfpn.errors import MnasfpnError
+
+
+def export_run_command(
+    run_dir: Path | None, out: Path, *, with_postprocess: bool, arch: str | None, force: bool
+) -> None:
+    if run_dir is None:
+        raise click.ClickException("--with-postprocess needs --run RUN_DIR (a trained detector)")
+    if arch is not None:
+        raise click.ClickException("give --arch or --run, not both (a run knows its architecture)")
+    from mnasfpn.atomic import check_output
+    from mnasfpn.train.checkpoint import require_checkpoint
+    from mnasfpn.train.cli import require_tensorflow
+    from mnasfpn.train.run import load_run
+
+    try:
+        info = load_run(run_dir)
+        require_checkpoint(run_dir)
+        check_output(out, force=force)
+        if not out.parent.is_dir():
+            raise click.ClickException(
+                f"--out {str(out)!r}: directory {str(out.parent)!r} not found"
+            )
+        require_tensorflow("export --run")
+        from mnasfpn.train.export import export_run
+
+        written, step = export_run(
+            info, run_dir, out, with_postprocess=with_postprocess, replace=force
+        )
+    except MnasfpnError as exc:
+        raise click.ClickException(str(exc)) from None
+    size = written.stat().st_size
+    what = "with detection post-process" if with_postprocess else "before NMS"
+    click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes): {run_dir} at step "
+               f"{step}, {what}; input: image [1,{info.detector.input_size},"
+               f"{info.detector.input_size},3] scaled to [-1, 1] (2/255·x − 1)")  # fmt: skip
+    if with_postprocess:
+        n = info.detector.num_classes
+        click.echo("  outputs (signature order): boxes [1,100,4] normalized ymin,xmin,ymax,xmax; "
+                   f"classes [1,100] (0..{n - 1}); scores [1,100]; count [1]")  # fmt: skip
+        return
+    from ai_edge_litert.interpreter import Interpreter
+
+    for d in Interpreter(model_path=str(written)).get_output_details():
+        click.echo(f"  {d['name']}: {[int(x) for x in d['shape']]}")

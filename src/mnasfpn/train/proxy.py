@@ -1,0 +1,294 @@
+"""The proxy task the search ranks children with: `proxy_evaluate(genotype, data, budget)`.
+
+Importing this module does not import TensorFlow (the search's parent process imports it);
+each evaluation runs in a spawned child process, so a crash or an out-of-memory kill there
+raises `ProxyError` here and the caller carries on.
+
+What a child costs, and why it stays honest (settings are `ProxyBudget`'s defaults):
+
+* **Backbone trained once, then frozen.** The paper's proxy fine-tunes an ImageNet
+  backbone for every child; ImageNet weights cannot be downloaded here and a CPU cannot
+  afford it per child. So once per (data, backbone settings) a MobileNetV2 (α 0.35) is
+  trained from scratch as part of a fixed hand-made detector (the NAS-FPN-lite cell, one
+  repeat: not any candidate, so no child gets features co-adapted to it), then frozen.
+* **Features cached.** Its C3, C4, C5 maps of every train and val image (plus the
+  mirrored train images: flip augmentation survives the cache) are stored once on disk
+  (float16) under a lock, so concurrent children never compute them twice or race.
+* **Only what the genotype decides is trained per child**: C6 (its width is C), the
+  cells and the SSD predictor, from a seeded initialization, with the project's real SSD
+  loss (IoU-0.5 matching, focal + smooth-L1), momentum SGD, the paper's schedule shape
+  (warm-up, ×0.1 at 80% and 93%), gradient clipping 10, for a fixed number of steps.
+* **At a reduced input size** (128: the four levels are 16, 8, 4, 2 cells), so small
+  objects are hard and the head's multi-scale design shows in the score.
+* **mAP is measured, not estimated**: detections on the val split go through the same
+  decode, NMS and pycocotools COCO evaluation as `mnasfpn eval`, in original pixels.
+
+Latency is not the proxy's business: the search reads it from the table at the deployment
+size. `benchmarks/proxy_task.py` measures a child's wall time and whether the proxy tells a
+strong head from a weak one by more than its seed-to-seed spread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnasfpn.errors import MnasfpnError
+from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
+
+# Bump when a change makes cached backbones / features incompatible.
+CACHE_VERSION = 1
+
+
+class ProxyError(MnasfpnError):
+    """A proxy child failed (crashed, was killed, ran out of time or memory)."""
+
+
+class ProxyBudgetError(MnasfpnError, ValueError):
+    """Proxy settings that cannot run (input size not a multiple of 64, a zero step count)."""
+
+
+@dataclass(frozen=True)
+class ProxyBudget:
+    """Everything that decides a proxy score. Children are comparable only under one budget;
+    `seed` changes the child's initialization and batch order (not the backbone)."""
+
+    input_size: int = 128
+    steps: int = 800
+    batch_size: int = 16
+    lr: float = 0.1
+    alpha: float = 0.35
+    seed: int = 0
+    depth: int = 64  # SSD predictor depth D
+    warmup_frac: float = 0.05
+    weight_decay: float = 4e-5
+    # The shared frozen backbone (trained once per data set and these settings).
+    backbone_steps: int = 1500
+    backbone_batch_size: int = 16
+    backbone_lr: float = 0.08
+    backbone_seed: int = 0
+    backbone_head: str = "nasfpnlite"
+    backbone_head_repeats: int = 1
+    flip_views: bool = True  # also cache mirrored train images
+    # Child process limits: TensorFlow threads (None: its default) and a wall-clock limit.
+    threads: int | None = None
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        from mnasfpn.ir.build import check_input_size
+
+        try:
+            check_input_size(self.input_size)
+        except ValueError as exc:
+            raise ProxyBudgetError(f"proxy input size: {exc}") from None
+        positive = ("steps", "batch_size", "lr", "depth", "backbone_steps",
+                    "backbone_batch_size", "backbone_lr")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ProxyBudgetError(f"proxy {name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.alpha <= 2:
+            raise ProxyBudgetError(f"proxy backbone alpha must be in (0, 2], got {self.alpha}")
+        if self.threads is not None and self.threads < 1:
+            raise ProxyBudgetError(f"proxy threads must be at least 1, got {self.threads}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ProxyBudgetError(f"proxy timeout must be positive, got {self.timeout_s}")
+
+    def backbone_fields(self) -> dict[str, Any]:
+        """The settings the cached backbone and features depend on."""
+        keys = (
+            "input_size", "alpha", "backbone_steps", "backbone_batch_size", "backbone_lr",
+            "backbone_seed", "backbone_head", "backbone_head_repeats", "flip_views",
+        )  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProxyResult:
+    map: float  # COCO mAP@[.5:.95] on the val split
+    map50: float
+    map75: float
+    metrics: dict[str, float]  # every COCO figure (mAP, mAP50, mAP75, small, medium, large)
+    train_seconds: float  # this child's head training
+    eval_seconds: float
+    total_seconds: float  # wall time in the caller, process start to result
+    steps: int
+    backbone_seconds: float = 0.0  # training the shared backbone + caching features (0: cached)
+    final_loss: float = float("nan")
+    head_params: int = 0
+    val_images: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def weak_head() -> Genotype:
+    """A deliberately weak head of the `mnasfpn` space, the proxy's sanity check against
+    `paper-mnasfpn`: C = F = 16, one repeat, no expansion, and every block built from the
+    coarsest features only (one intermediate block on C5 + C6 at level 6; each output block
+    reads it or the previous output), so finer levels get nothing but upsampled coarse
+    features (plus a cell input as residual where its width happens to match C)."""
+    return Genotype(
+        space="mnasfpn",
+        channels=16,
+        blocks=(
+            Block((2, 3), 6, 16, 3),  # node 4: C5 + C6 → level 6
+            Block((3, 4), 3, 16, 3),  # outputs, levels 3..6, from coarse nodes only
+            Block((4, 5), 4, 16, 3),
+            Block((4, 6), 5, 16, 3),
+            Block((4, 7), 6, 16, 3),
+        ),
+        repeats=1,
+        name="weak-c16",
+    )
+
+
+def data_fingerprint(data: Path) -> str:
+    """A digest of where the train and val annotation files are, their sizes and change
+    times (not their content: COCO's train file is 450 MB and every child computes this),
+    and the image folders' paths. Rewriting a split makes a new cache entry."""
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        ann = data / "annotations" / f"instances_{split}.json"
+        try:
+            st = ann.stat()
+            h.update(f"{ann.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError as exc:
+            from mnasfpn.data.coco import DataError
+
+            raise DataError(
+                f"proxy data {data} needs annotations/instances_{split}.json ({exc.strerror})"
+            ) from None
+        h.update(str((data / split).resolve()).encode())
+    return h.hexdigest()[:16]
+
+
+def backbone_cache_dir(cache_dir: Path, data: Path, budget: ProxyBudget) -> Path:
+    key = json.dumps({"v": CACHE_VERSION, "data": data_fingerprint(data),
+                      **budget.backbone_fields()}, sort_keys=True)  # fmt: skip
+    return cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnasfpn" / "proxy"
+
+
+def proxy_evaluate(
+    genotype: Genotype,
+    data: Path | str,
+    budget: ProxyBudget,
+    *,
+    cache_dir: Path | str | None = None,
+) -> ProxyResult:
+    """Proxy-train `genotype`'s head on `data` (a folder with train and val splits, as
+    `mnasfpn data synth` writes) under `budget`, in a spawned process; return its COCO
+    figures on the val split. The first call for a (data, backbone settings) pair also
+    trains and caches the shared backbone and its features (minutes); later ones reuse them.
+
+    Raises DataError for unusable data, ProxyError when the child fails."""
+    from mnasfpn.data.coco import DataError
+
+    data = Path(data)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    data_fingerprint(data)  # missing annotation files: fail here, before spawning
+    ctx = mp.get_context("spawn")  # TensorFlow is not fork-safe
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_child_main,
+        args=(send, genotype.to_dict(), str(data), budget.to_dict(), str(cache), os.getpid()),
+        name=f"proxy-{genotype.name or 'child'}",
+        daemon=True,
+    )
+    t0 = time.perf_counter()
+    proc.start()
+    send.close()
+    message: tuple[str, Any] | None = None
+    try:
+        if recv.poll(budget.timeout_s):
+            try:
+                message = recv.recv()
+            except EOFError:
+                message = None
+        elif proc.is_alive():
+            proc.kill()
+            proc.join()
+            raise ProxyError(
+                f"proxy child for {_label(genotype)} ran past its {budget.timeout_s:g} s limit "
+                "and was stopped"
+            )
+    finally:
+        recv.close()
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if message is None:
+        code = proc.exitcode
+        why = "killed by the system, likely out of memory" if code == -9 else f"exit code {code}"
+        raise ProxyError(f"proxy child for {_label(genotype)} died without a result ({why})")
+    kind, payload = message
+    if kind == "ok":
+        payload["total_seconds"] = time.perf_counter() - t0
+        return ProxyResult(**payload)
+    if kind == "data":
+        raise DataError(payload)
+    raise ProxyError(f"proxy child for {_label(genotype)} failed: {payload}")
+
+
+def _label(genotype: Genotype) -> str:
+    return genotype.name or f"a C={genotype.channels} genotype"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process when the caller (pid `parent`, passed in: it may be gone before this
+    runs) is gone: an orphaned child would otherwise keep training for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="proxy-parent-watch").start()
+
+
+def _child_main(
+    conn: Any,
+    genotype_doc: dict[str, Any],
+    data: str,
+    budget_doc: dict[str, Any],
+    cache: str,
+    parent: int,
+) -> None:
+    """Entry point of the spawned process: run the proxy, send ('ok', result fields),
+    ('data', message) or ('error', one line)."""
+    from mnasfpn.data.coco import DataError
+
+    _exit_with_parent(parent)
+    try:
+        from mnasfpn.train.proxy_worker import run_proxy
+
+        genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
+        result = run_proxy(genotype, Path(data), ProxyBudget(**budget_doc), Path(cache))
+        conn.send(("ok", result))
+    except DataError as exc:
+        conn.send(("data", str(exc)))
+    except MnasfpnError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException as exc:  # a bug or a resource failure: keep where it happened
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" at {Path(last[0].filename).name}:{last[0].lineno}" if last else ""
+        conn.send(("error", f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")))
+    finally:
+        conn.close()
