@@ -53,6 +53,13 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=40, help="sampled micro-model keys")
     ap.add_argument("--jobs", type=int, default=2, help="converter processes (space build)")
     ap.add_argument("--no-space-build", action="store_true")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="host profile override for the latency part, e.g. num_runs=10 (repeatable)",
+    )
     args = ap.parse_args()
 
     from mnasfpn.tfenv import load_tensorflow
@@ -104,15 +111,20 @@ def main() -> None:
     )
 
     # 2. latency of the same genotypes, direct vs converter
-    from mnasfpn.devices import open_device
+    from mnasfpn.devices import load_profile, open_device
 
     paths = [p for _, d, t in files for p in (d, t)]
     runs: dict[Path, list[float]] = {p: [] for p in paths}
-    with open_device("host") as dev:
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = type(getattr(load_profile("host"), field))(value)
+    with open_device("host", overrides=overrides) as dev:
         p = dev.profile
         print(
             f"\nhost latency, {args.rounds} interleaved rounds (profile host: "
-            f"{p.threads} thread, xnnpack={p.use_xnnpack}); ms = median over rounds"
+            f"{p.threads} thread, xnnpack={p.use_xnnpack}, {p.num_runs} runs x "
+            f"{p.min_repeats}..{p.max_repeats} repeats); ms = median over rounds"
         )
         for r in range(args.rounds):
             order = paths[:]

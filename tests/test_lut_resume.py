@@ -29,6 +29,11 @@ class ScriptedDevice:
     """Times a model as a fixed function of its file name (and of the pass, by call count);
     `fail_after` timings, it raises as a phone that went away would."""
 
+    timing_statistic = "median-wall"
+
+    def load_summary(self) -> dict[str, Any]:
+        return {"remeasured": 0}
+
     def __init__(self, profile: Profile, *, fail_after: int | None = None) -> None:
         self.profile = profile
         self.calls = 0
@@ -53,7 +58,7 @@ class ScriptedDevice:
             ms = base * (1 + (self.calls % 3) / 10)
             res = TimingResult(
                 model=str(p), ok=True, median_ms=ms, min_ms=ms * 0.9, std_ms=ms / 50, runs=5,
-                dispersion=0.01,
+                dispersion=0.01, latency_ms=ms, statistic="median", clock="wall",
             )  # fmt: skip
             out.append(res)
             progress(i, len(paths), res)
@@ -183,7 +188,7 @@ def test_identity_is_recorded(tmp_path: Path, fake_models: Path) -> None:
         "profile": "host", "device_model": "scripted cpu", "core": 1, "threads": 1,
         "use_xnnpack": False, "num_runs": 12, "warmup_runs": 10, "runtime_version": "2.3.0",
         "binary_version": "numpy 2", "input_size": 64,
-        "statistic": "median", "overrides": {"num_runs": 12},
+        "statistic": "median-wall", "overrides": {"num_runs": 12},
     }  # fmt: skip
     assert {k: meta[k] for k in expected} == expected
 
@@ -244,3 +249,31 @@ def test_a_second_build_into_one_table_is_refused(tmp_path: Path, fake_models: P
     ):
         _build(out, fake_models, 1)
     assert _build(out, fake_models, 1).ok
+
+
+def test_input_size_hint_is_a_command_that_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from test_lut_predict import make_table
+
+    table = tmp_path / "t.sqlite"
+    make_table(table)
+    res = CliRunner().invoke(
+        lut_main, ["predict", "--lut", str(table), "--arch", "nasfpnlite", "--input-size", "128"]
+    )
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    argv = shlex.split(res.output.split(" with ", 1)[1].strip())
+    assert argv[:2] == ["mnasfpn-lut", "build"]
+    seen: dict[str, Any] = {}
+
+    def fake_build(out: Path, spaces: list[str], device: DeviceOptions, **kw: Any) -> Any:
+        seen.update(out=out, device=device.name, size=kw["config"].input_size)
+        return lut_build.BuildReport(keys=1, already=1)
+
+    monkeypatch.setattr(lut_build, "build_table", fake_build)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(lut_main, argv[1:])
+    assert res.exit_code == 0, res.output
+    assert seen == {"out": Path("NEW.sqlite"), "device": "host", "size": 128}

@@ -198,6 +198,12 @@ def _check_data(data: Path) -> None:
 @click.option("--proxy-lr", type=float, default=None, help="Proxy training peak learning rate.")
 @click.option("--proxy-alpha", type=float, default=None, help="Proxy backbone width.")
 @click.option(
+    "--proxy-backbone-steps",
+    type=int,
+    default=None,
+    help="Training steps of the proxy's shared backbone (once per data set and settings).",
+)
+@click.option(
     "--proxy-threads",
     type=click.IntRange(min=1),
     default=None,
@@ -239,6 +245,7 @@ def search_cmd(
     proxy_batch_size: int | None,
     proxy_lr: float | None,
     proxy_alpha: float | None,
+    proxy_backbone_steps: int | None,
     proxy_threads: int | None,
     proxy_timeout: float | None,
     cache_dir: Path | None,
@@ -267,6 +274,7 @@ def search_cmd(
             "batch_size": proxy_batch_size,
             "lr": proxy_lr,
             "alpha": proxy_alpha,
+            "backbone_steps": proxy_backbone_steps,
             "threads": proxy_threads,
             "timeout_s": proxy_timeout,
         }

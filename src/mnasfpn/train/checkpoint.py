@@ -39,6 +39,14 @@ def read_latest(run_dir: Path) -> Latest | None:
         raise RunError(f"{path}: unreadable checkpoint index ({exc})") from None
 
 
+def require_checkpoint(run_dir: Path) -> Latest:
+    """The latest checkpoint, or a one-line error for a run that has none yet."""
+    latest = read_latest(run_dir)
+    if latest is None:
+        raise RunError(f"{run_dir}: no checkpoint yet (train the run first)")
+    return latest
+
+
 class EmaWeights:
     """Exponential moving average of every model weight (BN statistics included).
 
@@ -109,9 +117,7 @@ def restore_checkpoint(
 def restore_inference_weights(model: Any, run_dir: Path, *, use_ema: bool = True) -> int:
     """The latest checkpoint's weights into `model` (its EMA copy if kept and wanted)."""
     tf = load_tensorflow()
-    latest = read_latest(run_dir)
-    if latest is None:
-        raise RunError(f"{run_dir}: no checkpoint yet (train the run first)")
+    latest = require_checkpoint(run_dir)
     path = str(checkpoint_dir(run_dir) / latest.prefix)
     names = {name for name, _ in tf.train.list_variables(path)}
     has_ema = any(n.startswith("ema/") for n in names)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from mnasfpn.cli_common import handle_errors
+from mnasfpn.train.checkpoint import require_checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -229,6 +230,7 @@ def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
     from mnasfpn.train.run import RunError, load_run
 
     info = load_run(run_dir)
+    require_checkpoint(run_dir)
     require_tensorflow("eval")
     from mnasfpn.train.data_source import categories, eval_batches, ground_truth, open_split
 
@@ -280,6 +282,7 @@ def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise click.ClickException(f"image not found: {', '.join(missing)}")
+    require_checkpoint(run_dir)
     require_tensorflow("detect")
     from mnasfpn.train.detect import detect_images
 

@@ -47,52 +47,68 @@ def export_run(
 
 def _postprocess_attrs(num_classes: int) -> str:
     """The TFLite_Detection_PostProcess custom op's attributes, as the converter's
-    `experimental_implements` annotation spells them."""
+    `experimental_implements` annotation spells them (floats in %f, as it parses them)."""
     sy, sx, sh, sw = SCALE_FACTORS
-    attrs = {
-        "max_detections": ("i", MAX_DETECTIONS), "max_classes_per_detection": ("i", 1),
-        "detections_per_class": ("i", MAX_DETECTIONS), "num_classes": ("i", num_classes),
-        "use_regular_nms": ("b", "false"), "nms_score_threshold": ("f", NMS_SCORE),
-        "nms_iou_threshold": ("f", NMS_IOU), "y_scale": ("f", sy), "x_scale": ("f", sx),
-        "h_scale": ("f", sh), "w_scale": ("f", sw),
-    }  # fmt: skip
+    attrs = [
+        ("max_detections", "i", str(MAX_DETECTIONS)),
+        ("max_classes_per_detection", "i", "1"),
+        ("detections_per_class", "i", str(MAX_DETECTIONS)),
+        ("num_classes", "i", str(num_classes)),
+        ("use_regular_nms", "b", "false"),
+        ("nms_score_threshold", "f", f"{NMS_SCORE:f}"),
+        ("nms_iou_threshold", "f", f"{NMS_IOU:f}"),
+        ("y_scale", "f", f"{sy:f}"),
+        ("x_scale", "f", f"{sx:f}"),
+        ("h_scale", "f", f"{sh:f}"),
+        ("w_scale", "f", f"{sw:f}"),
+    ]
     parts = ['name: "TFLite_Detection_PostProcess"']
-    for key, (kind, value) in attrs.items():
-        parts.append(f'attr {{ key: "{key}" value {{ {kind}: {value} }} }}')
+    parts += [f'attr {{ key: "{k}" value {{ {kind}: {v} }} }}' for k, kind, v in attrs]
     return " ".join(parts)
 
 
 def _convert_with_postprocess(model: Any, info: RunInfo) -> bytes:
-    """Detector + sigmoid + TFLite_Detection_PostProcess (NMS in the model, for apps).
+    """Detector + sigmoid + TFLite_Detection_PostProcess (NMS inside the model, for apps):
+    outputs boxes [1, N, 4] (normalized ymin, xmin, ymax, xmax), classes [1, N] (0-based),
+    scores [1, N], count [1].
 
     The op has no TensorFlow kernel: a stand-in function carries its attributes through
-    `experimental_implements`, and the converter replaces it with the custom op (the way
-    the TF Object Detection API exports SSD models)."""
+    `experimental_implements` and the converter puts the op in its place (as the TF Object
+    Detection API exports SSD models). The detector is frozen first, so its weights become
+    constants the converter folds (a SavedModel's variables would stay VAR_HANDLE ops)."""
+    import tempfile
+
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
     from mnasfpn.tfenv import load_tensorflow
 
     tf = load_tensorflow()
-    anchors = tf.constant(anchor_centers_sizes(info.detector.input_size))
+    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32)
+    detector = convert_variables_to_constants_v2(
+        tf.function(lambda x: tuple(model(x, training=False))).get_concrete_function(spec)
+    )
+    anchors = anchor_centers_sizes(info.detector.input_size)
 
     @tf.function(experimental_implements=_postprocess_attrs(info.detector.num_classes))
     def postprocess(box_encodings: Any, class_scores: Any, anchors: Any) -> Any:
-        boxes = tf.constant(0.0, tf.float32, name="boxes")
-        scores = tf.constant(0.0, tf.float32, name="scores")
-        classes = tf.constant(0.0, tf.float32, name="classes")
-        count = tf.constant(0.0, tf.float32, name="num_detections")
-        return boxes, classes, scores, count
+        return (
+            tf.constant(0.0, name="boxes"),
+            tf.constant(0.0, name="classes"),
+            tf.constant(0.0, name="scores"),
+            tf.constant(0.0, name="num_detections"),
+        )
 
-    @tf.function(input_signature=[tf.TensorSpec(model.inputs[0].shape, tf.float32)])
-    def serve(image: Any) -> Any:
-        codes, logits = model(image, training=False)
-        return postprocess(codes, tf.sigmoid(logits), anchors)
+    class Serving(tf.Module):
+        @tf.function(input_signature=[spec])
+        def serve(self, image: Any) -> Any:
+            codes, logits = detector(image)
+            return postprocess(codes, tf.sigmoid(logits), tf.constant(anchors))
 
-    import tempfile
-
+    module = Serving()
     with tempfile.TemporaryDirectory() as tmp:
-        module = tf.Module()
-        module.model = model
-        module.serve = serve
-        tf.saved_model.save(module, tmp, signatures={"serving_default": serve})
+        tf.saved_model.save(module, tmp, signatures=module.serve.get_concrete_function())
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.allow_custom_ops = True
         try:
@@ -100,6 +116,6 @@ def _convert_with_postprocess(model: Any, info: RunInfo) -> bytes:
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise ExportError(
-                f"conversion with the post-process op failed: "
+                "conversion with the post-process op failed: "
                 f"{msg[0] if msg else type(exc).__name__}"
             ) from None

@@ -17,11 +17,13 @@ def export_run_command(
     if arch is not None:
         raise click.ClickException("give --arch or --run, not both (a run knows its architecture)")
     from mnasfpn.atomic import check_output
+    from mnasfpn.train.checkpoint import require_checkpoint
     from mnasfpn.train.cli import require_tensorflow
     from mnasfpn.train.run import load_run
 
     try:
         info = load_run(run_dir)
+        require_checkpoint(run_dir)
         check_output(out, force=force)
         if not out.parent.is_dir():
             raise click.ClickException(
@@ -40,6 +42,11 @@ def export_run_command(
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes): {run_dir} at step "
                f"{step}, {what}; input: image [1,{info.detector.input_size},"
                f"{info.detector.input_size},3] scaled to [-1, 1] (2/255·x − 1)")  # fmt: skip
+    if with_postprocess:
+        n = info.detector.num_classes
+        click.echo("  outputs (signature order): boxes [1,100,4] normalized ymin,xmin,ymax,xmax; "
+                   f"classes [1,100] (0..{n - 1}); scores [1,100]; count [1]")  # fmt: skip
+        return
     from ai_edge_litert.interpreter import Interpreter
 
     for d in Interpreter(model_path=str(written)).get_output_details():
