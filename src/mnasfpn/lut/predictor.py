@@ -69,6 +69,9 @@ _POOL_DIMS = (2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES))
 _BODY_DIMS = (
     2, 2, len(LEVELS), len(_VALUES), len(_KERNELS), len(_MERGES), _MAX_INPUTS, len(_VALUES)
 )  # fmt: skip
+# The leading ("first cell") digit's weight in each grid, and the output digit's in the body.
+_STRIDES = {dims: int(np.prod(dims[1:])) for dims in (_RS_DIMS, _BODY_DIMS)}
+_BODY_OUT_STEP = int(np.prod(_BODY_DIMS[2:6]))
 _CHANNELS = attrgetter("channels")
 _SDO = attrgetter("sdo")
 _REPEATS = attrgetter("repeats")
@@ -88,7 +91,8 @@ _EMPTY = 0
 # A count of one for every entry of a piece (the sum skips the multiplication).
 _ONE = np.ones(1)
 # Bit k set, for building the pool sets.
-_POW2 = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+_BITS = np.arange(64, dtype=np.uint64)
+_POW2 = np.left_shift(np.uint64(1), _BITS)
 # Pool signature codes (first, source node, target, C) of each bit of the pool sets, less
 # C and (intermediate blocks) 4 + the block's level: see CostModel._pools.
 _K = np.arange(64)
@@ -198,6 +202,7 @@ class CostModel:
         self._pool_table = np.full(int(np.prod(_POOL_DIMS)), -1, dtype=np.int64)
         self._body_table = np.full(int(np.prod(_BODY_DIMS)), -1, dtype=np.int64)
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._scalars: tuple[tuple, np.ndarray] | None = None
         self._add_component(("empty",), [])
         # Shape and wiring tables: row 0 is "no block" (padding of shorter genotypes).
         self._shape_code: dict[tuple, int] = {}
@@ -523,7 +528,7 @@ class CostModel:
             )
             # SDO pre-pools: on the node itself, merged across blocks by the builder.
             pooled.append(live_in & sdo_on & (lv > src_level))
-        rest = (is_out * int(np.prod(_BODY_DIMS[2:6])) + body_of[sc]) * _BODY_DIMS[6]
+        rest = (is_out * _BODY_OUT_STEP + body_of[sc]) * _BODY_DIMS[6]
         rest = (rest + np.maximum(n_in - 1, 0)) * v + ci[:, None]
         self._both_cells(
             pieces, rest, live, later, self._body_table, _BODY_DIMS, self._body_component
@@ -568,7 +573,7 @@ class CostModel:
         dims: Sequence[int],
         make: Callable[[int], int],
     ) -> None:
-        stride = int(np.prod(dims[1:]))
+        stride = _STRIDES[dims]
         pieces.append((None, self._lookup(table, rest + stride, make, live), _ONE))
         if (later > 0).any():
             more = later[:, None]
@@ -616,29 +621,22 @@ class CostModel:
             u = np.where(p & (is_out | is_input) & (later[:, None] > 0), _POW2[16 + (key & 15)], 0)
             outs |= np.bitwise_or.reduce(a | u, axis=1)
         v = len(_VALUES)
-        rows = np.arange(n)
+        width = 16 + 4 * int(nint.max())
         for bits, is_own in ((own, True), (outs, False)):
-            codes, counts = [], []
-            while True:  # one set bit per genotype at a time (a few rounds)
-                present = bits != 0
-                if not present.any():
-                    break
-                low = bits & (~bits + np.uint64(1))
-                bits = bits ^ low
-                k = np.log2(np.where(present, low, 1).astype(np.float64)).astype(np.int64)
-                if is_own:
-                    inner = k >= 16
-                    level = lv[rows, np.where(inner, (k - 16) // 4, 0)]
-                    codes.append(_OWN_POOL_CODE[k] + ci + inner * level * (len(LEVELS) * v))
-                    counts.append(np.where(present, np.where(inner, rep, 1), 0))
-                else:
-                    codes.append(_OUTS_POOL_CODE[k] + ci)
-                    counts.append(np.where(present, np.where(k < 16, 1, later), 0))
-            if codes:
-                count = np.stack(counts, axis=1).astype(np.float64)
-                code = np.stack(codes, axis=1)
-                ids = self._lookup(self._pool_table, code, self._pool_component, count > 0)
-                pieces.append((None, ids, count))
+            if not bits.any():
+                continue
+            shifts = _BITS[:width] if is_own else _BITS[:32]
+            g, k = np.nonzero((bits[:, None] >> shifts) & np.uint64(1))
+            if is_own:
+                code = _OWN_POOL_CODE[k] + ci[g]
+                inner = k >= 16
+                code[inner] += lv[g[inner], (k[inner] - 16) // 4] * (len(LEVELS) * v)
+                counts = np.where(inner, rep[g], 1)
+            else:
+                code = _OUTS_POOL_CODE[k] + ci[g]
+                counts = np.where(k < 16, 1, later[g])
+            ids = self._lookup(self._pool_table, code, self._pool_component)
+            pieces.append((g, ids, counts.astype(np.float64)))
 
     def _check_missing(self, genotypes: Sequence[Genotype], pieces: list[_Piece]) -> None:
         """Raise MissingOpError for the first genotype (by index) that needs a component
@@ -715,10 +713,15 @@ class CostModel:
         return out
 
     def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
+        """Per component: its latency through `calibration`'s column scales (raw sum with
+        None). Cached by the scales and the component count (components only grow)."""
         vecs, _, _ = self._matrices()
-        if calibration is None:
-            return vecs.sum(axis=1)
-        return vecs @ np.asarray(calibration.column_scales())
+        scales = None if calibration is None else tuple(calibration.column_scales())
+        key = (scales, len(vecs))
+        if self._scalars is None or self._scalars[0] != key:
+            out = vecs.sum(axis=1) if scales is None else vecs @ np.asarray(scales)
+            self._scalars = (key, out)
+        return self._scalars[1]
 
     def predict(
         self,
