@@ -61,7 +61,7 @@ class ProxyBudget:
     `seed` changes the child's initialization and batch order (not the backbone)."""
 
     input_size: int = 128
-    steps: int = 800
+    steps: int = 1600  # at 800 the deeper paper cell was still behind a weak head
     batch_size: int = 16
     lr: float = 0.1
     alpha: float = 0.35
