@@ -5,6 +5,7 @@ TensorFlow only inside the workers that train children."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -108,6 +109,11 @@ def _check_data(data: Path) -> None:
 
     if not data.is_dir():
         raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MnasfpnError(
+            "training children needs TensorFlow, which is not installed: "
+            "pip install 'mnasfpn[train]'"
+        )
     data_fingerprint(data)
     load_coco(data, "val")
 
