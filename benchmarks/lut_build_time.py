@@ -2,9 +2,11 @@
 
     python benchmarks/lut_build_time.py [--space mnasfpn] [--input-size 320] [--jobs 2]
                                         [--passes 3] [--cache-dir DIR] [--out FILE]
+                                        [--converter direct|tf]
 
 By default both the micro-model cache and the table are fresh temporary folders, so the
-figure includes converting every micro-model. Prints keys, conversion and timing phases.
+figure includes writing every micro-model (--converter tf: the TensorFlow converter, as
+before the direct writer). Prints keys, conversion and timing phases.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--converter", choices=("direct", "tf"), default="direct", help="micro-model writer"
+    )
     args = ap.parse_args()
     spaces = args.space or ["mnasfpn"]
     tmp = tempfile.TemporaryDirectory()
@@ -48,6 +53,7 @@ def main() -> None:
         cache_dir=cache / "micromodels",
         echo=lambda s: None,
         show_progress=False,
+        converter=args.converter,
     )
     with TableStore.open(out) as store:
         rows = store.op_rows()
@@ -57,7 +63,7 @@ def main() -> None:
         total_ms[op_type_of(r.key)] += r.median_ms
     print(
         f"host build of {', '.join(spaces)} at {args.input_size}x{args.input_size}, "
-        f"--jobs {args.jobs}, --passes {args.passes}, "
+        f"--converter {args.converter}, --jobs {args.jobs}, --passes {args.passes}, "
         f"cache {'reused' if args.cache_dir else 'fresh'}"
     )
     print(f"{'phase':<34} {'seconds':>9}")

@@ -56,8 +56,9 @@ E2E = {"warmup_runs": 3, "num_runs": 10, "min_repeats": 2, "max_repeats": 6}
 
 def build_models(directory: Path, quick: bool) -> dict[str, tuple[Path, bool]]:
     """name -> (path, is_detector)."""
+    from mnasfpn.atomic import write_atomic
     from mnasfpn.ir.config import DetectorConfig
-    from mnasfpn.model.export import export_tflite
+    from mnasfpn.model.convert import detector_tflite
     from mnasfpn.profiler.micromodel import convert_key
     from mnasfpn.searchspace.named import get_architecture
 
@@ -68,7 +69,9 @@ def build_models(directory: Path, quick: bool) -> dict[str, tuple[Path, bool]]:
         if quick and size > 192:
             continue
         graph = DetectorConfig(input_size=size).opgraph(get_architecture("paper-mnasfpn"))
-        out[name] = (export_tflite(graph, directory / f"det{size}.tflite"), True)
+        path = directory / f"det{size}.tflite"
+        write_atomic(path, detector_tflite(graph))
+        out[name] = (path, True)
     return out
 
 

@@ -47,7 +47,8 @@ def test_a_model_timed_while_throttled_is_timed_again_after_a_cool_down(
     # 6 quiet runs (three 2-run models), then 2 throttled runs, quiet again. The cap
     # read after model 2 already shows the throttle coming: it is timed again (runs 6-7,
     # throttled, flagged again), and once more (quiet, kept). Nothing else is repeated.
-    config = EmulatorConfig(throttle_phases=((6, 1.0), (2, SLOW), (100, 1.0)))
+    # 20×: far beyond what a busy test machine does to the emulator's wall-clock runs.
+    config = EmulatorConfig(throttle_phases=((6, 1.0), (2, 20.0), (100, 1.0)))
     pauses: list[float] = []
     with AdbdEmulator(config) as emu, _open(emu) as dev:
         dev._sleep = pauses.append  # type: ignore[method-assign]
@@ -60,8 +61,8 @@ def test_a_model_timed_while_throttled_is_timed_again_after_a_cool_down(
     latencies = [r.latency_ms for r in results]
     assert all(x is not None for x in latencies)
     level = statistics.median(latencies)  # type: ignore[type-var]
-    # The kept timing is the unthrottled one (the throttled runs were 3× slower).
-    assert results[2].latency_ms < 2 * level  # type: ignore[operator]
+    # The kept timing is the unthrottled one (the throttled runs were 20× slower).
+    assert results[2].latency_ms < 5 * level  # type: ignore[operator]
     assert results[2].statistic == dev.statistic and results[2].clock == "wall"
 
 

@@ -66,7 +66,7 @@ def _paper_with(b: int, **change: object) -> Genotype:
     ("genotype", "words"),
     [
         # A merge no grid knows: it used to be read as "add".
-        (_paper_with(2, merge="concat"), "merge index -1"),
+        (_paper_with(2, merge="concat"), "block 2: merge 'concat' is not one of add, se"),
         # Five inputs: the input-count digit would carry into the channel digit.
         (_paper_with(2, inputs=(0, 1, 2, 3, 4)), "block 2: 5 inputs"),
         # Level 7 (not a level): it would carry into the next digit of a pool's code.
@@ -74,8 +74,30 @@ def _paper_with(b: int, **change: object) -> Genotype:
         # A block reading itself or a later node.
         (_paper_with(1, inputs=(0, 5)), "block 1: input node 5"),
         (_paper_with(0, kernel=9), "kernel 9"),
+        (_paper_with(3, expansion=100), "block 3: expansion 100"),
+        # Inputs as a list (unhashable): refused in one line, not a TypeError.
+        (_paper_with(1, inputs=[0, 4]), "block 1: [0, 4] is not a tuple"),
+        (_paper_with(1, inputs=(0, -1)), "block 1: input node -1"),
+        (dataclasses.replace(paper_mnasfpn(), repeats=0), "repeats must be at least 1, got 0"),
+        (dataclasses.replace(paper_mnasfpn(), channels=40), "channels 40"),
+        (
+            dataclasses.replace(paper_mnasfpn(), blocks=paper_mnasfpn().blocks[:3]),
+            "block count must be 4..16, got 3",
+        ),
     ],
-    ids=["merge", "inputs", "level", "later-node", "kernel"],
+    ids=[
+        "merge",
+        "inputs",
+        "level",
+        "later-node",
+        "kernel",
+        "expansion",
+        "list",
+        "negative",
+        "repeats",
+        "channels",
+        "blocks",
+    ],
 )
 def test_unencodable_genotypes_are_refused(genotype: Genotype, words: str) -> None:
     model = CostModel({}, Settings(input_size=SIZE))

@@ -22,7 +22,7 @@ from mnasfpn.lut.calibration import Calibration, feature_columns
 from mnasfpn.lut.predictor import CostModel, Settings
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.genotype import Block, Genotype
+from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 
@@ -293,3 +293,49 @@ def test_large_mixed_batch(tmp_path: Path) -> None:
     assert out.shape == (len(gs),) and np.all(out > 0)
     for i in (0, 1, 2, 3001, len(gs) - 1):
         assert out[i] == pytest.approx(manual_sum(lat, gs[i]), rel=1e-12)
+
+
+def _graph_features(lat: dict[str, float], g: Genotype, *, live: bool = True) -> np.ndarray:
+    """The OpGraph path: the table entry of each (live) op, summed per (op type, part)."""
+    columns = {c: i for i, c in enumerate(feature_columns())}
+    graph = build_opgraph(g, input_size=SIZE)
+    out = np.zeros(len(columns))
+    for op in graph.live_ops() if live else graph.ops:
+        out[columns[(op.type, op.part)]] += lat[op.key]
+    return out
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+def test_features_equal_the_opgraph_sums_per_type_and_part(tmp_path: Path, space: str) -> None:
+    lat = make_table(tmp_path / "t.sqlite", (space,))
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    rng = random.Random(17)
+    gs = [g.with_repeats(rng.choice((1, 2, 3, 5))) for g in sample_genotypes(space, 12, 19)]
+    for naive in (False, True):
+        got = table.features(gs, naive=naive)
+        want = np.array([_graph_features(lat, g, live=not naive) for g in gs])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        totals = table.predict(gs, calibrated=False, naive=naive)
+        np.testing.assert_allclose(totals, want.sum(axis=1), rtol=1e-12)
+    # Per part (paper Fig. 5) from the same sums; one by one equals the batch.
+    want = np.array([_graph_features(lat, g) for g in gs])
+    parts = table.breakdown(gs)
+    part_of = np.array([p for _, p in feature_columns()])
+    for name in ("backbone", "head", "predictor"):
+        np.testing.assert_allclose(parts[name], want[:, part_of == name].sum(axis=1), rtol=1e-12)
+    single = [table.predict([g], calibrated=False)[0] for g in gs]
+    np.testing.assert_allclose(single, table.predict(gs, calibrated=False), rtol=1e-12)
+
+
+def test_a_batch_of_genotype_copies_predicts_the_same(tmp_path: Path) -> None:
+    """Blocks are memoized by value: equal blocks in new objects give the same sums, and a
+    genotype's answer does not depend on its neighbours in the batch."""
+    make_table(tmp_path / "t.sqlite", ("mnasfpn",))
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    gs = sample_genotypes("mnasfpn", 200, 23)
+    again = [genotype_from_dict(json.loads(g.to_json())) for g in gs]
+    assert again[0].blocks[0] is not gs[0].blocks[0]
+    first = table.predict(gs)
+    np.testing.assert_array_equal(table.predict(again), first)
+    np.testing.assert_allclose(table.predict(gs[::-1]), first[::-1], rtol=1e-12)
+    np.testing.assert_allclose(table.predict(gs[50:60]), first[50:60], rtol=1e-12)

@@ -29,6 +29,11 @@ class ScriptedDevice:
     """Times a model as a fixed function of its file name (and of the pass, by call count);
     `fail_after` timings, it raises as a phone that went away would."""
 
+    timing_statistic = "median-wall"
+
+    def load_summary(self) -> dict[str, Any]:
+        return {"remeasured": 0}
+
     def __init__(self, profile: Profile, *, fail_after: int | None = None) -> None:
         self.profile = profile
         self.calls = 0
@@ -53,7 +58,7 @@ class ScriptedDevice:
             ms = base * (1 + (self.calls % 3) / 10)
             res = TimingResult(
                 model=str(p), ok=True, median_ms=ms, min_ms=ms * 0.9, std_ms=ms / 50, runs=5,
-                dispersion=0.01,
+                dispersion=0.01, latency_ms=ms, statistic="median", clock="wall",
             )  # fmt: skip
             out.append(res)
             progress(i, len(paths), res)
@@ -183,7 +188,7 @@ def test_identity_is_recorded(tmp_path: Path, fake_models: Path) -> None:
         "profile": "host", "device_model": "scripted cpu", "core": 1, "threads": 1,
         "use_xnnpack": False, "num_runs": 12, "warmup_runs": 10, "runtime_version": "2.3.0",
         "binary_version": "numpy 2", "input_size": 64,
-        "statistic": "median", "overrides": {"num_runs": 12},
+        "statistic": "median-wall", "overrides": {"num_runs": 12},
     }  # fmt: skip
     assert {k: meta[k] for k in expected} == expected
 

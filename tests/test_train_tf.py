@@ -105,9 +105,46 @@ def test_backbone_weights_from_a_keras_mobilenetv2_file(tmp_path: Path) -> None:
     want = keras.Model(ref.input, ref.get_layer("block_16_project_BN").output)(x)
     got = keras.Model(model.input, model.get_layer("backbone_block16_project").output)(x)
     assert np.allclose(got, want, atol=1e-4)
+    # The Keras 2 layout of the published ImageNet files (…_no_top.h5) loads too.
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    legacy = tmp_path / "mobilenet_v2_no_top.h5"
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    for v in model.weights:  # forget the first load
+        v.assign(np.zeros(v.shape, v.dtype))
+    load_backbone_weights(model, legacy, alpha=alpha, input_size=size)
+    got = keras.Model(model.input, model.get_layer("backbone_block16_project").output)(x)
+    assert np.allclose(got, want, atol=1e-4)
     with pytest.raises(BackboneWeightsError, match="alpha"):
         load_backbone_weights(model, path, alpha=1.0, input_size=size)
     bad = tmp_path / "x.weights.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(BackboneWeightsError, match="not a Keras MobileNetV2"):
         load_backbone_weights(model, bad, alpha=alpha, input_size=size)
+
+
+def test_checkpoint_keeps_the_data_position_or_says_it_cannot(tmp_path: Path) -> None:
+    from mnasfpn.train.checkpoint import read_latest, restore_checkpoint, save_checkpoint
+
+    v = tf.Variable(1.0)
+    it = iter(tf.data.Dataset.range(10).shuffle(10, seed=1))
+    seen = [int(next(it)) for _ in range(3)]
+    assert save_checkpoint(tmp_path / "a", 3, {"v": v}, it) is True
+    rest = [int(x) for x in it]
+    again = iter(tf.data.Dataset.range(10).shuffle(10, seed=1))
+    v.assign(5.0)
+    restore_checkpoint(tmp_path / "a", read_latest(tmp_path / "a"), {"v": v}, again)
+    assert float(v) == 1.0 and [int(x) for x in again] == rest and len(seen + rest) == 10
+    # A Python function in the pipeline makes the iterator unsaveable: the checkpoint says
+    # so, and the trainer replays the position (same seed, skipping the batches used).
+    py = tf.data.Dataset.range(4).map(lambda x: tf.py_function(lambda y: y, [x], tf.int64))
+    it = iter(py)
+    next(it)
+    assert save_checkpoint(tmp_path / "b", 1, {"v": v}, it) is False
+    assert read_latest(tmp_path / "b").data_state is False
+    for step in (2, 3, 4):
+        save_checkpoint(tmp_path / "b", step, {"v": v}, None)
+    kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("ckpt-*"))
+    assert kept == ["ckpt-3", "ckpt-4"] and read_latest(tmp_path / "b").step == 4

@@ -7,9 +7,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from mnasfpn.devices.profiles import Profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
+from mnasfpn.devices.stats import DEFAULT_STATISTIC, DriftMonitor, RemeasureBudget
 
 # Called once per model, in order, as (index, total, result).
 ProgressCallback = Callable[[int, int, TimingResult], None]
@@ -17,9 +19,26 @@ ModelPath = str | os.PathLike[str]
 
 
 class Device(abc.ABC):
-    """Times ``.tflite`` files on one device; a context manager that cleans up on exit."""
+    """Times ``.tflite`` files on one device; a context manager that cleans up on exit.
+
+    Every result's ``latency_ms`` is ``statistic`` (devices/stats.py) on ``clock``; a
+    device watches for slow phases with ``drift`` and re-measures within ``budget``.
+    """
 
     profile: Profile
+    statistic: str = DEFAULT_STATISTIC
+    clock: str = "wall"
+    drift: DriftMonitor
+    budget: RemeasureBudget
+
+    @property
+    def timing_statistic(self) -> str:
+        """What a table records as its entries' statistic, e.g. ``p10-cpu``."""
+        return f"{self.statistic}-{self.clock}"
+
+    def load_summary(self) -> dict[str, Any]:
+        """What the drift control saw so far: reference level, slow share, re-measures."""
+        return {**self.drift.summary(), "remeasured": self.budget.used}
 
     @abc.abstractmethod
     def info(self) -> DeviceInfo:

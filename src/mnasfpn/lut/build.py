@@ -145,6 +145,8 @@ class BuildReport:
     measured: int = 0  # keys completed by this run
     timings: int = 0  # single-pass timings done by this run
     settled: int = 0  # entries written from passes already taken (no new timing)
+    remeasured: int = 0  # extra timings because the machine was in a slow phase
+    slow_kept: int = 0  # timings kept although every try ran in a slow phase
     missing: int = 0  # required keys the table still has no entry for, read back at the end
     failed: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -247,7 +249,9 @@ def build_table(
                 "shard a build only across phones of one model"
             )
         info = infos[0]
-        identity = identity_of(info, devices[0].profile, config)
+        identity = identity_of(
+            info, devices[0].profile, config, statistic=devices[0].timing_statistic
+        )
         store = open_table_for(out, identity, info, spaces, device.overrides)
         try:
             store.set_meta({"converter_version": made_by})
@@ -284,6 +288,9 @@ def build_table(
                     )
                 except KeyboardInterrupt:
                     report.interrupted = True
+                note = record_load(store, "build", devices, report.remeasured, report.slow_kept)
+                if note:
+                    echo(note)
             # Success is read back from the table, not inferred from counters.
             report.missing = len(set(keys) - store.measured_keys())
         finally:
@@ -293,6 +300,31 @@ def build_table(
             d.close()
     report.total_s = time.perf_counter() - t_start
     return report
+
+
+def record_load(
+    store: TableStore, what: str, devices: Sequence[Any], remeasured: int, slow_kept: int
+) -> str | None:
+    """Store what the devices' drift control saw during `what` (meta `timing_load`), and
+    return the line to tell the user when the machine slowed down (None otherwise)."""
+    seen = [d.load_summary() for d in devices]
+    load = dict(store.meta().get("timing_load") or {})
+    load[what] = {"at": now(), "remeasured": remeasured, "slow_kept": slow_kept, "devices": seen}
+    store.set_meta({"timing_load": load})
+    if not remeasured and not slow_kept:
+        return None
+    slow = [s["slow_fraction"] for s in seen if s.get("slow_fraction") is not None]
+    share = f" ({100 * max(slow):.0f}% of reference checks slow)" if slow else ""
+    kept = (
+        f"; {slow_kept} kept from a slow phase (re-measure budget spent): "
+        "rerun on a quieter machine for cleaner figures"
+        if slow_kept
+        else ""
+    )
+    return (
+        f"{what}: the device slowed down in phases{share}; {remeasured} timing(s) re-measured "
+        f"after it recovered{kept}"
+    )
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[list[str]]:
@@ -383,12 +415,13 @@ def _measure(
 
             def record(i: int, res: Any, batch: list) -> None:
                 key, pass_index = batch[i][0], batch[i][1]
-                if res.ok and res.median_ms is not None:
+                if res.ok and res.latency_ms is not None:
+                    # The `median_ms` column holds the table's statistic (meta `statistic`).
                     completed = store.add_op_pass(
                         key,
                         pass_index,
                         passes=passes,
-                        median_ms=res.median_ms,
+                        median_ms=res.latency_ms,
                         min_ms=res.min_ms,
                         std_ms=res.std_ms,
                         runs=res.runs,
@@ -399,6 +432,8 @@ def _measure(
                     with lock:
                         report.timings += 1
                         report.measured += completed
+                        report.remeasured += res.remeasured
+                        report.slow_kept += res.slow_phase
                 else:
                     store.add_failure(
                         key, res.error or "failed", session=session, pass_index=pass_index

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain
-from operator import attrgetter, itemgetter
-from typing import Any
+from itertools import chain, repeat
+from operator import attrgetter
 
 import numpy as np
 
@@ -70,10 +69,41 @@ _POOL_DIMS = (2, NUM_CELL_INPUTS + len(LEVELS), len(LEVELS), len(_VALUES))
 _BODY_DIMS = (
     2, 2, len(LEVELS), len(_VALUES), len(_KERNELS), len(_MERGES), _MAX_INPUTS, len(_VALUES)
 )  # fmt: skip
-_HEAD = attrgetter("channels", "sdo", "repeats", "blocks")
-_INTS = attrgetter("level", "expansion", "kernel")
-_SPACE = attrgetter("space")
-_AT_LEAST_TWO = {name: sp.min_inputs >= 2 for name, sp in SPACES.items()}
+# The leading ("first cell") digit's weight in each grid, and the output digit's in the body.
+_STRIDES = {dims: int(np.prod(dims[1:])) for dims in (_RS_DIMS, _BODY_DIMS)}
+_BODY_OUT_STEP = int(np.prod(_BODY_DIMS[2:6]))
+_CHANNELS = attrgetter("channels")
+_SDO = attrgetter("sdo")
+_REPEATS = attrgetter("repeats")
+_BLOCKS = attrgetter("blocks")
+# A block is memoized as two small codes: its shape (level, expansion, kernel, merge) and
+# its wiring (the inputs tuple). Each has a few hundred values at most, so both memo dicts
+# and their tables stay in cache, unlike one memo of whole blocks (tens of thousands).
+_SHAPE_KEY = attrgetter("level", "expansion", "kernel", "merge")
+_INPUTS = attrgetter("inputs")
+# Columns of the shape table: level, expansion and kernel (grid indices), merge index.
+_S_LEVEL, _S_EXPANSION, _S_KERNEL, _S_MERGE = range(4)
+# Columns of the wiring table: number of inputs, bit mask of the block nodes read (bit b:
+# node 4 + b), largest input node.
+_W_INPUTS, _W_READ, _W_MAXIN = range(3)
+# Component 0 has no ops: padding and dead entries of the dense layouts point at it.
+_EMPTY = 0
+# A count of one for every entry of a piece (the sum skips the multiplication).
+_ONE = np.ones(1)
+# Bit k set, for building the pool sets.
+_BITS = np.arange(64, dtype=np.uint64)
+_POW2 = np.left_shift(np.uint64(1), _BITS)
+# Pool signature codes (first, source node, target, C) of each bit of the pool sets, less
+# C and (intermediate blocks) 4 + the block's level: see CostModel._pools.
+_K = np.arange(64)
+_OWN_POOL_CODE = np.where(
+    _K < 16,
+    ((_POOL_DIMS[1] + _K // 4) * len(LEVELS) + _K % 4) * len(_VALUES),
+    (NUM_CELL_INPUTS * len(LEVELS) + _K % 4) * len(_VALUES),
+)
+_OUTS_POOL_CODE = ((NUM_CELL_INPUTS + (_K % 16) // 4) * len(LEVELS) + _K % 4) * len(_VALUES)
+# (genotype rows or None for dense, component ids, counts): see CostModel._pieces.
+_Piece = tuple[np.ndarray | None, np.ndarray, np.ndarray]
 
 
 def check_space_fits(space: SearchSpace) -> None:
@@ -111,37 +141,12 @@ def check_spaces_fit(spaces: Mapping[str, SearchSpace] = SPACES) -> None:
         check_space_fits(space)
 
 
-def _flatten(
-    indices: Sequence[Any], dims: Sequence[int], names: Sequence[str] | None = None
-) -> np.ndarray:
-    """Mixed-radix code of index arrays. A digit outside its radix would carry into the
-    next one and alias another signature, so each is range-checked."""
-    flat = np.zeros_like(np.asarray(indices[-1]), dtype=np.int64)
-    for n, (idx, d) in enumerate(zip(indices, dims, strict=True)):
-        digit = np.asarray(idx, dtype=np.int64)
-        if digit.size and (int(digit.min()) < 0 or int(digit.max()) >= d):
-            bad = int(digit.min()) if int(digit.min()) < 0 else int(digit.max())
-            what = names[n] if names else f"digit {n}"
-            raise GridError(f"{what} index {bad} is outside the predictor's grid (0..{d - 1})")
-        flat = flat * d + digit
-    return flat
-
-
 def _unflatten(flat: int, dims: Sequence[int]) -> list[int]:
     out = []
     for d in reversed(dims):
         out.append(flat % d)
         flat //= d
     return out[::-1]
-
-
-def _distinct(codes: np.ndarray) -> np.ndarray:
-    """Sorted distinct non-negative codes (a mark array: faster than np.unique)."""
-    if len(codes) == 0:
-        return codes
-    marks = np.zeros(int(codes.max()) + 1, dtype=bool)
-    marks[codes] = True
-    return np.flatnonzero(marks)
 
 
 def _index(table: np.ndarray, values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -197,6 +202,17 @@ class CostModel:
         self._pool_table = np.full(int(np.prod(_POOL_DIMS)), -1, dtype=np.int64)
         self._body_table = np.full(int(np.prod(_BODY_DIMS)), -1, dtype=np.int64)
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._scalars: tuple[tuple, np.ndarray] | None = None
+        self._add_component(("empty",), [])
+        # Shape and wiring tables: row 0 is "no block" (padding of shorter genotypes).
+        self._shape_code: dict[tuple, int] = {}
+        self._shapes = np.zeros((1, 4), dtype=np.int64)
+        self._wiring_code: dict[tuple, int] = {}
+        self._wirings = np.array([[0, 0, -1]], dtype=np.int64)
+        self._wiring_inputs = np.full((1, _MAX_INPUTS), -1, dtype=np.int64)
+        self._shape_cols: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._wiring_cols: tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]] | None
+        self._wiring_cols = None
 
     # -- components -------------------------------------------------------------------
 
@@ -205,7 +221,7 @@ class CostModel:
         if idx is not None:
             return idx
         keys: Counter[str] = Counter(op.key for op in ops)
-        parts = {op.part for op in ops}
+        parts = {op.part for op in ops} or {PARTS[0]}
         assert len(parts) == 1, parts
         vec = np.zeros(len(_COLUMNS))
         missing = None
@@ -343,223 +359,232 @@ class CostModel:
             )
         return self._arrays
 
-    # -- per-genotype encoding --------------------------------------------------------
+    # -- blocks -----------------------------------------------------------------------
 
-    def _lookup(self, table: np.ndarray, flat: np.ndarray, make) -> np.ndarray:
-        ids = table[flat]
-        todo = flat[ids < 0]
-        if len(todo):
-            for v in np.unique(todo).tolist():
-                table[v] = make(v)
-            ids = table[flat]
-        return ids
+    def _new_shape(self, key: tuple) -> int:
+        """Check one distinct (level, expansion, kernel, merge) and give it a row of the
+        shape table; a value outside the grids raises GridError (the caller says where)."""
+        level, expansion, kernel, merge = key
+        if level not in LEVELS:
+            raise GridError(f"level {level!r} is not one of {LEVELS[0]}..{LEVELS[-1]}")
+        if expansion not in _VALUES:
+            raise GridError(f"expansion {expansion!r} is not a value of any search space")
+        if kernel not in _KERNELS:
+            raise GridError(f"kernel {kernel!r} is not a value of any search space")
+        if merge not in _MERGE_INDEX:
+            raise GridError(f"merge {merge!r} is not one of {', '.join(_MERGES)}")
+        row = (LEVELS.index(level), _VALUE_INDEX[expansion], _KERNEL_INDEX[kernel])
+        self._shapes = np.vstack([self._shapes, [*row, _MERGE_INDEX[merge]]])
+        code = self._shape_code[key] = len(self._shapes) - 1
+        return code
 
-    def encode(
-        self, genotypes: Sequence[Genotype], *, naive: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat (genotype index, component id, count) triples of the live components.
+    def _new_wiring(self, inputs: tuple) -> int:
+        """Check one distinct inputs tuple and give it a row of the wiring table (whether
+        each node is earlier than the block is checked per block, by its position)."""
+        nodes = NUM_CELL_INPUTS + _MAX_BLOCKS
+        if not 1 <= len(inputs) <= _MAX_INPUTS:
+            raise GridError(f"{len(inputs)} inputs (the grids hold 1..{_MAX_INPUTS})")
+        for i in inputs:
+            if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= i < nodes:
+                raise GridError(f"input node {i!r} is not an earlier node")
+        read = 0
+        for i in inputs:
+            if i >= NUM_CELL_INPUTS:
+                read |= 1 << (int(i) - NUM_CELL_INPUTS)
+        self._wirings = np.vstack([self._wirings, [len(inputs), read, max(inputs)]])
+        padded = np.full((1, _MAX_INPUTS), -1, dtype=np.int64)
+        padded[0, : len(inputs)] = inputs
+        self._wiring_inputs = np.vstack([self._wiring_inputs, padded])
+        code = self._wiring_code[inputs] = len(self._wirings) - 1
+        return code
 
-        With `naive`, every block counts, connected to an output or not (the baseline).
-        """
-        n = len(genotypes)
-        heads = list(map(_HEAD, genotypes))
-        if n == 0:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0)
-        chan = np.fromiter(map(itemgetter(0), heads), dtype=np.int64, count=n)
-        sdo = np.fromiter(map(itemgetter(1), heads), dtype=np.int64, count=n)
-        rep = np.fromiter(map(itemgetter(2), heads), dtype=np.int64, count=n)
-        block_lists = list(map(itemgetter(3), heads))
-        nb = np.fromiter(map(len, block_lists), dtype=np.int64, count=n)
-        mb = int(nb.max())
-        if mb > _MAX_BLOCKS:
-            raise GridError(f"a genotype has more than {_MAX_BLOCKS} blocks")
+    def _block_codes(self, block_lists: list, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shape and wiring codes of every block, in genotype order: two dict look-ups per
+        block; each distinct shape and wiring is checked and tabulated once."""
         blocks = list(chain.from_iterable(block_lists))
         total = len(blocks)
-
-        ints = np.fromiter(
-            chain.from_iterable(map(_INTS, blocks)), dtype=np.int64, count=3 * total
-        ).reshape(total, 3)
-        gi = np.repeat(np.arange(n), nb)
-        slot = np.arange(total) - np.repeat(np.cumsum(nb) - nb, nb)
-        nint = nb - NUM_CELL_INPUTS
-
-        uniform = int(nb.min()) == mb  # the usual case: one block count in the batch
-
-        def grid(values: np.ndarray) -> np.ndarray:
-            if uniform:
-                return values.reshape(n, mb)
-            out = np.zeros((n, mb), dtype=np.int64)
-            out[gi, slot] = values
-            return out
-
-        # Levels and input nodes index arrays directly (and are packed into pool codes),
-        # so a value out of range would alias another entry: refuse it here.
-        levels = ints[:, 0]
-        bad = (levels < LEVELS[0]) | (levels > LEVELS[-1])
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise GridError(
-                f"block {int(slot[i])}: level {int(levels[i])} is not one of "
-                f"{LEVELS[0]}..{LEVELS[-1]}"
-            )
-        lv = grid(levels - LEVELS[0])
-        fi = grid(_index(_VALUE_INDEX, ints[:, 1], "expansion"))
-        ki = grid(_index(_KERNEL_INDEX, ints[:, 2], "kernel"))
-        merge_index = _MERGE_INDEX.get
-        merges = (merge_index(b.merge, -1) for b in blocks)
-        mi = grid(np.fromiter(merges, dtype=np.int64, count=total))
-        ci = _index(_VALUE_INDEX, chan, "channels")
-        ins = list(map(attrgetter("inputs"), blocks))
-        flat_in = np.fromiter(chain.from_iterable(ins), dtype=np.int64)
-        # In spaces whose blocks read at least two inputs, 2 per block on average means
-        # exactly 2 each; otherwise count them.
-        two = len(flat_in) == 2 * total and all(
-            _AT_LEAST_TWO.get(sp, False) for sp in set(map(_SPACE, genotypes))
-        )
-        widths = None if two else np.fromiter(map(len, ins), dtype=np.int64, count=total)
-        reader = np.repeat(slot, 2 if widths is None else widths)
-        bad = (flat_in < 0) | (flat_in >= NUM_CELL_INPUTS + reader)
-        if widths is not None:
-            bad_width = (widths < 1) | (widths > _MAX_INPUTS)
-            if bad_width.any():
-                i = int(np.argmax(bad_width))
-                raise GridError(
-                    f"block {int(slot[i])}: {int(widths[i])} inputs (the grids hold 1.."
-                    f"{_MAX_INPUTS})"
+        out = []
+        for memo, field, new in (
+            (self._shape_code, _SHAPE_KEY, self._new_shape),
+            (self._wiring_code, _INPUTS, self._new_wiring),
+        ):
+            try:
+                codes = np.fromiter(
+                    map(memo.get, map(field, blocks), repeat(-1)), dtype=np.int64, count=total
                 )
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise GridError(
-                f"block {int(reader[i])}: input node {int(flat_in[i])} is not an earlier node"
-            )
-        if widths is None or int(widths.min()) == int(widths.max()):
-            w = 2 if widths is None else int(widths.max())
-            arr = flat_in.reshape(total, w)
+            except TypeError:  # an unhashable field (a list of inputs, say)
+                codes = np.full(total, -1, dtype=np.int64)
+            for i in np.flatnonzero(codes < 0).tolist():
+                key = field(blocks[i])
+                try:
+                    code = memo.get(key)
+                    if code is None:
+                        code = new(key)
+                except (GridError, TypeError) as exc:
+                    g, slot = _position(nb, i)
+                    what = exc if isinstance(exc, GridError) else f"{key!r} is not a tuple"
+                    raise GridError(f"genotype #{g}, block {slot}: {what}") from None
+                codes[i] = code
+            out.append(codes)
+        return out[0], out[1]
+
+    # -- per-genotype encoding --------------------------------------------------------
+
+    def _lookup(
+        self,
+        table: np.ndarray,
+        flat: np.ndarray,
+        make: Callable[[int], int],
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Component ids of signature codes (made on first use); entries outside `mask`
+        get the empty component, and no component is made for them."""
+        ids = table[flat]
+        if mask is not None:
+            ids = np.where(mask, ids, _EMPTY)
+        todo = ids < 0
+        if todo.any():
+            for v in np.unique(flat[todo]).tolist():
+                table[v] = make(v)
+            ids = table[flat]
+            if mask is not None:
+                ids = np.where(mask, ids, _EMPTY)
+        return ids
+
+    def _pieces(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> list[_Piece]:
+        """The live components of each genotype, with multiplicity, as pieces.
+
+        A piece is (rows, component ids, counts). With rows None, ids is an array whose
+        first axis is the genotype (n, ...) and counts broadcasts against it; otherwise the
+        three are flat and rows names each entry's genotype. With `naive`, every block
+        counts, connected to an output or not (the baseline).
+        """
+        n = len(genotypes)
+        if n == 0:
+            return []
+        chan = np.fromiter(map(_CHANNELS, genotypes), dtype=np.int64, count=n)
+        sdo = np.fromiter(map(_SDO, genotypes), dtype=np.int64, count=n)
+        rep = np.fromiter(map(_REPEATS, genotypes), dtype=np.int64, count=n)
+        block_lists = list(map(_BLOCKS, genotypes))
+        nb = np.fromiter(map(len, block_lists), dtype=np.int64, count=n)
+        _check_genotype_fields(sdo, rep, nb)
+        ci = _index(_VALUE_INDEX, chan, "channels")
+        shape_codes, wiring_codes = self._block_codes(block_lists, nb)
+        mb = int(nb.max())
+        slot = np.arange(mb)
+        valid = slot < nb[:, None]
+        if int(nb.min()) == mb:  # the usual case: one block count in the batch
+            sc = shape_codes.reshape(n, mb)
+            wc = wiring_codes.reshape(n, mb)
         else:
-            w = int(widths.max())
-            arr = np.full((total, w), -1, dtype=np.int64)
-            row = np.repeat(np.arange(total), widths)
-            col = np.arange(len(flat_in)) - np.repeat(np.cumsum(widths) - widths, widths)
-            arr[row, col] = flat_in
-        if uniform:
-            inp = arr.reshape(n, mb, w)
-        else:
-            inp = np.full((n, mb, w), -1, dtype=np.int64)
-            inp[gi, slot] = arr
-        valid = np.arange(mb)[None, :] < nb[:, None]
-        is_out = valid & (np.arange(mb)[None, :] >= nint[:, None])
+            sc = np.zeros((n, mb), dtype=np.int64)  # row 0: no block
+            wc = np.zeros((n, mb), dtype=np.int64)
+            sc[valid] = shape_codes  # row-major order is the order of the blocks
+            wc[valid] = wiring_codes
+        lv_of, rs_of, body_of = self._shape_columns()
+        nin_of, read_of, maxin_of, inputs_of = self._wiring_columns()
+        maxin = maxin_of[wc]
+        if not (maxin < NUM_CELL_INPUTS + slot).all():
+            g, b = np.argwhere(maxin >= NUM_CELL_INPUTS + slot)[0].tolist()
+            node = int(maxin[g, b])
+            raise GridError(f"genotype #{g}, block {b}: input node {node} is not an earlier node")
+        lv = lv_of[sc]
+        n_in = nin_of[wc]
+        # One (n, mb) array per input slot: the node it reads, -1 past a block's inputs.
+        ins = [col[wc] for col in inputs_of[: int(n_in.max())]]
+        nint = nb - NUM_CELL_INPUTS
+        is_out = valid & (slot >= nint[:, None])
         if naive:
             live = valid
         else:
-            live = is_out.copy()
-            rr = np.arange(n)
+            # Bit b of `alive`: block b is live. Blocks only read earlier nodes, so one
+            # sweep from the last block back marks everything an output block reaches.
+            read = read_of[wc]
+            alive = ((1 << nb) - 1) ^ ((1 << nint) - 1)
             for b in range(mb - 1, -1, -1):
-                for j in range(w):
-                    src = inp[:, b, j]
-                    m = live[:, b] & (src >= NUM_CELL_INPUTS)
-                    live[rr[m], src[m] - NUM_CELL_INPUTS] = True
-        # Input node signatures: a cell input 0..3, or 4 + level index of a block node.
-        node_lv = np.concatenate([np.tile(np.arange(4), (n, 1)), NUM_CELL_INPUTS + lv], axis=1)
-        has = inp >= 0
-        src_sig = np.take_along_axis(node_lv, np.where(has, inp, 0).reshape(n, -1), axis=1)
-        src_sig = src_sig.reshape(n, mb, w)
-        n_in = has.sum(axis=2)
-        g_parts: list[np.ndarray] = []
-        c_parts: list[np.ndarray] = []
-        k_parts: list[np.ndarray] = []
-        src_level = np.where(src_sig < NUM_CELL_INPUTS, src_sig, src_sig - NUM_CELL_INPUTS)
-        # SDO pre-pools: on the node itself, merged across blocks of a cell by the builder.
-        pre = has & (sdo[:, None, None] == 1) & (lv[:, :, None] > src_level)
-        # In the first cell, pooling C5 by 2 is the backbone's own C6 max-pool.
-        c6_pool = (inp == 2) & (lv[:, :, None] == 3)
-        self._pools(
-            g_parts, c_parts, k_parts, pre & live[:, :, None], c6_pool, inp, lv, ci, nint, rep
-        )
-
+                alive |= read[:, b] * ((alive >> b) & 1)
+            live = ((alive[:, None] >> slot) & 1).astype(bool)
+        later = rep - 1
+        pieces: list[_Piece] = []
         bb_ids = self._lookup(self._bb_table, ci, lambda c: self._fixed(_VALUES[c])[0])
         pr_ids = self._lookup(self._pr_table, ci, lambda c: self._fixed(_VALUES[c])[1])
-        later = (rep - 1).astype(np.float64)
-        g_parts += [np.arange(n), np.arange(n)]
-        c_parts += [bb_ids, pr_ids]
-        k_parts += [np.ones(n), np.ones(n)]
+        pieces.append((None, np.stack([bb_ids, pr_ids], axis=1), _ONE))
         # Resampled inputs and block bodies, once for the first cell and once (with
         # multiplicity repeats - 1) for the later ones: `first` is the leading digit.
-        later_f = later
-        gsel, bsel, jsel = np.nonzero(has & live[:, :, None])
-        gb = (gsel, bsel)
-        rest = _flatten(
-            (sdo[gsel], src_sig[gsel, bsel, jsel], lv[gb], fi[gb], ci[gsel]),
-            _RS_DIMS[1:],
-            ("sdo", "input node", "level", "expansion", "channels"),
-        )
+        v = len(_VALUES)
+        rs_low = rs_of[sc] * v + ci[:, None]  # the (R, F, C) digits
+        rs_step = _RS_DIMS[3] * v * v
+        sdo_on = sdo[:, None] == 1
+        pooled = []
+        for inp in ins:
+            live_in = (inp >= 0) & live
+            from_block = inp >= NUM_CELL_INPUTS
+            node_level = np.take_along_axis(lv, np.maximum(inp - NUM_CELL_INPUTS, 0), axis=1)
+            src_level = np.where(from_block, node_level, inp)
+            src_sig = src_level + NUM_CELL_INPUTS * from_block
+            rest = (sdo[:, None] * _RS_DIMS[2] + src_sig) * rs_step + rs_low
+            self._both_cells(
+                pieces, rest, live_in, later, self._rs_table, _RS_DIMS, self._resample_component
+            )
+            # SDO pre-pools: on the node itself, merged across blocks by the builder.
+            pooled.append(live_in & sdo_on & (lv > src_level))
+        rest = (is_out * _BODY_OUT_STEP + body_of[sc]) * _BODY_DIMS[6]
+        rest = (rest + np.maximum(n_in - 1, 0)) * v + ci[:, None]
         self._both_cells(
-            g_parts,
-            c_parts,
-            k_parts,
-            gsel,
-            rest,
-            later_f,
-            self._rs_table,
-            _RS_DIMS,
-            self._resample_component,
+            pieces, rest, live, later, self._body_table, _BODY_DIMS, self._body_component
         )
-        gsel, bsel = np.nonzero(live)
-        gb = (gsel, bsel)
-        rest = _flatten(
-            (is_out[gb], lv[gb], fi[gb], ki[gb], mi[gb], n_in[gb] - 1, ci[gsel]),
-            _BODY_DIMS[1:],
-            ("output", "level", "expansion", "kernel", "merge", "inputs", "channels"),
-        )
-        self._both_cells(
-            g_parts,
-            c_parts,
-            k_parts,
-            gsel,
-            rest,
-            later_f,
-            self._body_table,
-            _BODY_DIMS,
-            self._body_component,
-        )
-        return (
-            np.concatenate(g_parts).astype(np.int64, copy=False),
-            np.concatenate(c_parts).astype(np.int64, copy=False),
-            np.concatenate(k_parts).astype(np.float64, copy=False),
-        )
+        if sdo.any():
+            self._pools(pieces, pooled, ins, lv, ci, nint, rep)
+        return pieces
+
+    def _shape_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per shape code: level index, the (R, F) digits of a resample signature and the
+        (R, F, k, merge) digits of a body signature."""
+        if self._shape_cols is None or len(self._shape_cols[0]) != len(self._shapes):
+            t = self._shapes
+            lv, fi = t[:, _S_LEVEL], t[:, _S_EXPANSION]
+            rs = lv * len(_VALUES) + fi
+            body = (rs * _BODY_DIMS[4] + t[:, _S_KERNEL]) * _BODY_DIMS[5] + t[:, _S_MERGE]
+            self._shape_cols = (lv.copy(), rs, body)
+        return self._shape_cols
+
+    def _wiring_columns(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Per wiring code: number of inputs, read mask, largest input, and each input."""
+        if self._wiring_cols is None or len(self._wiring_cols[0]) != len(self._wirings):
+            t = self._wirings
+            inputs = [self._wiring_inputs[:, j].copy() for j in range(_MAX_INPUTS)]
+            self._wiring_cols = (
+                t[:, _W_INPUTS].copy(),
+                t[:, _W_READ].copy(),
+                t[:, _W_MAXIN].copy(),
+                inputs,
+            )
+        return self._wiring_cols
 
     def _both_cells(
         self,
-        g_parts: list[np.ndarray],
-        c_parts: list[np.ndarray],
-        k_parts: list[np.ndarray],
-        gsel: np.ndarray,
+        pieces: list[_Piece],
         rest: np.ndarray,
+        live: np.ndarray,
         later: np.ndarray,
         table: np.ndarray,
         dims: Sequence[int],
         make: Callable[[int], int],
     ) -> None:
-        stride = int(np.prod(dims[1:]))
-        g_parts.append(gsel)
-        c_parts.append(self._lookup(table, rest + stride, make))
-        k_parts.append(np.ones(len(gsel)))
-        mult = later[gsel]
-        keep = mult > 0
-        if not keep.all():
-            gsel, rest, mult = gsel[keep], rest[keep], mult[keep]
-        g_parts.append(gsel)
-        c_parts.append(self._lookup(table, rest, make))
-        k_parts.append(mult)
+        stride = _STRIDES[dims]
+        pieces.append((None, self._lookup(table, rest + stride, make, live), _ONE))
+        if (later > 0).any():
+            more = later[:, None]
+            ids = self._lookup(table, rest, make, live & (more > 0))
+            pieces.append((None, ids, more.astype(np.float64)))
 
     def _pools(
         self,
-        g_parts: list[np.ndarray],
-        c_parts: list[np.ndarray],
-        k_parts: list[np.ndarray],
-        pooled: np.ndarray,
-        c6_pool: np.ndarray,
-        inp: np.ndarray,
+        pieces: list[_Piece],
+        pooled: list[np.ndarray],
+        ins: list[np.ndarray],
         lv: np.ndarray,
         ci: np.ndarray,
         nint: np.ndarray,
@@ -569,77 +594,134 @@ class CostModel:
 
         The builder merges identical max-pools of one tensor, also across cells: a cell's
         output node is the next cell's input node, so a pool of it by the blocks of either
-        cell is one op. `pooled` marks (genotype, block, input slot) entries that pool.
+        cell is one op. `pooled[j]` marks the blocks whose input j pools (n × blocks).
+        Each genotype's distinct pools are bits of two 64-bit sets:
+          own: bit 4·node + t for the first cell's inputs (backbone taps and C6; pooling
+            C5 by 2 is C6 itself), bit 16 + 4·b + t for intermediate block b (every cell);
+          outs: bit 4·l + t for the output node of level l pooled in its cell (A), bit
+            16 + 4·l + t for it or cell input l pooled in a later cell (A ∪ B):
+            (R-1)·|A ∪ B| + |A| pools.
         """
-        nlev = len(LEVELS)
-        g, b, j = np.nonzero(pooled)
-        node = inp[g, b, j]
-        target = lv[g, b]
+        n = len(lv)
         later = rep - 1
-        is_cell_input = node < NUM_CELL_INPUTS
-        block_of = node - NUM_CELL_INPUTS
-        is_output_node = ~is_cell_input & (block_of >= nint[g])
+        own = np.zeros(n, dtype=np.uint64)
+        outs = np.zeros(n, dtype=np.uint64)
+        t = lv
+        for p, inp in zip(pooled, ins, strict=True):
+            if not p.any():
+                continue
+            is_input = inp < NUM_CELL_INPUTS
+            blk = inp - NUM_CELL_INPUTS
+            is_out = blk >= nint[:, None]
+            key = np.where(is_input, 4 * inp + t, 16 + 4 * blk + t)
+            sel = p & ~is_out & ~(is_input & (inp == 2) & (t == 3))
+            own |= np.bitwise_or.reduce(np.where(sel, _POW2[key & 63], 0), axis=1)
+            key = 4 * np.where(is_input, inp, blk - nint[:, None]) + t
+            a = np.where(p & is_out, _POW2[key & 15], 0)
+            u = np.where(p & (is_out | is_input) & (later[:, None] > 0), _POW2[16 + (key & 15)], 0)
+            outs |= np.bitwise_or.reduce(a | u, axis=1)
+        v = len(_VALUES)
+        width = 16 + 4 * int(nint.max())
+        for bits, is_own in ((own, True), (outs, False)):
+            if not bits.any():
+                continue
+            shifts = _BITS[:width] if is_own else _BITS[:32]
+            g, k = np.nonzero((bits[:, None] >> shifts) & np.uint64(1))
+            if is_own:
+                code = _OWN_POOL_CODE[k] + ci[g]
+                inner = k >= 16
+                code[inner] += lv[g[inner], (k[inner] - 16) // 4] * (len(LEVELS) * v)
+                counts = np.where(inner, rep[g], 1)
+            else:
+                code = _OUTS_POOL_CODE[k] + ci[g]
+                counts = np.where(k < 16, 1, later[g])
+            ids = self._lookup(self._pool_table, code, self._pool_component)
+            pieces.append((g, ids, counts.astype(np.float64)))
 
-        def add(gs: np.ndarray, flat: np.ndarray, counts: np.ndarray) -> None:
-            keep = counts > 0
-            g_parts.append(gs[keep])
-            c_parts.append(self._lookup(self._pool_table, flat[keep], self._pool_component))
-            k_parts.append(counts[keep].astype(np.float64))
-
-        # Intermediate nodes: one pool per (node, target) in every cell.
-        m = ~is_cell_input & ~is_output_node
-        code = _distinct((g[m] * _MAX_BLOCKS + block_of[m]) * nlev + target[m])
-        gg, rest = np.divmod(code, _MAX_BLOCKS * nlev)
-        bb, tt = np.divmod(rest, nlev)
-        sig = NUM_CELL_INPUTS + lv[gg, bb]
-        add(gg, _flatten((0, sig, tt, ci[gg]), _POOL_DIMS), rep[gg])
-        # The first cell's inputs (backbone taps and C6), except C5 by 2 (that is C6's).
-        m = is_cell_input & ~c6_pool[g, b, j]
-        code = _distinct((g[m] * NUM_CELL_INPUTS + node[m]) * nlev + target[m])
-        gg, rest = np.divmod(code, NUM_CELL_INPUTS * nlev)
-        nn, tt = np.divmod(rest, nlev)
-        add(gg, _flatten((1, nn, tt, ci[gg]), _POOL_DIMS), np.ones(len(gg)))
-        # Output tensor of level l: pooled inside its cell (set A) and, for all but the
-        # last cell, as input l of the next cell (set B): (R-1)·|A ∪ B| + |A| pools.
-        m = is_output_node
-        a = _distinct((g[m] * nlev + (block_of[m] - nint[g[m]])) * nlev + target[m])
-        m = is_cell_input & (later[g] > 0)
-        bset = _distinct((g[m] * nlev + node[m]) * nlev + target[m])
-        union = _distinct(np.concatenate([a, bset]))
-        for codes, counts_of in ((union, later), (a, np.ones_like(later))):
-            gl, tt = np.divmod(codes, nlev)
-            gg, ll = np.divmod(gl, nlev)
-            add(gg, _flatten((0, NUM_CELL_INPUTS + ll, tt, ci[gg]), _POOL_DIMS), counts_of[gg])
-
-    def _check_missing(
-        self, genotypes: Sequence[Genotype], gidx: np.ndarray, comps: np.ndarray
-    ) -> None:
+    def _check_missing(self, genotypes: Sequence[Genotype], pieces: list[_Piece]) -> None:
+        """Raise MissingOpError for the first genotype (by index) that needs a component
+        with a key the table lacks."""
         _, _, missing = self._matrices()
-        bad = np.flatnonzero(missing[comps])
-        if len(bad):
-            first = int(bad[0])
-            n = int(gidx[first])
-            key = self._comp_missing[int(comps[first])]
-            assert key is not None
-            raise MissingOpError(key, n, genotypes[n])
+        if not missing.any():
+            return
+        n = len(genotypes)
+        worst: tuple[int, int] | None = None
+        for rows, ids, _counts in pieces:
+            bad = missing[ids]
+            if not bad.any():
+                continue
+            if rows is None:
+                hit = bad.reshape(n, -1).any(axis=1)
+                g = int(np.argmax(hit))
+                comp = int(ids[g].reshape(-1)[np.argmax(bad[g].reshape(-1))])
+            else:
+                first = int(np.argmin(np.where(bad, rows, n)))
+                g, comp = int(rows[first]), int(ids[first])
+            if worst is None or g < worst[0]:
+                worst = (g, comp)
+        assert worst is not None
+        key = self._comp_missing[worst[1]]
+        assert key is not None
+        raise MissingOpError(key, worst[0], genotypes[worst[0]])
+
+    def _sum(self, pieces: list[_Piece], scalars: np.ndarray, n: int) -> np.ndarray:
+        """Per genotype: the sum over its components of `scalars[component]` × count."""
+        out = np.zeros(n)
+        for rows, ids, counts in pieces:
+            s = scalars[ids]
+            if counts is not _ONE:
+                s = s * counts
+            if rows is None:
+                out += s.reshape(n, -1).sum(axis=1)
+            else:
+                out += np.bincount(rows, weights=s, minlength=n)
+        return out
+
+    def encode(
+        self, genotypes: Sequence[Genotype], *, naive: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat (genotype index, component id, count) triples of the live components.
+
+        With `naive`, every block counts, connected to an output or not (the baseline).
+        """
+        n = len(genotypes)
+        gs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        cs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        ks: list[np.ndarray] = [np.zeros(0)]
+        for rows, ids, counts in self._pieces(genotypes, naive=naive):
+            if rows is None:
+                full = np.broadcast_to(np.asarray(counts, dtype=np.float64), ids.shape)
+                rows = np.broadcast_to(
+                    np.arange(n).reshape((n,) + (1,) * (ids.ndim - 1)), ids.shape
+                )
+                keep = ids != _EMPTY
+                rows, ids, counts = rows[keep], ids[keep], full[keep]
+            gs.append(rows)
+            cs.append(ids)
+            ks.append(np.asarray(counts, dtype=np.float64))
+        return np.concatenate(gs), np.concatenate(cs), np.concatenate(ks)
 
     def features(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
         """(n × len(feature_columns())) summed table latencies per (op type, part)."""
-        gidx, comps, counts = self.encode(genotypes, naive=naive)
-        self._check_missing(genotypes, gidx, comps)
+        pieces = self._pieces(genotypes, naive=naive)
+        self._check_missing(genotypes, pieces)
         vecs, _, _ = self._matrices()
         n = len(genotypes)
         out = np.empty((n, vecs.shape[1]))
-        weights = vecs[comps] * counts[:, None]
         for j in range(vecs.shape[1]):
-            out[:, j] = np.bincount(gidx, weights=weights[:, j], minlength=n)
+            out[:, j] = self._sum(pieces, vecs[:, j], n)
         return out
 
     def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
+        """Per component: its latency through `calibration`'s column scales (raw sum with
+        None). Cached by the scales and the component count (components only grow)."""
         vecs, _, _ = self._matrices()
-        if calibration is None:
-            return vecs.sum(axis=1)
-        return vecs @ np.asarray(calibration.column_scales())
+        scales = None if calibration is None else tuple(calibration.column_scales())
+        key = (scales, len(vecs))
+        if self._scalars is None or self._scalars[0] != key:
+            out = vecs.sum(axis=1) if scales is None else vecs @ np.asarray(scales)
+            self._scalars = (key, out)
+        return self._scalars[1]
 
     def predict(
         self,
@@ -648,10 +730,9 @@ class CostModel:
         *,
         naive: bool = False,
     ) -> np.ndarray:
-        gidx, comps, counts = self.encode(genotypes, naive=naive)
-        self._check_missing(genotypes, gidx, comps)
-        scal = self.component_scalars(calibration)
-        out = np.bincount(gidx, weights=scal[comps] * counts, minlength=len(genotypes))
+        pieces = self._pieces(genotypes, naive=naive)
+        self._check_missing(genotypes, pieces)
+        out = self._sum(pieces, self.component_scalars(calibration), len(genotypes))
         if calibration is not None:
             out += calibration.intercept_ms
         return out
@@ -664,15 +745,13 @@ class CostModel:
         naive: bool = False,
     ) -> dict[str, np.ndarray]:
         """Per part (backbone, head, predictor) plus the fitted overhead, and the total."""
-        gidx, comps, counts = self.encode(genotypes, naive=naive)
-        self._check_missing(genotypes, gidx, comps)
+        pieces = self._pieces(genotypes, naive=naive)
+        self._check_missing(genotypes, pieces)
         scal = self.component_scalars(calibration)
         _, part, _ = self._matrices()
         n = len(genotypes)
-        w = scal[comps] * counts
-        cpart = part[comps]
         out = {
-            name: np.bincount(gidx, weights=np.where(cpart == i, w, 0.0), minlength=n)
+            name: self._sum(pieces, np.where(part == i, scal, 0.0), n)
             for i, name in enumerate(PARTS)
         }
         out["overhead"] = np.full(n, calibration.intercept_ms if calibration else 0.0)
@@ -687,6 +766,26 @@ class CostModel:
             for key, m in self._comp_keys[c].items():
                 total[key] += int(m * k)
         return total
+
+
+def _position(nb: np.ndarray, flat: int) -> tuple[int, int]:
+    """(genotype index, block slot) of the flat-th block of a batch."""
+    ends = np.cumsum(nb)
+    g = int(np.searchsorted(ends, flat, side="right"))
+    return g, flat - int(ends[g] - nb[g])
+
+
+def _check_genotype_fields(sdo: np.ndarray, rep: np.ndarray, nb: np.ndarray) -> None:
+    for what, values, lo, hi in (
+        ("sdo", sdo, 0, 1),
+        ("repeats", rep, 1, None),
+        ("the block count", nb, NUM_CELL_INPUTS, _MAX_BLOCKS),
+    ):
+        bad = (values < lo) | (values > hi) if hi is not None else values < lo
+        if bad.any():
+            g = int(np.argmax(bad))
+            want = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise GridError(f"genotype #{g}: {what} must be {want}, got {int(values[g])}")
 
 
 # Every space registered so far must fit (the cost model checks again when it is made).

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.store import TableStore
+
+
+def _load_lines(load: dict[str, Any]) -> list[str]:
+    """What the drift control saw during the build and the validation."""
+    out = []
+    for what, seen in sorted(load.items()):
+        slow = [d.get("slow_fraction") for d in seen.get("devices", [])]
+        slow = [s for s in slow if s is not None]
+        out.append(
+            f"  load during {what}: {seen.get('remeasured', 0)} timing(s) re-measured after a "
+            f"slow phase, {seen.get('slow_kept', 0)} kept from one"
+            + (f"; {100 * max(slow):.0f}% of reference checks slow" if slow else "")
+        )
+    return out
 
 
 def describe(path: Path, *, top: int = 10) -> str:
@@ -36,6 +51,7 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
         f"{', '.join(meta.get('spaces', [])) or '-'}",
+        *_load_lines(meta.get("timing_load") or {}),
         f"  ops: {len(rows)} measured ({sum(1 for _, _, ok, _ in log if not ok)} failed "
         f"attempts logged) over {sum(1 for s in sessions if s['kind'] == 'build')} build "
         f"session(s)",

@@ -25,16 +25,19 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of
+from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of, record_load
 from mnasfpn.lut.calibration import fit_calibration
 from mnasfpn.lut.fidelity import (
+    DEFAULT_TARGET,
     METHODS,
     choose_fit,
     cross_validate,
     end_to_end_latency,
     metrics,
     round_spread,
+    round_values,
 )
+from mnasfpn.lut.noise import r2_ceiling, relative_noise
 from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
@@ -135,7 +138,7 @@ def validate(
     report_dir: Path,
     jobs: int = 2,
     rounds: int = 3,
-    target: str = "median",
+    target: str = DEFAULT_TARGET,
     spaces: list[str] | None = None,
     device: str | None = None,
     serials: Sequence[str] = (),
@@ -214,6 +217,7 @@ def validate(
                 timings,
                 show_progress,
                 tqdm,
+                echo,
             )
         runs = store.e2e_runs()
     keep = [i for i, a in enumerate(ids) if runs.get(a)]
@@ -223,6 +227,7 @@ def validate(
     ids = [ids[i] for i in keep]
     y = np.array([end_to_end_latency(runs[a], target) for a in ids])
     spread = np.array([round_spread(runs[a]) for a in ids if len(runs[a]) > 1])
+    per_round = [round_values(runs[a]) for a in ids]
     x = table.features(genotypes)
     x_naive = table.features(genotypes, naive=True)
     madds = np.array([st.opgraph(g).madds() / 1e6 for g in genotypes])
@@ -263,6 +268,10 @@ def validate(
     noise = {
         "rounds": rounds,
         "target": target,
+        "statistic": meta.get("statistic"),
+        # What noise alone allows: a perfect predictor's R² against these targets.
+        "r2_ceiling": r2_ceiling(y, per_round),
+        "relative_noise": relative_noise(per_round),
         "round_spread_median": float(np.median(spread)) if len(spread) else None,
         "round_spread_p90": float(np.quantile(spread, 0.9)) if len(spread) else None,
         "latency_range_ms": [float(y.min()), float(y.max())],
@@ -296,17 +305,22 @@ def _time_e2e(
     timings: dict[str, float],
     show_progress: bool,
     tqdm: Any,
+    echo: Callable[[str], None] = print,
 ) -> int:
     devices = device.open_all()
     count = 0
+    remeasured = slow_kept = 0
     try:
         dev = devices[0]
         info = dev.info().to_dict()
+        # Both sides of the fit must hold the same statistic: the table's entries and
+        # these end-to-end runs.
         store.check_identity(
-            identity_of(info, dev.profile, config),
-            fields=DEVICE_FIELDS + SETTINGS_FIELDS,
+            identity_of(info, dev.profile, config, statistic=dev.timing_statistic),
+            fields=(*DEVICE_FIELDS, *SETTINGS_FIELDS, "statistic"),
             advice="validate it on the device and with the profile settings it was built with "
-            "(check --device overrides given with --set)",
+            "(check --device overrides given with --set); a table built before its statistic "
+            "was recorded must be rebuilt",
         )
         session = store.start_session("validate", info, note=f"{len(need)} architectures")
         rng = random.Random(seed)
@@ -318,12 +332,14 @@ def _time_e2e(
                 rng.shuffle(batch)  # interleaved: every round visits the models anew
 
                 def on_result(i: int, n: int, res: Any, batch: list[str] = batch, r: int = r):
-                    nonlocal count
-                    if res.ok and res.median_ms is not None:
+                    nonlocal count, remeasured, slow_kept
+                    if res.ok and res.latency_ms is not None:
+                        remeasured += res.remeasured
+                        slow_kept += res.slow_phase
                         store.add_e2e_run(
                             batch[i],
                             r,
-                            median_ms=res.median_ms,
+                            median_ms=res.latency_ms,
                             min_ms=res.min_ms,
                             std_ms=res.std_ms,
                             runs=res.runs,
@@ -335,6 +351,9 @@ def _time_e2e(
 
                 dev.time_models([paths[a] for a in batch], on_result)
         timings["time_s"] = time.perf_counter() - t0
+        note = record_load(store, "validate", devices, remeasured, slow_kept)
+        if note:
+            echo(note)
     finally:
         for d in devices:
             d.close()

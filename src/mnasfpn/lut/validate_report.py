@@ -32,9 +32,11 @@ class ValidationResult:
         if n.get("round_spread_median") is None:
             return "one round each"
         lo, hi = n["latency_range_ms"]
+        ceiling = n.get("r2_ceiling")
         return (
             f"range {lo:.1f}-{hi:.1f} ms, same-model round-to-round spread median "
             f"{100 * n['round_spread_median']:.1f}% (p90 {100 * n['round_spread_p90']:.1f}%)"
+            + (f", R² ceiling {ceiling:.4f}" if ceiling is not None else "")
         )
 
     def summary_text(self) -> str:
@@ -43,7 +45,7 @@ class ValidationResult:
             f"{self.n} architectures, {len(self.folds)}-fold cross-validation "
             f"(train/test sizes {', '.join(f'{a}/{b}' for a, b in sizes)}); "
             f"{self.measured_new} new end-to-end runs; target: {self.noise.get('target')} "
-            f"latency, {self._noise_text()}",
+            f"round of {self.noise.get('statistic')}, {self._noise_text()}",
             f"{'method':<40} {'R2':>7} {'MAPE':>7} {'max':>7} {'±10%':>6} {'tau':>6}",
         ]
         for m in METHODS:
@@ -114,12 +116,14 @@ def write_report(
         f"{meta.get('runtime')} {meta.get('runtime_version')}, micro-models by "
         f"{meta.get('converter_version')}",
         f"- input size {meta.get('input_size')}, spaces {', '.join(meta.get('spaces', []))}",
-        f"- {result.n} architectures measured end to end (median of interleaved rounds); "
+        f"- {result.n} architectures measured end to end ({result.noise.get('target')} of "
+        f"interleaved rounds); "
         f"{len(result.folds)}-fold cross-validation, train/test sizes "
         f"{', '.join(f'{a}/{b}' for a, b in sizes)}; every figure below is on held-out "
         "architectures",
         f"- measured latency: {result.noise.get('target')} over {result.noise.get('rounds')} "
-        f"interleaved rounds; {result._noise_text()} (the noise floor of any predictor)",
+        f"interleaved rounds of the table's statistic ({result.noise.get('statistic')}, as "
+        f"its op entries); {result._noise_text()} (the noise floor of any predictor)",
         "",
         "| method | R² | MAPE | max error | within ±10% | Kendall τ | mean bias |",
         "|---|---|---|---|---|---|---|",

@@ -203,11 +203,13 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
         images_per_epoch=len(coco.images),
         echo=lambda s: click.echo(s, err=True),
     )  # fmt: skip
-    last = result.last
-    click.echo(f"done: step {result.final_step} of {hp.steps} in {result.seconds:.0f} s "
-               f"({result.images_per_s:.1f} images/s); last loss {last.get('loss', math.nan):.4f} "
-               f"(class {last.get('cls_loss', math.nan):.4f}, box "
-               f"{last.get('box_loss', math.nan):.4f}); run in {run_dir}")  # fmt: skip
+    last = {k: f"{v:.4f}" for k, v in result.last.items()}
+    click.echo(
+        f"done: step {result.final_step} of {hp.steps} in {result.seconds:.0f} s "
+        f"({result.images_per_s:.1f} images/s after the tracing step); last loss "
+        f"{last.get('loss', 'n/a')} (class {last.get('cls_loss', 'n/a')}, box "
+        f"{last.get('box_loss', 'n/a')}); run in {run_dir}"
+    )
 
 
 def _arch_label(info: Any) -> str:

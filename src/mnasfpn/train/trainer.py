@@ -37,7 +37,7 @@ class TrainResult:
     start_step: int
     final_step: int
     seconds: float
-    images_per_s: float
+    images_per_s: float  # after the first (tracing) step
     last: dict[str, float]
 
 
@@ -177,6 +177,8 @@ def train(
                dynamic_ncols=True, smoothing=0.1)  # fmt: skip
     t0 = time.perf_counter()
     window_t, window_imgs, total_imgs = t0, 0, 0
+    # Throughput leaves out the first step, which traces the graph (tens of seconds).
+    traced_t, traced_imgs = t0, 0
     sums: dict[str, float] = {}
     n_in_window = 0
     last: dict[str, float] = {}
@@ -199,6 +201,8 @@ def train(
             n = int(batch["image"].shape[0])
             window_imgs += n
             total_imgs += n
+            if step == start + 1:
+                traced_t, traced_imgs = time.perf_counter(), total_imgs
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_in_window += 1
@@ -221,8 +225,10 @@ def train(
     finally:
         bar.close()
         log.close()
-    seconds = time.perf_counter() - t0
-    return TrainResult(start, step, seconds, total_imgs / max(seconds, 1e-9), last)
+    end_t = time.perf_counter()
+    timed = total_imgs - traced_imgs
+    ips = timed / max(end_t - traced_t, 1e-9) if timed else total_imgs / max(end_t - t0, 1e-9)
+    return TrainResult(start, step, end_t - t0, ips, last)
 
 
 def _peek_epoch(run_dir: Path, latest: Any) -> int:
