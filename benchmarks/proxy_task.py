@@ -63,7 +63,8 @@ def main() -> None:
                 rows.append({"head": name, "seed": seed, **r.to_dict()})
                 print(f"{name:14s} seed {seed}: mAP {r.map:.4f}  mAP50 {r.map50:.4f}  "
                       f"small {r.metrics['mAP_small']:.4f}  train {r.train_seconds:.0f} s  "
-                      f"eval {r.eval_seconds:.0f} s  child wall {r.total_seconds:.0f} s"
+                      f"eval {r.eval_seconds:.0f} s  child wall {r.total_seconds:.0f} s  "
+                      f"final loss {r.final_loss:.3f}"
                       + (f"  (+ backbone and feature cache {r.backbone_seconds:.0f} s)"
                          if r.backbone_seconds else ""), flush=True)  # fmt: skip
         print()

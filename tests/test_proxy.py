@@ -66,13 +66,14 @@ def test_missing_data_fails_before_spawning(tmp_path: Path) -> None:
         proxy_evaluate(weak_head(), tmp_path, TINY_BUDGET, cache_dir=tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_timeout_becomes_proxy_error(tiny_data: Path, tmp_path: Path) -> None:
-    budget = ProxyBudget(**{**TINY_BUDGET.to_dict(), "timeout_s": 0.5})
-    t0 = time.perf_counter()
+    """The limit starts once the shared backbone exists (its build is not the child's)."""
+    budget = ProxyBudget(**{**TINY_BUDGET.to_dict(), "timeout_s": 1.0, "steps": 10**6})
     with pytest.raises(ProxyError, match="limit"):
         proxy_evaluate(weak_head(), tiny_data, budget, cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 30
     assert not multiprocessing.active_children()
+    assert len(list(tmp_path.glob("*/done.json"))) == 1  # the backbone was built in full
 
 
 def test_killed_child_becomes_proxy_error(tiny_data: Path, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class ProxyBudget:
     `seed` changes the child's initialization and batch order (not the backbone)."""
 
     input_size: int = 128
-    steps: int = 800
+    steps: int = 1600  # at 800 the deeper paper cell was still behind a weak head
     batch_size: int = 16
     lr: float = 0.1
     alpha: float = 0.35
@@ -77,7 +77,9 @@ class ProxyBudget:
     backbone_head: str = "nasfpnlite"
     backbone_head_repeats: int = 1
     flip_views: bool = True  # also cache mirrored train images
-    # Child process limits: TensorFlow threads (None: its default) and a wall-clock limit.
+    # Child process limits: TensorFlow threads (None: its default) and a wall-clock limit
+    # for the child's own work; waiting for or building the shared backbone does not count
+    # (a limit shorter than that build would otherwise fail every child, forever).
     threads: int | None = None
     timeout_s: float | None = None
 
@@ -214,19 +216,27 @@ def proxy_evaluate(
     proc.start()
     send.close()
     message: tuple[str, Any] | None = None
+    ready_at: float | None = None  # the shared backbone is there: the time limit starts
     try:
-        if recv.poll(budget.timeout_s):
+        while True:
+            wait = None
+            if ready_at is not None and budget.timeout_s is not None:
+                wait = max(0.0, budget.timeout_s - (time.perf_counter() - ready_at))
+            if not recv.poll(wait):
+                proc.kill()
+                proc.join()
+                raise ProxyError(
+                    f"proxy child for {_label(genotype)} ran past its {budget.timeout_s:g} s "
+                    "limit and was stopped"
+                )
             try:
                 message = recv.recv()
             except EOFError:
                 message = None
-        elif proc.is_alive():
-            proc.kill()
-            proc.join()
-            raise ProxyError(
-                f"proxy child for {_label(genotype)} ran past its {budget.timeout_s:g} s limit "
-                "and was stopped"
-            )
+                break
+            if message[0] != "ready":
+                break
+            ready_at = time.perf_counter()
     finally:
         recv.close()
         proc.join(timeout=60)
@@ -280,7 +290,10 @@ def _child_main(
         from mnasfpn.train.proxy_worker import run_proxy
 
         genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
-        result = run_proxy(genotype, Path(data), ProxyBudget(**budget_doc), Path(cache))
+        result = run_proxy(
+            genotype, Path(data), ProxyBudget(**budget_doc), Path(cache),
+            on_ready=lambda: conn.send(("ready", None)),
+        )  # fmt: skip
         conn.send(("ok", result))
     except DataError as exc:
         conn.send(("data", str(exc)))

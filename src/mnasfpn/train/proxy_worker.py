@@ -8,7 +8,7 @@ import fcntl
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,8 +372,15 @@ def _evaluate(
     return coco_metrics(coco.ground_truth(), results, [int(i) for i in val.image_id])
 
 
-def run_proxy(genotype: Genotype, data: Path, budget: ProxyBudget, cache_dir: Path) -> dict:
-    """One child, start to finish (in the spawned process); ProxyResult's fields."""
+def run_proxy(
+    genotype: Genotype,
+    data: Path,
+    budget: ProxyBudget,
+    cache_dir: Path,
+    on_ready: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """One child, start to finish (in the spawned process); ProxyResult's fields.
+    `on_ready()` is called once the shared backbone cache exists (the time limit starts)."""
     import warnings
 
     tf = load_tensorflow()
@@ -388,6 +395,8 @@ def run_proxy(genotype: Genotype, data: Path, budget: ProxyBudget, cache_dir: Pa
     if train.class_index != val.class_index:
         raise DataError(f"{data}: train and val splits have different category lists")
     folder, backbone_seconds = ensure_backbone_cache(data, train, val, budget, cache_dir)
+    if on_ready is not None:
+        on_ready()
     views = [Features.load(folder / "train")]
     if budget.flip_views:
         views.append(Features.load(folder / "train_flip"))
