@@ -75,6 +75,7 @@ def _paper_with(b: int, **change: object) -> Genotype:
         (_paper_with(1, inputs=(0, 5)), "block 1: input node 5"),
         (_paper_with(0, kernel=9), "kernel 9"),
         (_paper_with(3, expansion=100), "block 3: expansion 100"),
+        (_paper_with(3, kernel=3.0), "block 3: kernel 3.0 is not an integer"),
         # Inputs as a list (unhashable): refused in one line, not a TypeError.
         (_paper_with(1, inputs=[0, 4]), "block 1: [0, 4] is not a tuple"),
         (_paper_with(1, inputs=(0, -1)), "block 1: input node -1"),
@@ -92,6 +93,7 @@ def _paper_with(b: int, **change: object) -> Genotype:
         "later-node",
         "kernel",
         "expansion",
+        "float",
         "list",
         "negative",
         "repeats",

@@ -374,6 +374,9 @@ class CostModel:
         """Check one distinct (level, expansion, kernel, merge) and give it a row of the
         shape table; a value outside the grids raises GridError (the caller says where)."""
         level, expansion, kernel, merge = key
+        for name, value in (("level", level), ("expansion", expansion), ("kernel", kernel)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise GridError(f"{name} {value!r} is not an integer")
         if level not in LEVELS:
             raise GridError(f"level {level!r} is not one of {LEVELS[0]}..{LEVELS[-1]}")
         if expansion not in _VALUES:
