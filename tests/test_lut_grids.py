@@ -75,6 +75,7 @@ def _paper_with(b: int, **change: object) -> Genotype:
         (_paper_with(1, inputs=(0, 5)), "block 1: input node 5"),
         (_paper_with(0, kernel=9), "kernel 9"),
         (_paper_with(3, expansion=100), "block 3: expansion 100"),
+        (_paper_with(3, kernel=3.0), "block 3: kernel 3.0 is not an integer"),
         # Inputs as a list (unhashable): refused in one line, not a TypeError.
         (_paper_with(1, inputs=[0, 4]), "block 1: [0, 4] is not a tuple"),
         (_paper_with(1, inputs=(0, -1)), "block 1: input node -1"),
@@ -92,6 +93,7 @@ def _paper_with(b: int, **change: object) -> Genotype:
         "later-node",
         "kernel",
         "expansion",
+        "float",
         "list",
         "negative",
         "repeats",
@@ -123,3 +125,43 @@ def test_missing_op_is_a_one_line_project_error() -> None:
     assert isinstance(info.value, MnasfpnError)
     assert message.startswith("the table has no entry for op ") and "\n" not in message
     assert info.value.key in message and "paper-mnasfpn" in message
+
+
+def test_batches_are_split_into_chunks_with_batch_indices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large batches run in chunks: the same sums, and errors name the batch index."""
+    import numpy as np
+
+    from mnasfpn.lut import predictor
+    from mnasfpn.searchspace.spaces import sample_genotypes
+
+    model = CostModel({}, Settings(input_size=SIZE))
+    gs = sample_genotypes("mnasfpn", 30, 4) + sample_genotypes("conn-search", 10, 4)
+    whole = model.encode(gs)
+    monkeypatch.setattr(predictor, "_CHUNK", 7)
+    chunked = model.encode(gs)
+    key = np.lexsort((whole[1], whole[0]))
+    key2 = np.lexsort((chunked[1], chunked[0]))
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a[key], b[key2])
+    bad = [*gs[:20], _paper_with(0, kernel=9), *gs[20:]]
+    with pytest.raises(GridError, match=r"genotype #20, block 0: kernel 9"):
+        model.encode(bad)
+    bad = [*gs[:16], dataclasses.replace(paper_mnasfpn(), repeats=0)]
+    with pytest.raises(GridError, match=r"genotype #16: repeats"):
+        model.encode(bad)
+    # An empty table: the first genotype of the batch lacks an op, in the first chunk.
+    with pytest.raises(predictor.MissingOpError) as info:
+        model.predict(gs)
+    assert info.value.genotype_index == 0
+    # A table with every op of the first ten: the eleventh (second chunk) is named.
+    lat = {k: 1.0 for g in gs[:10] for k in build_opgraph(g, input_size=SIZE).key_counts()}
+    extra = next(
+        g for g in gs[10:] if set(build_opgraph(g, input_size=SIZE).key_counts()) - set(lat)
+    )
+    partial = CostModel(lat, Settings(input_size=SIZE))
+    assert partial.predict(gs[:10]).shape == (10,)
+    with pytest.raises(predictor.MissingOpError) as info:
+        partial.predict([*gs[:10], extra])
+    assert info.value.genotype_index == 10 and info.value.genotype is extra

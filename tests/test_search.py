@@ -614,6 +614,7 @@ def test_cli_search_run_shows_progress_and_prints_the_frontier(
 
 def test_search_cli_refuses_a_bad_data_folder(tmp_path: Path, table_path: Path) -> None:
     pytest.importorskip("mnasfpn.train.proxy")
+    pytest.importorskip("tensorflow")  # without it the command says TensorFlow is missing
     (tmp_path / "data").mkdir()
     result = CliRunner().invoke(
         main,
@@ -631,3 +632,31 @@ def test_search_cli_refuses_a_bad_data_folder(tmp_path: Path, table_path: Path) 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "instances_" in lines[0], result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_search_command_end_to_end_with_the_proxy(tmp_path: Path, table_path: Path) -> None:
+    """The real thing at toy size: synthetic data, the proxy's shared backbone, two children
+    on a local Ray instance, the frontier; a second run reuses everything."""
+    pytest.importorskip("tensorflow")
+    runner = CliRunner()
+    data = tmp_path / "data"
+    synth = ["data", "synth", "--out", str(data), "--train", "24", "--val", "8", "--size", "128"]
+    assert runner.invoke(main, synth).exit_code == 0
+    args = [
+        "search", "--lut", str(table_path), "--data", str(data), "--out", str(tmp_path / "s"),
+        "--strategy", "evolution", "--trials", "2", "--workers", "2", "--quiet",
+        "--seed-arch", "paper-mnasfpn", "--proxy-steps", "3", "--proxy-backbone-steps", "3",
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "lat ms" in result.output and "frontier/trial-" in result.output
+    run = load_run(tmp_path / "s")
+    assert [t.status for t in run.trials] == ["done", "done"], [t.error for t in run.trials]
+    assert run.trials[0].info.get("seed") and run.trials[0].map is not None
+    assert all(t.train_seconds and t.train_seconds > 0 for t in run.trials)
+    start = time.perf_counter()
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0 and len(load_run(tmp_path / "s").trials) == 2
+    assert time.perf_counter() - start < 60  # nothing trained again

@@ -121,6 +121,20 @@ def test_detector_runs_with_outputs_of_the_right_shapes(space: str) -> None:
     assert _run(opgraph_tflite(graph)) == [(1, anchors, 4), (1, anchors, 3)]
 
 
+@pytest.mark.parametrize("size", [64, 128])
+def test_detector_ops_equal_the_live_ir_ops(size: int, tmp_path: Path) -> None:
+    """DESIGN §1's invariant, also at 64 (level 6 at 1x1), where the converter simplifies
+    degenerate ops and the direct writer still writes exactly the IR."""
+    from mnasfpn.model.tflite_ops import ir_op_signatures, tflite_op_signatures
+
+    for space in sorted(SPACES):
+        genotype = sample_genotypes(space, 1, seed=size)[0].with_repeats(2)
+        graph = build_opgraph(genotype, input_size=size, num_classes=3)
+        path = tmp_path / f"{space}.tflite"
+        path.write_bytes(opgraph_tflite(graph))
+        assert tflite_op_signatures(path) == ir_op_signatures(graph), space
+
+
 def test_output_is_deterministic_per_seed_and_buffers_aligned() -> None:
     graph = build_opgraph(get_architecture("paper-mnasfpn", 3), input_size=SIZE, num_classes=3)
     a, b, c = (opgraph_tflite(graph, seed=s) for s in (0, 0, 1))

@@ -12,8 +12,15 @@ A detector's live ops split into components whose keys depend on few things:
     own cell and (for a cell output) in the next cell; pooling C5 by 2 in the first cell is
     the backbone's C6 pool. These are counted once per (tensor, stride).
 Each component's key multiset is made once, by the IR emitters `build_opgraph` uses
-(`mobilenet_v2`, `mnasfpn_block`, `ssd_predictor`), and memoized in dense signature grids;
-genotypes are encoded to integer arrays and everything after that is numpy.
+(`mobilenet_v2`, `mnasfpn_block`, `ssd_predictor`), and memoized in dense signature grids.
+
+A batch is read from the Python objects once: each block becomes two small integer codes,
+its shape (level, expansion, kernel, merge) and its wiring (inputs), through two memo dicts
+of a few hundred entries (each distinct value is checked against the grids once). That read
+is most of the cost of a batch (about 0.2 µs per block here); everything after it is numpy
+over (genotype × block) arrays: liveness as a bit mask swept from the last block back, the
+signature codes of each block's body and resampled inputs, and each genotype's distinct
+pre-pools as bits of two 64-bit sets.
 
 Liveness (paper §3.4, connectivity): every cell's output blocks are live: the last
 cell's feed the predictor, and each later cell's output blocks add their cell input as a
@@ -27,7 +34,7 @@ every space.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain, repeat
 from operator import attrgetter
 
@@ -86,6 +93,8 @@ _S_LEVEL, _S_EXPANSION, _S_KERNEL, _S_MERGE = range(4)
 # Columns of the wiring table: number of inputs, bit mask of the block nodes read (bit b:
 # node 4 + b), largest input node.
 _W_INPUTS, _W_READ, _W_MAXIN = range(3)
+# Genotypes per numpy pass: bounds the memory of a batch; about the fastest size here.
+_CHUNK = 4096
 # Component 0 has no ops: padding and dead entries of the dense layouts point at it.
 _EMPTY = 0
 # A count of one for every entry of a piece (the sum skips the multiplication).
@@ -365,6 +374,9 @@ class CostModel:
         """Check one distinct (level, expansion, kernel, merge) and give it a row of the
         shape table; a value outside the grids raises GridError (the caller says where)."""
         level, expansion, kernel, merge = key
+        for name, value in (("level", level), ("expansion", expansion), ("kernel", kernel)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise GridError(f"{name} {value!r} is not an integer")
         if level not in LEVELS:
             raise GridError(f"level {level!r} is not one of {LEVELS[0]}..{LEVELS[-1]}")
         if expansion not in _VALUES:
@@ -398,7 +410,9 @@ class CostModel:
         code = self._wiring_code[inputs] = len(self._wirings) - 1
         return code
 
-    def _block_codes(self, block_lists: list, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _block_codes(
+        self, block_lists: list, nb: np.ndarray, offset: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Shape and wiring codes of every block, in genotype order: two dict look-ups per
         block; each distinct shape and wiring is checked and tabulated once."""
         blocks = list(chain.from_iterable(block_lists))
@@ -423,7 +437,7 @@ class CostModel:
                 except (GridError, TypeError) as exc:
                     g, slot = _position(nb, i)
                     what = exc if isinstance(exc, GridError) else f"{key!r} is not a tuple"
-                    raise GridError(f"genotype #{g}, block {slot}: {what}") from None
+                    raise GridError(f"genotype #{offset + g}, block {slot}: {what}") from None
                 codes[i] = code
             out.append(codes)
         return out[0], out[1]
@@ -451,13 +465,16 @@ class CostModel:
                 ids = np.where(mask, ids, _EMPTY)
         return ids
 
-    def _pieces(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> list[_Piece]:
+    def _pieces(
+        self, genotypes: Sequence[Genotype], *, naive: bool = False, offset: int = 0
+    ) -> list[_Piece]:
         """The live components of each genotype, with multiplicity, as pieces.
 
         A piece is (rows, component ids, counts). With rows None, ids is an array whose
         first axis is the genotype (n, ...) and counts broadcasts against it; otherwise the
         three are flat and rows names each entry's genotype. With `naive`, every block
-        counts, connected to an output or not (the baseline).
+        counts, connected to an output or not (the baseline). `offset` is the index of
+        genotypes[0] in the caller's batch (for messages).
         """
         n = len(genotypes)
         if n == 0:
@@ -467,9 +484,9 @@ class CostModel:
         rep = np.fromiter(map(_REPEATS, genotypes), dtype=np.int64, count=n)
         block_lists = list(map(_BLOCKS, genotypes))
         nb = np.fromiter(map(len, block_lists), dtype=np.int64, count=n)
-        _check_genotype_fields(sdo, rep, nb)
+        _check_genotype_fields(sdo, rep, nb, offset)
         ci = _index(_VALUE_INDEX, chan, "channels")
-        shape_codes, wiring_codes = self._block_codes(block_lists, nb)
+        shape_codes, wiring_codes = self._block_codes(block_lists, nb, offset)
         mb = int(nb.max())
         slot = np.arange(mb)
         valid = slot < nb[:, None]
@@ -487,7 +504,9 @@ class CostModel:
         if not (maxin < NUM_CELL_INPUTS + slot).all():
             g, b = np.argwhere(maxin >= NUM_CELL_INPUTS + slot)[0].tolist()
             node = int(maxin[g, b])
-            raise GridError(f"genotype #{g}, block {b}: input node {node} is not an earlier node")
+            raise GridError(
+                f"genotype #{offset + g}, block {b}: input node {node} is not an earlier node"
+            )
         lv = lv_of[sc]
         n_in = nin_of[wc]
         # One (n, mb) array per input slot: the node it reads, -1 past a block's inputs.
@@ -638,7 +657,9 @@ class CostModel:
             ids = self._lookup(self._pool_table, code, self._pool_component)
             pieces.append((g, ids, counts.astype(np.float64)))
 
-    def _check_missing(self, genotypes: Sequence[Genotype], pieces: list[_Piece]) -> None:
+    def _check_missing(
+        self, genotypes: Sequence[Genotype], pieces: list[_Piece], offset: int = 0
+    ) -> None:
         """Raise MissingOpError for the first genotype (by index) that needs a component
         with a key the table lacks."""
         _, _, missing = self._matrices()
@@ -662,7 +683,20 @@ class CostModel:
         assert worst is not None
         key = self._comp_missing[worst[1]]
         assert key is not None
-        raise MissingOpError(key, worst[0], genotypes[worst[0]])
+        raise MissingOpError(key, offset + worst[0], genotypes[worst[0]])
+
+    def _chunks(
+        self, genotypes: Sequence[Genotype], naive: bool
+    ) -> Iterator[tuple[int, int, list[_Piece]]]:
+        """(start, size, pieces) of each run of at most _CHUNK genotypes, checked for
+        missing table entries: bounded memory, and arrays that stay in cache."""
+        if not isinstance(genotypes, list | tuple):
+            genotypes = list(genotypes)
+        for start in range(0, len(genotypes), _CHUNK):
+            part = genotypes[start : start + _CHUNK]
+            pieces = self._pieces(part, naive=naive, offset=start)
+            self._check_missing(part, pieces, start)
+            yield start, len(part), pieces
 
     def _sum(self, pieces: list[_Piece], scalars: np.ndarray, n: int) -> np.ndarray:
         """Per genotype: the sum over its components of `scalars[component]` × count."""
@@ -683,33 +717,36 @@ class CostModel:
         """Flat (genotype index, component id, count) triples of the live components.
 
         With `naive`, every block counts, connected to an output or not (the baseline).
+        Not checked for missing table entries (key_counts needs none).
         """
-        n = len(genotypes)
         gs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
         cs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
         ks: list[np.ndarray] = [np.zeros(0)]
-        for rows, ids, counts in self._pieces(genotypes, naive=naive):
-            if rows is None:
-                full = np.broadcast_to(np.asarray(counts, dtype=np.float64), ids.shape)
-                rows = np.broadcast_to(
-                    np.arange(n).reshape((n,) + (1,) * (ids.ndim - 1)), ids.shape
-                )
-                keep = ids != _EMPTY
-                rows, ids, counts = rows[keep], ids[keep], full[keep]
-            gs.append(rows)
-            cs.append(ids)
-            ks.append(np.asarray(counts, dtype=np.float64))
+        if not isinstance(genotypes, list | tuple):
+            genotypes = list(genotypes)
+        for start in range(0, len(genotypes), _CHUNK):
+            part = genotypes[start : start + _CHUNK]
+            n = len(part)
+            for rows, ids, counts in self._pieces(part, naive=naive, offset=start):
+                if rows is None:
+                    full = np.broadcast_to(np.asarray(counts, dtype=np.float64), ids.shape)
+                    rows = np.broadcast_to(
+                        np.arange(n).reshape((n,) + (1,) * (ids.ndim - 1)), ids.shape
+                    )
+                    keep = ids != _EMPTY
+                    rows, ids, counts = rows[keep], ids[keep], full[keep]
+                gs.append(rows + start)
+                cs.append(ids)
+                ks.append(np.asarray(counts, dtype=np.float64))
         return np.concatenate(gs), np.concatenate(cs), np.concatenate(ks)
 
     def features(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
         """(n × len(feature_columns())) summed table latencies per (op type, part)."""
-        pieces = self._pieces(genotypes, naive=naive)
-        self._check_missing(genotypes, pieces)
-        vecs, _, _ = self._matrices()
-        n = len(genotypes)
-        out = np.empty((n, vecs.shape[1]))
-        for j in range(vecs.shape[1]):
-            out[:, j] = self._sum(pieces, vecs[:, j], n)
+        out = np.zeros((len(genotypes), len(_COLUMNS)))
+        for start, n, pieces in self._chunks(genotypes, naive):
+            vecs, _, _ = self._matrices()
+            for j in range(vecs.shape[1]):
+                out[start : start + n, j] = self._sum(pieces, vecs[:, j], n)
         return out
 
     def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
@@ -730,9 +767,9 @@ class CostModel:
         *,
         naive: bool = False,
     ) -> np.ndarray:
-        pieces = self._pieces(genotypes, naive=naive)
-        self._check_missing(genotypes, pieces)
-        out = self._sum(pieces, self.component_scalars(calibration), len(genotypes))
+        out = np.zeros(len(genotypes))
+        for start, n, pieces in self._chunks(genotypes, naive):
+            out[start : start + n] = self._sum(pieces, self.component_scalars(calibration), n)
         if calibration is not None:
             out += calibration.intercept_ms
         return out
@@ -745,15 +782,14 @@ class CostModel:
         naive: bool = False,
     ) -> dict[str, np.ndarray]:
         """Per part (backbone, head, predictor) plus the fitted overhead, and the total."""
-        pieces = self._pieces(genotypes, naive=naive)
-        self._check_missing(genotypes, pieces)
-        scal = self.component_scalars(calibration)
-        _, part, _ = self._matrices()
         n = len(genotypes)
-        out = {
-            name: self._sum(pieces, np.where(part == i, scal, 0.0), n)
-            for i, name in enumerate(PARTS)
-        }
+        out = {name: np.zeros(n) for name in PARTS}
+        for start, size, pieces in self._chunks(genotypes, naive):
+            scal = self.component_scalars(calibration)
+            _, part, _ = self._matrices()
+            for i, name in enumerate(PARTS):
+                where = np.where(part == i, scal, 0.0)
+                out[name][start : start + size] = self._sum(pieces, where, size)
         out["overhead"] = np.full(n, calibration.intercept_ms if calibration else 0.0)
         out["total"] = sum(out[p] for p in (*PARTS, "overhead"))
         return out
@@ -775,7 +811,9 @@ def _position(nb: np.ndarray, flat: int) -> tuple[int, int]:
     return g, flat - int(ends[g] - nb[g])
 
 
-def _check_genotype_fields(sdo: np.ndarray, rep: np.ndarray, nb: np.ndarray) -> None:
+def _check_genotype_fields(
+    sdo: np.ndarray, rep: np.ndarray, nb: np.ndarray, offset: int = 0
+) -> None:
     for what, values, lo, hi in (
         ("sdo", sdo, 0, 1),
         ("repeats", rep, 1, None),
@@ -785,7 +823,8 @@ def _check_genotype_fields(sdo: np.ndarray, rep: np.ndarray, nb: np.ndarray) -> 
         if bad.any():
             g = int(np.argmax(bad))
             want = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
-            raise GridError(f"genotype #{g}: {what} must be {want}, got {int(values[g])}")
+            got = int(values[g])
+            raise GridError(f"genotype #{offset + g}: {what} must be {want}, got {got}")
 
 
 # Every space registered so far must fit (the cost model checks again when it is made).

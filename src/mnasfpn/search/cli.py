@@ -5,6 +5,7 @@ TensorFlow only inside the workers that train children."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -108,6 +109,11 @@ def _check_data(data: Path) -> None:
 
     if not data.is_dir():
         raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MnasfpnError(
+            "training children needs TensorFlow, which is not installed: "
+            "pip install 'mnasfpn[train]'"
+        )
     data_fingerprint(data)
     load_coco(data, "val")
 
@@ -377,21 +383,26 @@ def run_cli_search(
         seed_arch=setup["seed_arch"],
     )
     # Refuse a folder with other settings before starting any worker.
-    open_store(out, settings, force_new=force_new).close()
+    store = open_store(out, settings, force_new=force_new)
+    finished = sum(n for status, n in store.counts().items() if status != "running")
+    store.close()
     start = time.perf_counter()
-    executor = make_executor(evaluator)
-    progress = None if quiet else ProgressLine()
-    search = Search(out, settings, setup["table"], executor, trials=trials, on_progress=progress)
-    try:
-        search.run()
-    except KeyboardInterrupt:
-        raise MnasfpnError(
-            f"interrupted; {out} keeps every finished trial: run the same command to resume"
-        ) from None
-    finally:
-        if progress is not None:
-            progress.end()
-        search.close()
+    if finished < trials:  # else a rerun of a finished search: no workers to start
+        executor = make_executor(evaluator)
+        progress = None if quiet else ProgressLine()
+        search = Search(
+            out, settings, setup["table"], executor, trials=trials, on_progress=progress
+        )
+        try:
+            search.run()
+        except KeyboardInterrupt:
+            raise MnasfpnError(
+                f"interrupted; {out} keeps every finished trial: run the same command to resume"
+            ) from None
+        finally:
+            if progress is not None:
+                progress.end()
+            search.close()
     click.echo(f"search finished in {time.perf_counter() - start:.0f}s: {out}")
     points = write_genotypes(frontier_points(load_run(out)))
     click.echo(frontier_table(points))

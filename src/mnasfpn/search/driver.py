@@ -144,6 +144,15 @@ def adopt_seed(space: SearchSpace, genotype: Genotype, repeats: int) -> Genotype
     return g
 
 
+def _change(key: str, old: Any, new: Any) -> str:
+    """'w -0.3 → -0.5' for short values; just the name for a genotype or a budget."""
+    if all(
+        v is None or (isinstance(v, int | float | str) and len(str(v)) <= 24) for v in (old, new)
+    ):
+        return f"{key} {old!r} → {new!r}"
+    return f"{key} differs"
+
+
 def open_store(folder: Path, settings: SearchSettings, *, force_new: bool) -> TrialStore:
     """The folder's trial store for these settings; a folder made with other settings is
     refused, or with `force_new` moved aside (never deleted) and started afresh."""
@@ -153,7 +162,7 @@ def open_store(folder: Path, settings: SearchSettings, *, force_new: bool) -> Tr
     if old is not None and old != new:
         if not force_new:
             diff = ", ".join(
-                f"{k} {old.get(k)!r} → {new.get(k)!r}"
+                _change(k, old.get(k), new.get(k))
                 for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)
             )

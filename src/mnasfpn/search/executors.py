@@ -105,6 +105,9 @@ class RayExecutor(Executor):
         self.evaluator = evaluator
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        # Ray starts workers at niceness 15; children are the search's real work, so they
+        # run at normal priority unless the user's environment says otherwise.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
             "logging_level": logging.ERROR,
