@@ -614,6 +614,7 @@ def test_cli_search_run_shows_progress_and_prints_the_frontier(
 
 def test_search_cli_refuses_a_bad_data_folder(tmp_path: Path, table_path: Path) -> None:
     pytest.importorskip("mnasfpn.train.proxy")
+    pytest.importorskip("tensorflow")  # without it the command says TensorFlow is missing
     (tmp_path / "data").mkdir()
     result = CliRunner().invoke(
         main,

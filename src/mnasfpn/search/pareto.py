@@ -186,7 +186,7 @@ def plot(runs: list[SearchRun], path: Path) -> None:
     ax.set_ylabel("synthetic accuracy (surrogate)" if kinds == {"surrogate"} else "proxy mAP")
     ax.set_title("Search trials and frontier")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")

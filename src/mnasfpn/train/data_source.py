@@ -43,15 +43,4 @@ def eval_batches(coco: Any, input_size: int, batch_size: int) -> Any:
 
 def ground_truth(coco: Any) -> dict[str, Any]:
     """The COCO instances document the set was read from (skipped annotations left out)."""
-    if hasattr(coco, "ground_truth"):  # the data module's own (keeps the file's areas)
-        return coco.ground_truth()
-    images, annotations = [], []
-    for image, anns in zip(coco.images, coco.annotations, strict=True):
-        images.append({"id": image.id, "width": image.width, "height": image.height})
-        for box, cat, crowd in zip(anns.boxes, anns.category_ids, anns.iscrowd, strict=True):
-            x, y, w, h = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image.id, "category_id": int(cat),
-                "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(crowd),
-            })  # fmt: skip
-    return {"images": images, "annotations": annotations, "categories": categories(coco)}
+    return coco.ground_truth()
