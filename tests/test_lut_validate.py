@@ -82,6 +82,7 @@ def test_metrics_by_hand() -> None:
     m = metrics(pred, meas)
     assert m["mape"] == pytest.approx((0.1 + 0.05 + 0 + 0.25) / 4)
     assert m["within10"] == 0.75 and m["max_err"] == pytest.approx(0.25)
+    assert m["within5"] == 0.5
     assert m["kendall_tau"] == pytest.approx(1.0)
 
 

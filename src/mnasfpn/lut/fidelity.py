@@ -33,6 +33,7 @@ def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
         "max_err": float(np.max(np.abs(rel))),
         "max_err_ms": float(np.max(np.abs(pred - meas))),
         "within10": float(np.mean(np.abs(rel) <= 0.10)),
+        "within5": float(np.mean(np.abs(rel) <= 0.05)),
         "kendall_tau": float(tau),
         "bias": float(np.mean(rel)),
     }
