@@ -412,13 +412,12 @@ class AdbdEmulator:
     def start(self) -> AdbdEmulator:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        # The loop gets the socket itself: stop() may clear the attribute before the
+        # thread first runs, or while accept() waits.
+        threading.Thread(target=self._accept_loop, args=(self._listener,), daemon=True).start()
         return self
 
-    def _accept_loop(self) -> None:
-        # Its own reference: stop() may clear the attribute while accept() waits.
-        listener = self._listener
-        assert listener is not None
+    def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             try:
                 sock, _ = listener.accept()
