@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from mnasfpn.cli_common import handle_errors
+from mnasfpn.cli_common import handle_errors, repeats_option
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.train.checkpoint import require_checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +59,7 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
 @click.option(
     "--input-size",
     type=int,
-    default=320,
+    default=DetectorConfig.input_size,
     show_default=True,
     help="Square input side, a multiple of 64.",
 )
@@ -79,7 +80,7 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
 @click.option(
     "--backbone-alpha",
     type=click.FloatRange(min=0, min_open=True, max=2),
-    default=1.0,
+    default=DetectorConfig.alpha,
     show_default=True,
     help="MobileNetV2 depth multiplier.",
 )
@@ -89,16 +90,11 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
     default=None,
     help="Keras MobileNetV2 .h5/.weights.h5 file (default: scratch).",
 )
-@click.option(
-    "--repeats",
-    type=click.IntRange(1, 8),
-    default=None,
-    help="Cell repeats (default: the architecture's own).",
-)
+@repeats_option
 @click.option(
     "--depth",
     type=click.IntRange(min=1),
-    default=64,
+    default=DetectorConfig.depth,
     show_default=True,
     help="Predictor tower depth D.",
 )
@@ -122,7 +118,6 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
                   checkpoint_every: int, seed: int, resume: bool, quiet: bool) -> None:  # fmt: skip
     """Train an SSD detector with this head on a COCO-format folder."""
     from mnasfpn.archs import resolve_archs
-    from mnasfpn.ir.config import DetectorConfig
     from mnasfpn.train.run import HParams, RunError, RunInfo, load_run
     from mnasfpn.train.schedule import bn_momentum, default_lr, default_warmup
 
