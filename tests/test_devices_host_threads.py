@@ -100,6 +100,7 @@ def test_work_off_the_calling_thread_is_refused_on_the_cpu_clock(
     import mnasfpn.devices.host as host
 
     monkeypatch.setattr(host, "OFFTHREAD_LIMIT", -1.0)  # any share is too much
+    monkeypatch.setattr(host, "OFFTHREAD_MIN_MS", -1.0)
     with open_device("host-xnnpack", overrides=QUICK) as dev:
         r = dev.time_model(models["tiny"])
     assert not r.ok and "ran off the calling thread" in (r.error or "")

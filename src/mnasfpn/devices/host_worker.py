@@ -96,8 +96,9 @@ class Worker:
             msg = " ".join(str(e).split())[:300] or type(e).__name__
             return {"ok": False, "error": f"LiteRT could not load/run the model: {msg}"}
         self.interp = interp
-        offthread = max(0.0, (proc_ns - thread_ns) / proc_ns) if proc_ns > 0 else 0.0
-        return {"ok": True, "offthread_share": offthread}
+        off_ns = max(0, proc_ns - thread_ns)
+        share = off_ns / proc_ns if proc_ns > 0 else 0.0
+        return {"ok": True, "offthread_share": share, "offthread_ms": off_ns / 1e6}
 
     def run(self, n: int) -> dict[str, Any]:
         if self.interp is None:

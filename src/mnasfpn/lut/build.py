@@ -311,7 +311,8 @@ def record_load(
     load = dict(store.meta().get("timing_load") or {})
     load[what] = {"at": now(), "remeasured": remeasured, "slow_kept": slow_kept, "devices": seen}
     store.set_meta({"timing_load": load})
-    notes = [n for d in devices if (n := d.load_note())]
+    # Devices that cannot be contended (or test doubles) have no load_note.
+    notes = [n for d in devices if (n := getattr(d, "load_note", lambda: None)())]
     if not remeasured and not slow_kept:
         return "; ".join(notes) or None
     slow = [s["slow_fraction"] for s in seen if s.get("slow_fraction") is not None]
