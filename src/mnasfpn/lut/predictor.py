@@ -825,8 +825,9 @@ class CostModel:
 
 
 def structure_of(ops: Sequence) -> np.ndarray:
-    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)."""
-    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20])
+    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)
+    and their count."""
+    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20, len(ops)])
 
 
 def _position(nb: np.ndarray, flat: int) -> tuple[int, int]:
