@@ -485,9 +485,7 @@ class CostModel:
         if any(np.isnan(o).any() for o in out):
             # Components not made yet, or a key the table lacks: make them, or say which.
             self._check_missing(self._atoms(chunk.pieces), chunk)
-            out = [
-                self._total(chunk.pieces, self._tables(calibration, p), chunk.n) for p in parts
-            ]
+            out = [self._total(chunk.pieces, self._tables(calibration, p), chunk.n) for p in parts]
         return out
 
     def _chunks(self, batch: Batch, naive: bool) -> Iterator[_Chunk]:

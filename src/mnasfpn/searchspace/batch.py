@@ -208,8 +208,7 @@ def as_code_array(codes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
     if isinstance(codes, np.ndarray):
         if codes.ndim != 2:
             raise GenotypeError(
-                f"decision codes must be a 2-D array, one row per genotype; got shape "
-                f"{codes.shape}"
+                f"decision codes must be a 2-D array, one row per genotype; got shape {codes.shape}"
             )
         if codes.dtype == bool or not np.issubdtype(codes.dtype, np.integer):
             raise GenotypeError(f"decision codes must be integers, got dtype {codes.dtype}")
@@ -387,8 +386,7 @@ def _fixed_values(cell: Genotype, n: int) -> BlockValues:
         return np.tile(np.asarray(values, dtype=np.int64), (n, 1))
 
     inputs = tuple(
-        rows([b.inputs[j] if j < len(b.inputs) else -1 for b in cell.blocks])
-        for j in range(width)
+        rows([b.inputs[j] if j < len(b.inputs) else -1 for b in cell.blocks]) for j in range(width)
     )
     return BlockValues(
         np.full(n, cell.channels, dtype=np.int64),
@@ -589,11 +587,13 @@ def encode_batch(space: SearchSpace, genotypes: Sequence[Genotype]) -> np.ndarra
 
 
 def _explain_genotype(space: SearchSpace, genotypes: Sequence[Genotype], index: int) -> None:
-    """Raise the one-genotype encoder's error for a genotype the batch encoder refused."""
+    """Raise the one-genotype checks' error for a genotype the batch encoder refused."""
     g = genotypes[index]
+    if g.space != space.name:
+        raise GenotypeError(f"genotype #{index} is of space {g.space!r}, not {space.name!r}")
+    space.validate(g, source=f"genotype #{index}")
     try:
         space.encode(g)
-        space.validate(g)
     except GenotypeError as exc:
         raise GenotypeError(f"genotype #{index}: {exc}") from None
     raise GenotypeError(f"genotype #{index} does not fit the decisions of space {space.name!r}")
