@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from mnasfpn.cli import lut_main
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut import predictor
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.calibration import Calibration, feature_columns
-from mnasfpn.lut import predictor
 from mnasfpn.lut.predictor import CostModel, Settings
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable

@@ -27,7 +27,7 @@ from mnasfpn.ir.build import level_size, mnasfpn_block, mobilenet_v2, ssd_predic
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import GraphBuilder, Tensor
 from mnasfpn.ir.ops import MODEL_INPUT, PARTS
-from mnasfpn.lut.calibration import feature_columns
+from mnasfpn.lut.calibration import STRUCTURE_FEATURES, feature_columns
 from mnasfpn.searchspace.genotype import LEVELS, MERGES, NUM_CELL_INPUTS, Block
 from mnasfpn.searchspace.spaces import CHANNELS, EXPANSIONS, KERNELS, SPACES, SearchSpace
 
@@ -147,7 +147,9 @@ class Components:
         self._part: list[int] = []
         self._vec: list[np.ndarray] = []
         self.missing_key: list[str | None] = []
+        self._struct: list[np.ndarray] = []  # STRUCTURE_FEATURES of its ops
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._struct_matrix: np.ndarray | None = None
         self._fixed_memo: dict[int, tuple[int, int]] = {}
         self.add(("empty",), [])
         v = len(VALUES)
@@ -181,7 +183,9 @@ class Components:
         self._part.append(PARTS.index(parts.pop()))
         self._vec.append(vec)
         self.missing_key.append(missing)
+        self._struct.append(structure_of(ops))
         self._arrays = None
+        self._struct_matrix = None
         return idx
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -193,6 +197,12 @@ class Components:
                 np.array([m is not None for m in self.missing_key], dtype=bool),
             )
         return self._arrays
+
+    def structure(self) -> np.ndarray:
+        """Per component: its STRUCTURE_FEATURES (components × features)."""
+        if self._struct_matrix is None:
+            self._struct_matrix = np.array(self._struct).reshape(-1, len(STRUCTURE_FEATURES))
+        return self._struct_matrix
 
     # -- making components --------------------------------------------------------------
 
@@ -304,6 +314,11 @@ class Components:
         )
         ops = [op for op in ops if not op.is_block_input]
         return self.add(("body", flat), ops)
+
+
+def structure_of(ops: Sequence) -> np.ndarray:
+    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)."""
+    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20])
 
 
 # Every space registered so far must fit (the cost model checks again when it is made).

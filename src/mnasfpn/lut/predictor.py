@@ -42,7 +42,6 @@ from mnasfpn.ir.ops import PARTS
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.components import (
     BODY_DIMS,
-    COLUMNS,
     EMPTY,
     GRID_KERNELS,
     GRID_MERGES,
@@ -395,12 +394,15 @@ class CostModel:
         """The value tables for `calibration` (raw with None) and `part` (all with None),
         remade when components were added."""
         scales = None if calibration is None else tuple(calibration.column_scales())
-        key = (scales, part)
+        coefs = None if calibration is None else tuple(calibration.structure_coefs())
+        key = (scales, coefs, part)
         have = self._values.get(key)
         if have is not None and have.made == len(self.comps):
             return have
         vecs, parts, missing = self.comps.arrays()
         scal = vecs.sum(axis=1) if scales is None else vecs @ np.asarray(scales)
+        if coefs is not None and any(coefs):  # the calibration's structure term
+            scal = scal + self.comps.structure() @ np.asarray(coefs)
         if part is not None:
             scal = np.where(parts == part, scal, 0.0)
         tables = _Tables(len(self.comps), self.comps.grids, np.where(missing, np.nan, scal))
@@ -560,17 +562,30 @@ class CostModel:
 
     def features(self, batch: Batch, *, naive: bool = False) -> np.ndarray:
         """(n × len(feature_columns())) summed table latencies per (op type, part)."""
-        out = np.zeros((len(batch), len(COLUMNS)))
+        return self._per_component_sums(batch, naive, lambda: self.comps.arrays()[0])
+
+    def structure(self, batch: Batch, *, naive: bool = False) -> np.ndarray:
+        """(n × len(STRUCTURE_FEATURES)) structural quantities of the live ops."""
+        return self._per_component_sums(batch, naive, self.comps.structure)
+
+    def _per_component_sums(
+        self, batch: Batch, naive: bool, matrix: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """Per genotype, the sum over its live components of each column of `matrix()`
+        (components × columns, read after the chunk's components are made)."""
+        out: np.ndarray | None = None
         for chunk in self._chunks(batch, naive):
             atoms = self._atoms(chunk.pieces)
             self._check_missing(atoms, chunk)
             triples = list(self._triples(atoms, chunk.n))
-            vecs, _, _ = self.comps.arrays()
-            for j in range(len(COLUMNS)):
+            mat = matrix()
+            if out is None:
+                out = np.zeros((len(batch), mat.shape[1]))
+            for j in range(mat.shape[1]):
                 col = out[chunk.start : chunk.start + chunk.n, j]
                 for rows, ids, k in triples:
-                    col += np.bincount(rows, weights=vecs[ids, j] * k, minlength=chunk.n)
-        return out
+                    col += np.bincount(rows, weights=mat[ids, j] * k, minlength=chunk.n)
+        return out if out is not None else np.zeros((0, matrix().shape[1]))
 
     def key_counts(self, genotype: Genotype, *, naive: bool = False) -> Counter[str]:
         """The live (or, with `naive`, all) op keys of one genotype, with multiplicity."""
