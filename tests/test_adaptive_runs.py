@@ -169,3 +169,18 @@ def test_rounds_of_averages_stop_when_their_mean_is_known() -> None:
     drifting = iter(20.0 * 1.05**i for i in range(100))
     got = run_until_confident(lambda k: [next(drifting) for _ in range(k)], rule)
     assert got.stopped_by == "max_runs" and got.invocations == 10
+
+
+def test_show_says_how_a_table_was_timed() -> None:
+    from mnasfpn.lut.show import _runs_text
+
+    fixed = {"num_runs": 30, "warmup_runs": 10, "min_repeats": 3, "max_repeats": 20}
+    assert _runs_text(fixed) == "30 runs after 10 warm-ups (3..20 rounds)"  # an older table
+    adaptive = {
+        **fixed, "runs": "adaptive", "warmup_s": 0.05, "min_runs": 40, "max_runs": 1000,
+        "confidence": 0.95, "target_ci": 0.01, "max_time_s": 2.0,
+    }  # fmt: skip
+    assert _runs_text(adaptive) == (
+        "40..1000 runs after 10 warm-ups (or 0.05 s), until its 95% interval is within ±1% "
+        "(at most 2.0 s)"
+    )

@@ -253,7 +253,7 @@ class HostDevice(Device):
                 statistic=self.statistic,
                 settle=lambda: time.sleep(self.settle_s),
             )
-            worker.request(op="unload")
+            # No "unload" round trip: the next load replaces the model (and frees it first).
         except DeviceError as e:
             # A crash in native code kills only the worker; the next model gets a new one.
             return TimingResult.failed(label, str(e))
