@@ -320,8 +320,10 @@ def record_load(
     load = dict(store.meta().get("timing_load") or {})
     load[what] = {"at": now(), "remeasured": remeasured, "slow_kept": slow_kept, "devices": seen}
     store.set_meta({"timing_load": load})
+    # Devices that cannot be contended (or test doubles) have no load_note.
+    notes = [n for d in devices if (n := getattr(d, "load_note", lambda: None)())]
     if not remeasured and not slow_kept:
-        return None
+        return "; ".join(notes) or None
     slow = [s["slow_fraction"] for s in seen if s.get("slow_fraction") is not None]
     share = f" ({100 * max(slow):.0f}% of reference checks slow)" if slow else ""
     kept = (
@@ -330,9 +332,12 @@ def record_load(
         if slow_kept
         else ""
     )
-    return (
-        f"{what}: the device slowed down in phases{share}; {remeasured} timing(s) re-measured "
-        f"after it recovered{kept}"
+    return "; ".join(
+        [
+            f"{what}: the device slowed down in phases{share}; {remeasured} timing(s) "
+            f"re-measured after it recovered{kept}",
+            *notes,
+        ]
     )
 
 

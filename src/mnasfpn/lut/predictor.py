@@ -45,7 +45,7 @@ from mnasfpn.ir.build import level_size, mnasfpn_block, mobilenet_v2, ssd_predic
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import GraphBuilder, Tensor
 from mnasfpn.ir.ops import MODEL_INPUT, PARTS
-from mnasfpn.lut.calibration import Calibration, feature_columns
+from mnasfpn.lut.calibration import STRUCTURE_FEATURES, Calibration, feature_columns
 from mnasfpn.searchspace.genotype import LEVELS, MERGES, NUM_CELL_INPUTS, Block, Genotype
 from mnasfpn.searchspace.spaces import CHANNELS, EXPANSIONS, KERNELS, SPACES, SearchSpace
 
@@ -204,6 +204,8 @@ class CostModel:
         self._comp_part: list[int] = []
         self._comp_vec: list[np.ndarray] = []
         self._comp_missing: list[str | None] = []
+        self._comp_struct: list[np.ndarray] = []  # STRUCTURE_FEATURES of its ops
+        self._struct: np.ndarray | None = None
         self._fixed_memo: dict[int, tuple[int, int]] = {}
         self._bb_table = np.full(len(_VALUES), -1, dtype=np.int64)
         self._pr_table = np.full(len(_VALUES), -1, dtype=np.int64)
@@ -246,6 +248,7 @@ class CostModel:
         self._comp_part.append(PARTS.index(parts.pop()))
         self._comp_vec.append(vec)
         self._comp_missing.append(missing)
+        self._comp_struct.append(structure_of(ops))
         self._arrays = None
         return idx
 
@@ -749,14 +752,31 @@ class CostModel:
                 out[start : start + n, j] = self._sum(pieces, vecs[:, j], n)
         return out
 
+    def _structure_matrix(self) -> np.ndarray:
+        if self._struct is None or len(self._struct) != len(self._comp_struct):
+            self._struct = np.array(self._comp_struct).reshape(-1, len(STRUCTURE_FEATURES))
+        return self._struct
+
+    def structure(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
+        """(n × len(STRUCTURE_FEATURES)) structural quantities of the live ops."""
+        out = np.zeros((len(genotypes), len(STRUCTURE_FEATURES)))
+        for start, n, pieces in self._chunks(genotypes, naive):
+            mat = self._structure_matrix()
+            for j in range(mat.shape[1]):
+                out[start : start + n, j] = self._sum(pieces, mat[:, j], n)
+        return out
+
     def component_scalars(self, calibration: Calibration | None) -> np.ndarray:
         """Per component: its latency through `calibration`'s column scales (raw sum with
         None). Cached by the scales and the component count (components only grow)."""
         vecs, _, _ = self._matrices()
         scales = None if calibration is None else tuple(calibration.column_scales())
-        key = (scales, len(vecs))
+        coefs = None if calibration is None else tuple(calibration.structure_coefs())
+        key = (scales, coefs, len(vecs))
         if self._scalars is None or self._scalars[0] != key:
             out = vecs.sum(axis=1) if scales is None else vecs @ np.asarray(scales)
+            if coefs is not None and any(coefs):
+                out = out + self._structure_matrix() @ np.asarray(coefs)
             self._scalars = (key, out)
         return self._scalars[1]
 
@@ -802,6 +822,11 @@ class CostModel:
             for key, m in self._comp_keys[c].items():
                 total[key] += int(m * k)
         return total
+
+
+def structure_of(ops: Sequence) -> np.ndarray:
+    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)."""
+    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20])
 
 
 def _position(nb: np.ndarray, flat: int) -> tuple[int, int]:

@@ -86,11 +86,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         lines.append("  calibration: none (predictions are raw table sums); run validate")
     else:
         cal = Calibration.from_dict(doc)
-        scales = ", ".join(f"{k} {v:.3f}" for k, v in sorted(cal.scales.items()))
         stats = cal.stats
-        lines.append(
-            f"  calibration ({cal.feature_set}): overhead {cal.intercept_ms:.3f} ms; {scales}"
-        )
+        lines.append(f"  calibration ({cal.feature_set}): {cal.terms_text('; ')}")
         if stats:
             lines.append(
                 "  calibration fit: "

@@ -141,6 +141,11 @@ class LatencyTable:
         """Summed raw table latency per (op type, part) column, see `feature_columns()`."""
         return self._guard(self.model.features, genotypes, naive=naive)
 
+    def structure(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
+        """Structural quantities of the live ops per `STRUCTURE_FEATURES` column (the
+        calibration's cold-weight term: fp32 weight MiB)."""
+        return self._guard(self.model.structure, genotypes, naive=naive)
+
     def key_counts(self, genotype: Genotype) -> dict[str, int]:
         return dict(self.model.key_counts(genotype))
 

@@ -26,13 +26,13 @@ import numpy as np
 
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of, record_load
-from mnasfpn.lut.calibration import fit_calibration
 from mnasfpn.lut.fidelity import (
     DEFAULT_TARGET,
     METHODS,
     choose_fit,
     cross_validate,
     end_to_end_latency,
+    fit_choice,
     metrics,
     round_spread,
     round_values,
@@ -240,10 +240,12 @@ def validate(
     x = table.features(genotypes)
     x_naive = table.features(genotypes, naive=True)
     madds = np.array([st.opgraph(g).madds() / 1e6 for g in genotypes])
-    preds, folds = cross_validate(x, x_naive, madds, y, seed)
+    s = table.structure(genotypes)
+    s_naive = table.structure(genotypes, naive=True)
+    preds, folds = cross_validate(x, x_naive, madds, y, seed, s, s_naive)
     results = {m: metrics(preds[m], y) for m in METHODS}
-    (fs, rel), scores = choose_fit(x, y, seed)
-    cal = fit_calibration(x, y, fs, relative=rel)
+    choice, scores = choose_fit(x, y, seed, s)
+    cal = fit_choice(x, y, s, choice)
     cal.stats.update(
         {
             "n_archs": len(y),
