@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.devices import contention, sysinfo
+from mnasfpn.devices.adaptive import run_until_confident
 from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
 from mnasfpn.devices.errors import DeviceError
 from mnasfpn.devices.profiles import Profile
@@ -145,9 +146,12 @@ class _WorkerProcess:
 class HostDevice(Device):
     """Times models in the pinned worker.
 
-    Each model is measured between two timings of the worker's reference kernel; when
+    Each model is measured between two timings of the worker's reference kernel (the
+    one after a model serves as the one before the next, see _recent_reference); when
     they show a slow phase (see :class:`DriftMonitor`), the model is measured again after
-    ``settle_s``, within a :class:`RemeasureBudget`. With one interpreter thread the clock
+    ``settle_s``, within a :class:`RemeasureBudget`. The profile's ``runs`` says how many
+    invocations a model gets: until its statistic's confidence interval is narrow enough
+    (adaptive) or fixed rounds. With one interpreter thread the clock
     is the worker thread's CPU time (time another process held the core is not the
     model's), otherwise wall time. With several threads the worker is pinned to as many
     cores, and since wall time then counts every other process on them, the CPU pressure
@@ -155,6 +159,7 @@ class HostDevice(Device):
     """
 
     settle_s = 0.25
+    ref_reuse_s = 1.0
 
     def __init__(
         self, profile: Profile, *, statistic: str = DEFAULT_STATISTIC, clock: str | None = None
@@ -172,6 +177,9 @@ class HostDevice(Device):
         self.core = self.cores[0]
         self.drift = DriftMonitor()
         self.budget = RemeasureBudget()
+        self._rule = profile.stop_rule(self.statistic) if profile.runs == "adaptive" else None
+        # The last reference timing and when it was taken (see _recent_reference).
+        self._last_ref: tuple[float, float] | None = None
         self.contention = contention.ContentionMonitor(self.cores, profile.threads)
         self._worker: _WorkerProcess | None = _WorkerProcess(self.cores)
 
@@ -214,6 +222,16 @@ class HostDevice(Device):
             },
         )
 
+    def _recent_reference(self) -> float | None:
+        """The reference timing taken just after the previous model, as this model's
+        "before" check: nothing but a model load ran since, so timing the kernel again
+        would see the same machine. Used once, only within ``ref_reuse_s`` and only when
+        it was not slow (a slow phase is checked afresh, after the settle)."""
+        last, self._last_ref = self._last_ref, None
+        if last is None or time.monotonic() - last[1] > self.ref_reuse_s:
+            return None
+        return None if self.drift.is_slow(last[0]) else last[0]
+
     def _time_one(self, path: ModelPath) -> TimingResult:
         label = model_label(path)
         if not Path(path).is_file():
@@ -226,6 +244,7 @@ class HostDevice(Device):
                 path=str(Path(path).resolve()),
                 threads=p.threads,
                 warmup=p.warmup_runs,
+                warmup_s=p.warmup_s,
                 xnnpack=p.use_xnnpack,
             )
             if not rep["ok"]:
@@ -251,22 +270,27 @@ class HostDevice(Device):
                 r = worker.request(op="ref")
                 if not r["ok"]:
                     raise DeviceError(r["error"])
-                return float(r[ref_key])
+                self._last_ref = (float(r[ref_key]), time.monotonic())
+                return self._last_ref[0]
 
-            def one_round() -> list[float]:
-                r = worker.request(op="run", n=p.num_runs)
+            def runs(n: int) -> list[float]:
+                r = worker.request(op="run", n=n)
                 if not r["ok"]:
                     raise DeviceError(r["error"])
                 return r[key]
 
             def measure() -> tuple[list[list[float]], list[float]]:
-                before = reference()
-                rounds, n, stable = repeat_until_stable(
-                    one_round,
-                    min_repeats=p.min_repeats,
-                    max_repeats=p.max_repeats,
-                    tolerance=p.stability_tolerance,
-                )
+                before = self._recent_reference() or reference()
+                if self._rule is not None:
+                    got = run_until_confident(runs, self._rule)
+                    rounds, n, stable = got.rounds, len(got.rounds), got.converged
+                else:
+                    rounds, n, stable = repeat_until_stable(
+                        lambda: runs(p.num_runs),
+                        min_repeats=p.min_repeats,
+                        max_repeats=p.max_repeats,
+                        tolerance=p.stability_tolerance,
+                    )
                 tries.append((n, stable))
                 return rounds, [before, reference()]
 
@@ -277,7 +301,7 @@ class HostDevice(Device):
                 statistic=self.statistic,
                 settle=lambda: time.sleep(self.settle_s),
             )
-            worker.request(op="unload")
+            # No "unload" round trip: the next load replaces the model (and frees it first).
         except DeviceError as e:
             # A crash in native code kills only the worker; the next model gets a new one.
             return TimingResult.failed(label, str(e))

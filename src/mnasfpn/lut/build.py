@@ -25,6 +25,7 @@ from typing import Any
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.store import (
+    ADAPTIVE_FIELDS,
     DEFAULT_STATISTIC,
     SCHEMA_VERSION,
     TableError,
@@ -101,6 +102,14 @@ def identity_of(
         "max_repeats": profile.max_repeats,
         "stability_tolerance": profile.stability_tolerance,
         "cooldown_s": profile.cooldown_s,
+        "runs": profile.runs,
+        "warmup_s": profile.warmup_s,
+        # The adaptive rule's knobs only where it decided the run counts.
+        **(
+            {f: getattr(profile, f) for f in ADAPTIVE_FIELDS}
+            if profile.runs == "adaptive"
+            else {}
+        ),
     }
 
 

@@ -24,6 +24,23 @@ def _load_lines(load: dict[str, Any]) -> list[str]:
     return out
 
 
+def _runs_text(meta: dict[str, Any]) -> str:
+    """How many invocations an op got, by the table's run policy (older tables: fixed)."""
+    warm = f"after {meta.get('warmup_runs')} warm-ups"
+    if meta.get("warmup_s"):
+        warm += f" (or {meta['warmup_s']:g} s)"
+    if meta.get("runs") == "adaptive":
+        return (
+            f"{meta.get('min_runs')}..{meta.get('max_runs')} runs {warm}, until its "
+            f"{100 * float(meta.get('confidence') or 0):g}% interval is within "
+            f"±{100 * float(meta.get('target_ci') or 0):g}% (at most {meta.get('max_time_s')} s)"
+        )
+    return (
+        f"{meta.get('num_runs')} runs {warm} ({meta.get('min_repeats')}.."
+        f"{meta.get('max_repeats')} rounds)"
+    )
+
+
 def describe(path: Path, *, top: int = 10) -> str:
     with TableStore.open(path, readonly=True) as store:
         meta = store.meta()
@@ -44,9 +61,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
-        f"  timing: {meta.get('statistic', 'median')} of {meta.get('num_runs')} runs after "
-        f"{meta.get('warmup_runs')} warm-ups ({meta.get('min_repeats')}..{meta.get('max_repeats')}"
-        f" rounds), {meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
+        f"  timing: {meta.get('statistic', 'median')} of {_runs_text(meta)}, "
+        f"{meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
         f"{_known(meta.get('use_xnnpack'))}; overrides {meta.get('overrides') or 'none'}",
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "

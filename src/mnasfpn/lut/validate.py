@@ -50,11 +50,20 @@ from mnasfpn.searchspace.spaces import get_space
 SAMPLE_REPEATS = (3, 4, 5)
 POOL_PER_SAMPLE = 50
 # End-to-end models run long: fewer invocations per round, more rounds across the batch.
+# Adaptive: the fit takes each model's fastest of `rounds` interleaved rounds and its
+# noise floor is their spread (~1-4%), so a round needs its p10 to ±1% at 80% only: 22
+# invocations give that interval (36 would be needed at 95%); a 180 ms detector's
+# warm-up is its first invocation or two.
 E2E_OVERRIDES: dict[str, Any] = {
     "warmup_runs": 3,
+    "warmup_s": 0.1,
     "num_runs": 10,
     "min_repeats": 2,
     "max_repeats": 6,
+    "confidence": 0.8,
+    "min_runs": 22,
+    "max_runs": 200,
+    "max_time_s": 8.0,
 }
 
 
