@@ -271,21 +271,24 @@ def decode_batch(
     # from 0) that is not yet an input of the block, past a leading "no more" choice.
     limit = NUM_CELL_INPUTS + np.arange(nb)
     inputs: list[np.ndarray] = []
+    taken: list[np.ndarray] = []  # the block's inputs so far, elementwise ascending
     for j in range(mi):
         rank = reader.take(starts + j)
         if j >= mn:
             rank = rank - 1
         in_range = (rank >= 0) & (rank < limit - j)
         node = rank
-        for earlier in _sorted(inputs):
+        for earlier in taken:
             node = node + (earlier <= node)
         if n_in is None:
             ok &= in_range
-            inputs.append(node)
         else:
             present = j < n_in
             ok &= in_range | ~present
-            inputs.append(np.where(present, node, -1))
+            node = np.where(present, node, -1)
+        inputs.append(node)
+        if j + 1 < mi:
+            taken = _insert_sorted(taken, node)
     if n_in is None:
         at = starts + mi  # each block's first decision after its inputs
         n_in = np.full((n, nb), mi, dtype=np.int64)
@@ -328,14 +331,14 @@ def decode_batch(
     )
 
 
-def _sorted(columns: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Same-shape arrays as the elementwise sorted sequence (smallest first)."""
-    if len(columns) <= 1:
-        return list(columns)
-    if len(columns) == 2:
-        a, b = columns
-        return [np.minimum(a, b), np.maximum(a, b)]
-    return list(np.sort(np.stack(columns), axis=0))
+def _insert_sorted(columns: list[np.ndarray], value: np.ndarray) -> list[np.ndarray]:
+    """Elementwise ascending arrays with `value` inserted (a min/max insertion network)."""
+    out = []
+    for c in columns:
+        out.append(np.minimum(c, value))
+        value = np.maximum(c, value)
+    out.append(value)
+    return out
 
 
 class _RowReader:
