@@ -435,3 +435,29 @@ def test_encoded_batches_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
         table.predict_encoded(codes, sp, repeats=0)
     with pytest.raises(GenotypeError, match="2-D"):
         table.predict_encoded(codes[0], sp)
+
+
+@pytest.mark.slow
+def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None:
+    """benchmarks/lut_predict_speed.py end to end on a small batch, against HEAD."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "lut_predict_speed.py"),
+            "--n",
+            "300",
+            "--repeat",
+            "1",
+            "--baseline",
+            "HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "predict_encoded (rows -> ms)" in res.stdout
+    worst = float(res.stdout.rsplit("baseline's predictions:", 1)[1].split()[0])
+    assert worst < 1e-9
