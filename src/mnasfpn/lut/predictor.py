@@ -159,7 +159,7 @@ class EncodedBatch:
 
     def genotype(self, i: int) -> Genotype:
         """Row i as a Genotype (for messages)."""
-        row = [v for v in self.codes[i].tolist()]
+        row = self.codes[i].tolist()
         while row and row[-1] == PAD:
             row.pop()
         return self.space.decode(row, repeats=int(self.repeats[i]))
@@ -212,7 +212,7 @@ class CostModel:
         self._shape_err: list[str | None] = []
         self._wiring_tab = np.zeros((0, 3 + MAX_INPUTS), dtype=np.int64)
         self._wiring_err: list[str | None] = []
-        self._values: dict[tuple, tuple[int, list[np.ndarray]]] = {}
+        self._values: dict[tuple, _Tables] = {}
         self._digits: dict[SearchSpace, dict[str, np.ndarray]] = {}
 
     # -- reading batches ----------------------------------------------------------------

@@ -422,7 +422,14 @@ def _fixed_rows(space: SearchSpace, n: int) -> DecodedRows:
         rows([b.inputs[j] if j < len(b.inputs) else -1 for b in cell.blocks]) for j in range(width)
     )
     expansion = None
-    if space.expansions is not None:
+    if space.expansions is None:  # F = C: rows carry no expansion
+        for b in cell.blocks:
+            if b.expansion != cell.channels:
+                raise GenotypeError(
+                    f"the fixed cell of space {space.name!r} has expansion {b.expansion}, "
+                    f"but the space ties it to channels ({cell.channels})"
+                )
+    else:
         expansion = rows([index(space.expansions, b.expansion, "expansion") for b in cell.blocks])
     return DecodedRows(
         space,
