@@ -3,7 +3,7 @@ isolated entries stop adding up under XNNPACK.
 
     python benchmarks/fidelity_by_kernels.py [--out-dir DIR] [--space mnasfpn]
         [--profiles host,host-xnnpack,host-xnnpack-2t] [--samples 40] [--rounds 3]
-        [--input-size 320] [--json FILE] [--no-cold-probe]
+        [--input-size 320] [--json FILE] [--no-cold-probe] [--refit-only]
 
 For each profile (builtin kernels; XNNPACK at 1 thread; XNNPACK at 2 threads) it builds
 the table and validates it exactly as `mnasfpn-lut build` / `validate` do (everything is
@@ -41,7 +41,7 @@ from mnasfpn.devices import load_profile
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import TFLITE_OP, op_type_of
 from mnasfpn.lut.build import DeviceOptions, build_table
-from mnasfpn.lut.calibration import feature_columns, fit_calibration
+from mnasfpn.lut.calibration import Calibration, feature_columns, fit_calibration
 from mnasfpn.lut.fidelity import METHOD_LABELS, METHODS, end_to_end_latency
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
@@ -89,16 +89,19 @@ def build_and_validate(
     cache = args.out_dir / "cache"
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    report = build_table(
-        out,
-        [args.space],
-        DeviceOptions(profile),
-        config=config,
-        cache_dir=cache / "micromodels",
-        echo=lambda s: print(f"  [{profile}] {s}"),
-        show_progress=False,
-    )
-    build_s = time.perf_counter() - t0
+    interrupted = False
+    if not args.refit_only:
+        report = build_table(
+            out,
+            [args.space],
+            DeviceOptions(profile),
+            config=config,
+            cache_dir=cache / "micromodels",
+            echo=lambda s: print(f"  [{profile}] {s}"),
+            show_progress=False,
+        )
+        interrupted = bool(getattr(report, "interrupted", False))
+    build_s = None if args.refit_only else time.perf_counter() - t0
     t1 = time.perf_counter()
     result = validate(
         out,
@@ -119,7 +122,7 @@ def build_and_validate(
         "table": str(out),
         "ops": n_ops,
         "build_s": build_s,
-        "build_interrupted": bool(getattr(report, "interrupted", False)),
+        "build_interrupted": interrupted,
         "validate_s": validate_s,
         "metrics": result.metrics,
         "noise": result.noise,
@@ -311,15 +314,13 @@ def print_fidelity(runs: list[dict[str, Any]]) -> None:
             f"round spread median {100 * (spread or 0):.1f}%"
             + (f", R² ceiling {ceiling:.4f}" if ceiling is not None else "")
             + f"; calibration {cal['feature_set']}"
-            + (
-                f" + weight {cal['structure']['weight_mib']:.3f} ms/MiB"
-                if cal.get("structure")
-                else ""
-            )
+            + f"\n{'':<16} stored calibration: {Calibration.from_dict(cal).terms_text()}"
         )
         print(
-            f"{'':<16} build {run['ops']} ops {run['build_s']:.0f} s, "
-            f"validate {run['validate_s']:.0f} s; " + _load_text(run)
+            f"{'':<16} build {run['ops']} ops "
+            + ("(not rerun), " if run["build_s"] is None else f"{run['build_s']:.0f} s, ")
+            + f"validate {run['validate_s']:.0f} s; "
+            + _load_text(run)
         )
 
 
@@ -374,6 +375,12 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=320)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-cold-probe", action="store_true")
+    ap.add_argument(
+        "--refit-only",
+        action="store_true",
+        help="skip the builds; validate measures only what its tables lack (nothing, after "
+        "a complete run) and refits: the analysis again with this checkout's calibration",
+    )
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     config = DetectorConfig(input_size=args.input_size)
