@@ -125,3 +125,16 @@ def test_a_contended_multi_thread_build_says_so_and_records_it(tmp_path: Path) -
         seen = store.meta()["timing_load"]["build"]
     assert note == "2-thread wall-clock timings on cores [0, 1] were contended"
     assert seen["devices"][0]["contention"]["contended"] is True
+
+
+def test_show_tells_a_contended_multi_thread_table() -> None:
+    from mnasfpn.lut.show import _load_lines
+
+    seen = {"remeasured": 0, "slow_kept": 0, "devices": [{"slow_fraction": 0.0}]}
+    busy = {"threads": 2, "cpu_pressure": 0.4, "contended": True}
+    assert "contended" not in _load_lines({"build": seen})[0]
+    seen["devices"][0]["contention"] = busy
+    line = _load_lines({"build": seen})[0]
+    assert "CPU pressure 40%" in line and "cores contended" in line
+    busy.update(threads=1)  # one thread: the cpu clock, which load does not inflate
+    assert "contended" not in _load_lines({"build": seen})[0]
