@@ -63,10 +63,12 @@ def test_xnnpack_one_thread_runs_on_the_calling_thread(models: dict[str, Path]) 
     with open_device("host-xnnpack", overrides=QUICK) as dev:
         assert isinstance(dev, HostDevice) and dev.clock == "cpu"
         worker = dev._ensure_worker()
+        # Enough invocations that the worker's other threads (a few µs now and then) are
+        # not a share of it.
         rep = worker.request(
-            op="load", path=str(models["small"]), threads=1, warmup=4, xnnpack=True
+            op="load", path=str(models["small"]), threads=1, warmup=60, xnnpack=True
         )
-        assert rep["ok"] and rep["offthread_share"] < 0.05
+        assert rep["ok"] and rep["offthread_share"] < 0.05 and rep["offthread_ms"] < 0.5
         r = dev.time_model(models["small"])
         assert r.ok and r.clock == "cpu" and r.latency_ms and r.latency_ms > 0
         assert dev.info().extra["xnnpack"] == "true"
