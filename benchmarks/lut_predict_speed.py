@@ -1,28 +1,37 @@
-"""Throughput of table predictions: batch `LatencyTable.predict` and one `mnasfpn-lut predict`.
+"""Throughput of table predictions: Genotype objects vs decision rows, batch and single.
 
     python benchmarks/lut_predict_speed.py [--lut FILE] [--n 20000] [--space mnasfpn]
         [--baseline GIT-REV]
 
 Without --lut, a table with every key of the space (latencies derived from the keys) is
 written to a temporary file, so the figure needs no device. Sampling genotypes is not
-timed; each batch figure is the best of --repeat runs on a warm table (components are
-memoized on first use; the cold first call is reported too), as wall and as this
-process's CPU time (steadier than wall when other jobs share the cores). "Fresh objects"
-predicts genotypes the predictor has never seen (new Python objects each run), which is
-what a search does.
+timed. Each figure is the best of --repeat runs on a warm table (components are memoized
+on first use; the cold first call is reported too), as this process's CPU time
+(time.process_time: steadier than wall when other jobs share the cores; wall is shown
+too), with the load average before and after.
 
---baseline REV also times the predictor (src/mnasfpn/lut/predictor.py) of that git
-revision on the same genotypes, alternating old and new run by run, so a loaded machine
-slows both alike; both figures and their ratio are printed.
+Two ways in: Genotype objects (`LatencyTable.predict`), and decision rows of the space
+(`encode_batch`, then `LatencyTable.predict_encoded`: what the search hands the table,
+its proposals being rows already). Encoding is timed on its own and together with the
+prediction. "Fresh objects" predicts genotypes the predictor has never seen (new Python
+objects each run).
+
+--baseline REV also times `LatencyTable.predict` of that git revision (its whole package,
+from `git archive`, in a worker process) on the same genotypes: the baseline, this tree's
+Genotype path and its encoded path alternate run by run, so a loaded machine slows all
+alike; each figure and its ratio to the baseline are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
+import io
+import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +42,11 @@ from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.spaces import sample_genotypes
+from mnasfpn.searchspace.batch import encode_batch
+from mnasfpn.searchspace.spaces import get_space, sample_genotypes
+
+# Genotypes timed one per call against the baseline.
+FEW = 500
 
 
 def synthetic_table(path: Path, space: str, input_size: int) -> None:
@@ -56,54 +69,120 @@ def synthetic_table(path: Path, space: str, input_size: int) -> None:
             store.add_op(k, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0, session=sid)
 
 
-def baseline_model(rev: str, table: LatencyTable, folder: Path) -> object:
-    """The CostModel of `rev`'s predictor module, over the same table entries."""
-    root = Path(__file__).resolve().parents[1]
-    text = subprocess.run(
-        ["git", "-C", str(root), "show", f"{rev}:src/mnasfpn/lut/predictor.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = folder / "baseline_predictor.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("baseline_predictor", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CostModel(table.latencies, table.config)
+# The baseline: another revision's whole package in a process of its own, which times its
+# `LatencyTable.predict` when told to (one line per run: the workload's name), so that
+# its runs and this tree's alternate.
+_BASELINE_WORKER = """
+import sys, time
+import numpy as np
+from mnasfpn.lut.table import LatencyTable
+from mnasfpn.searchspace.spaces import sample_genotypes
+lut, space, n, seed, few, out = sys.argv[1:7]
+table = LatencyTable.open(lut)
+gs = sample_genotypes(space, int(n), int(seed))
+np.save(out, table.predict(gs, calibrated=False))
+runs = {
+    "batch": lambda: table.predict(gs, calibrated=False),
+    "64": lambda: [table.predict(gs[i : i + 64], calibrated=False) for i in range(0, len(gs), 64)],
+    "one": lambda: [table.predict([g], calibrated=False) for g in gs[: int(few)]],
+}
+print("ready", flush=True)
+for line in sys.stdin:
+    c = time.process_time()
+    runs[line.strip()]()
+    print(time.process_time() - c, flush=True)
+"""
 
 
-def compare(old: object, new: object, gs: list, rounds: int) -> None:
-    """Old and new predict on the same genotypes, alternating run by run, after a warm-up
-    of each: the whole batch, batches of 64, and one genotype per call."""
-    want = old.predict(gs)  # type: ignore[attr-defined]
-    got = new.predict(gs)  # type: ignore[attr-defined]
-    worst = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-12)))
-    few = gs[:500]
+class Baseline:
+    """`rev`'s predictor, timed in a worker process on the same sampled genotypes."""
+
+    def __init__(self, rev: str, lut: Path, space: str, n: int, seed: int, few: int) -> None:
+        root = Path(__file__).resolve().parents[1]
+        self.folder = Path(tempfile.mkdtemp(prefix="baseline-"))
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", rev, "src/mnasfpn"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(self.folder, filter="data")
+        env = {**os.environ, "PYTHONPATH": str(self.folder / "src")}
+        out = self.folder / "predictions.npy"
+        args = [lut, space, n, seed, few, out]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BASELINE_WORKER, *map(str, args)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the baseline worker of {rev} did not start")
+        self.predictions = np.load(out)
+
+    def cpu_seconds(self, workload: str) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(workload + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def compare(base: Baseline, table: LatencyTable, space: str, gs: list, rounds: int) -> None:
+    """The baseline's Genotype path, this tree's Genotype path and this tree's encoded path
+    (with and without encoding) on the same genotypes, alternating run by run after a
+    warm-up of each: one whole batch, batches of 64, and one genotype per call."""
+    sp = get_space(space)
+    codes = encode_batch(sp, gs)
+    want = base.predictions
+    got = [table.predict(gs, calibrated=False), table.predict_encoded(codes, sp, calibrated=False)]
+    worst = max(float(np.max(np.abs(v - want) / np.maximum(np.abs(want), 1e-12))) for v in got)
+    ways = {
+        "Genotype objects": lambda b: table.predict(b[0], calibrated=False),
+        "rows": lambda b: table.predict_encoded(b[1], sp, calibrated=False),
+        "encode + rows": lambda b: table.predict_encoded(
+            encode_batch(sp, b[0]), sp, calibrated=False
+        ),
+    }
     workloads = (
-        (f"one batch of {len(gs)}", len(gs), lambda m: m.predict(gs)),
+        ("batch", f"one batch of {len(gs)}", len(gs), [(gs, codes)]),
         (
+            "64",
             "batches of 64",
             len(gs),
-            lambda m: [m.predict(gs[i : i + 64]) for i in range(0, len(gs), 64)],
+            [(gs[i : i + 64], codes[i : i + 64]) for i in range(0, len(gs), 64)],
         ),
-        ("one genotype per call", len(few), lambda m: [m.predict([g]) for g in few]),
+        (
+            "one",
+            "one genotype per call",
+            FEW,
+            [(gs[i : i + 1], codes[i : i + 1]) for i in range(FEW)],
+        ),
     )
-    print(f"alternating baseline / this tree, {rounds} rounds (best of each; CPU time):")
-    for label, n, fn in workloads:
-        times: dict[str, list[tuple[float, float]]] = {"baseline": [], "this tree": []}
+    print(
+        f"alternating the baseline and this tree, {rounds} rounds (best of each; CPU time; "
+        "architectures/s, and the median speed-up over the baseline run by run):"
+    )
+    print(f"  {'workload':<22}{'baseline':>26}" + "".join(f"{name:>26}" for name in ways))
+    for key, label, n, batches in workloads:
+        cpu: dict[str, list[float]] = {name: [] for name in ("baseline", *ways)}
         for _ in range(rounds):
-            for name, model in (("baseline", old), ("this tree", new)):
-                times[name].append(_timed(lambda m=model, f=fn: f(m)))  # type: ignore[misc]
-        cpu = {name: min(t[1] for t in ts) for name, ts in times.items()}
-        ratios = [o[1] / t[1] for o, t in zip(times["baseline"], times["this tree"], strict=True)]
-        print(
-            f"  {label:<24} baseline {n / cpu['baseline']:>10,.0f}/s  this tree "
-            f"{n / cpu['this tree']:>10,.0f}/s  speed-up median {np.median(ratios):.2f}x "
-            f"({min(ratios):.2f}-{max(ratios):.2f})"
-        )
-    print(f"  largest relative difference between the two predictions: {worst:.1e}")
+            cpu["baseline"].append(base.cpu_seconds(key))
+            for name, fn in ways.items():
+                cpu[name].append(_timed(lambda f=fn, bs=batches: [f(b) for b in bs])[1])  # type: ignore[misc]
+        cells = []
+        for name in cpu:
+            ratios = [b / t for b, t in zip(cpu["baseline"], cpu[name], strict=True)]
+            cells.append(f"{n / min(cpu[name]):,.0f} ({np.median(ratios):.2f}x)")
+        print(f"  {label:<22}" + "".join(f"{c:>26}" for c in cells))
+    print(f"  largest relative difference from the baseline's predictions: {worst:.1e}")
 
 
 def main() -> None:
@@ -124,6 +203,8 @@ def main() -> None:
     table = LatencyTable.open(lut)
     open_s = time.perf_counter() - t0
     gs = sample_genotypes(args.space, args.n, args.seed)
+    sp = get_space(args.space)
+    load_before = os.getloadavg()
     rows = []
     rows.append(
         ("predict, first call (builds component memo)", args.n, _timed(lambda: table.predict(gs)))
@@ -132,6 +213,8 @@ def main() -> None:
     runs = [_timed(lambda batch=batch: table.predict(batch)) for batch in fresh]
     rows.append(("predict, fresh objects each run", args.n, _best(runs)))
     del fresh
+    codes = encode_batch(sp, gs)
+    few, few_codes = gs[:2000], codes[:2000]
     for label, fn in (
         ("predict (connectivity, calibrated if fitted)", lambda: table.predict(gs)),
         ("predict_naive (all blocks)", lambda: table.predict_naive(gs)),
@@ -140,12 +223,21 @@ def main() -> None:
             "predict, batches of 64",
             lambda: [table.predict(gs[i : i + 64]) for i in range(0, len(gs), 64)],
         ),
+        ("predict, one genotype per call (first 2000)", lambda: [table.predict([g]) for g in few]),
+        ("encode_batch (Genotype objects -> rows)", lambda: encode_batch(sp, gs)),
+        ("predict_encoded (rows -> ms)", lambda: table.predict_encoded(codes, sp)),
+        ("encode_batch + predict_encoded", lambda: table.predict_encoded(encode_batch(sp, gs), sp)),
+        ("breakdown_encoded", lambda: table.breakdown_encoded(codes, sp)),
         (
-            "predict, one genotype per call (first 2000)",
-            lambda: [table.predict([g]) for g in gs[:2000]],
+            "predict_encoded, batches of 64",
+            lambda: [table.predict_encoded(codes[i : i + 64], sp) for i in range(0, len(gs), 64)],
+        ),
+        (
+            "predict_encoded, one row per call (first 2000)",
+            lambda: [table.predict_encoded(few_codes[i : i + 1], sp) for i in range(len(few))],
         ),
     ):
-        n = 2000 if "one genotype" in label else args.n
+        n = len(few) if "first 2000" in label else args.n
         runs = [_timed(fn) for _ in range(args.repeat)]
         rows.append((label, n, _best(runs)))
     cmd = [
@@ -163,18 +255,21 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         walls.append(time.perf_counter() - t0)
+    load_after = os.getloadavg()
     print(
         f"table: {lut} ({len(table.latencies)} ops, opened in {1000 * open_s:.1f} ms); "
-        f"space {args.space}, {args.n} sampled genotypes (sampling not timed)"
+        f"space {args.space}, {args.n} sampled genotypes (sampling not timed); "
+        f"{os.cpu_count()} cores, 1-minute load {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after"
     )
     print(
-        f"{'what':<48} {'archs':>7} {'seconds':>9} {'archs/s':>11} {'us/arch':>8} "
-        f"{'CPU archs/s':>12}"
+        f"{'what':<48} {'archs':>7} {'CPU s':>8} {'CPU archs/s':>12} {'CPU us/arch':>12} "
+        f"{'wall archs/s':>13}"
     )
     for label, n, (wall, cpu) in rows:
         print(
-            f"{label:<48} {n:>7} {wall:>9.4f} {n / wall:>11,.0f} {1e6 * wall / n:>8.2f} "
-            f"{n / cpu:>12,.0f}"
+            f"{label:<48} {n:>7} {cpu:>8.4f} {n / cpu:>12,.0f} {1e6 * cpu / n:>12.2f} "
+            f"{n / wall:>13,.0f}"
         )
     print(
         f"{'mnasfpn-lut predict --arch paper-mnasfpn (wall)':<48} {1:>7} {min(walls):>9.3f} "
@@ -182,8 +277,11 @@ def main() -> None:
     )
     if args.baseline:
         print()
-        old = baseline_model(args.baseline, table, Path(tmp.name))
-        compare(old, table.model, gs, max(args.repeat, 3))
+        base = Baseline(args.baseline, lut, args.space, args.n, args.seed, FEW)
+        try:
+            compare(base, table, args.space, gs, max(args.repeat, 3))
+        finally:
+            base.close()
     tmp.cleanup()
 
 

@@ -217,3 +217,23 @@ def test_bad_transport_options() -> None:
         open_device("pixel4", adb_transport="direct", adb_host="nohost")
     with pytest.raises(DeviceError, match="unknown adb transport"):
         open_device("pixel4", adb_transport="usb")
+
+
+def test_adaptive_runs_on_a_phone(emulator: AdbdEmulator, models: dict[str, Path]) -> None:
+    # runs = adaptive: benchmark_model runs until the t interval of their averages is
+    # within target_ci, between min_repeats and max_repeats runs.
+    settings = {**QUICK, "runs": "adaptive", "min_repeats": 2, "max_repeats": 4}
+    dev = open_device(
+        "pixel4", adb_transport="direct", adb_host=emulator.address, overrides=settings
+    )
+    with dev:
+        loose = dev.time_model(models["small"])
+    assert loose.ok and 2 <= loose.repeats <= 4 and len(loose.samples_ms) == loose.repeats
+    assert loose.runs == QUICK["num_runs"] * loose.repeats
+    assert len(emulator.shell_state.benchmark_args) >= loose.repeats
+    # An unreachable target runs to the maximum, and says it did not settle.
+    strict = {**settings, "target_ci": 1e-9}
+    dev = open_device("pixel4", adb_transport="direct", adb_host=emulator.address, overrides=strict)
+    with dev:
+        r = dev.time_model(models["small"])
+    assert r.ok and r.repeats == 4 and not r.stable

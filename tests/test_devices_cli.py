@@ -109,7 +109,8 @@ def test_profile_without_benchmark_binary(models: dict[str, Path]) -> None:
 
 def test_profile_set_overrides_reach_the_device(models: dict[str, Path]) -> None:
     args = [str(models["tiny"]), "--device", "host", "--json", "--set", "warmup_runs=0"]
-    args += ["--set", "num_runs=3", "--set", "min_repeats=1", "--set", "max_repeats=1"]
+    args += ["--set", "runs=fixed", "--set", "num_runs=3", "--set", "min_repeats=1"]
+    args += ["--set", "max_repeats=1"]
     res = CliRunner().invoke(profile_command, args)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["results"][0]["runs"] == 3

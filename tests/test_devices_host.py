@@ -8,7 +8,13 @@ from pathlib import Path
 from mnasfpn.devices import TimingResult, open_device
 from mnasfpn.devices.host import HostDevice
 
-QUICK_HOST = {"num_runs": 10, "warmup_runs": 2, "min_repeats": 2, "max_repeats": 5}
+QUICK_HOST = {
+    "runs": "fixed",
+    "num_runs": 10,
+    "warmup_runs": 2,
+    "min_repeats": 2,
+    "max_repeats": 5,
+}
 
 
 def test_host_batch_times_models_and_reports_failures(models: dict[str, Path]) -> None:

@@ -70,3 +70,45 @@ def test_a_slow_phase_seen_by_the_reference_kernel_is_re_measured(
     assert r.ok and r.remeasured >= 1
     used = sum(x.remeasured for x in [*quiet, r])
     assert dev.budget.used == used == dev.load_summary()["remeasured"]
+
+
+def test_adaptive_runs_stop_on_the_interval_and_share_reference_checks(
+    models: dict[str, Path],
+) -> None:
+    profile = load_profile("host").replace(
+        runs="adaptive", min_runs=40, max_runs=400, max_time_s=5.0, warmup_runs=2
+    )
+    dev = HostDevice(profile)
+    refs = {"n": 0}
+    try:
+        worker = dev._ensure_worker()
+        real = worker.request
+
+        def request(timeout: float = 600.0, **req: Any) -> dict[str, Any]:
+            refs["n"] += req.get("op") == "ref"
+            return real(timeout, **req)
+
+        worker.request = request  # type: ignore[method-assign]
+        results = dev.time_models([models["tiny"], models["small"], models["tiny"]])
+    finally:
+        dev.close()
+    for r in results:
+        assert r.ok and 40 <= r.runs <= 400 and r.runs == len(r.samples_ms)
+        assert r.runs == sum(len(x) for x in r.rounds_ms) and len(r.ref_ms) == 2
+        assert r.latency_ms == estimate(r.rounds_ms, DEFAULT_STATISTIC)
+    # One reference check between consecutive models, not two (more only to re-measure).
+    extra = sum(r.remeasured for r in results)
+    assert refs["n"] <= len(results) + 1 + 2 * extra
+    if not extra:
+        assert refs["n"] == len(results) + 1
+
+
+def test_fixed_runs_stay_available(models: dict[str, Path]) -> None:
+    dev = HostDevice(load_profile("host").replace(runs="fixed", **QUICK))
+    try:
+        r = dev.time_model(models["tiny"])
+    finally:
+        dev.close()
+    # Rounds of num_runs, at least min_repeats of them.
+    assert r.ok and all(len(x) == QUICK["num_runs"] for x in r.rounds_ms)
+    assert QUICK["min_repeats"] <= r.repeats == len(r.rounds_ms) <= QUICK["max_repeats"]

@@ -12,16 +12,28 @@ from mnasfpn.devices.sysinfo import parse_cpu_count, parse_temperature_c
 
 
 def test_shipped_profiles() -> None:
-    assert list_profiles() == ["generic-android", "host", "pixel1", "pixel4"]
+    assert list_profiles() == [
+        "generic-android",
+        "host",
+        "host-xnnpack",
+        "host-xnnpack-2t",
+        "pixel1",
+        "pixel4",
+    ]
     p1, p4 = load_profile("pixel1"), load_profile("pixel4")
     assert p1.kind == p4.kind == "adb"
     assert p1.expected_models == ("Pixel", "Pixel XL") and p1.core in (2, 3)
     assert int(p1.mask(), 16) == 1 << p1.core
     assert p4.core == 7 and p4.mask() == "80"
     assert load_profile("host").kind == "host"
+    # The deployment settings: builtin kernels (the paper's 2019 TFLite), XNNPACK at one
+    # thread (an app's default) and at two.
+    kernels = {n: (load_profile(n).use_xnnpack, load_profile(n).threads) for n in list_profiles()}
+    assert kernels["host"] == (False, 1) and kernels["host-xnnpack"] == (True, 1)
+    assert kernels["host-xnnpack-2t"] == (True, 2)
     for name in list_profiles():
         p = load_profile(name)
-        assert p.threads == 1
+        assert p.threads == 1 or name == "host-xnnpack-2t"
         assert 1 <= p.min_repeats <= p.max_repeats
 
 

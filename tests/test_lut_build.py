@@ -67,7 +67,8 @@ def test_build_resumes_after_sigkill_without_remeasuring(tmp_path: Path, cache_d
     expected = set(required_keys((SPACE,), DetectorConfig(input_size=SIZE)))
     timings = 2 * len(expected)  # two passes over every key
     # Slow timing (many runs per op) so the kill lands in the middle of the timing phase.
-    slow = ("--set", "num_runs=3000", "--set", "min_repeats=3", "--set", "max_repeats=3")
+    slow = ("--set", "runs=fixed", "--set", "num_runs=3000", "--set", "min_repeats=3")
+    slow += ("--set", "max_repeats=3")
     proc = subprocess.Popen(
         _build_cmd(out, cache_dir, "--passes", "2", *slow),
         stdout=subprocess.DEVNULL,

@@ -17,14 +17,16 @@ from click.testing import CliRunner
 from mnasfpn.cli import lut_main
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut import predictor
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.calibration import Calibration, feature_columns
 from mnasfpn.lut.predictor import CostModel, Settings
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
+from mnasfpn.searchspace.batch import encode_batch
+from mnasfpn.searchspace.genotype import Block, Genotype, GenotypeError, genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
-from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
+from mnasfpn.searchspace.spaces import SPACES, get_space, pruned, sample_genotypes
 
 SIZE = 64
 
@@ -339,3 +341,123 @@ def test_a_batch_of_genotype_copies_predicts_the_same(tmp_path: Path) -> None:
     np.testing.assert_array_equal(table.predict(again), first)
     np.testing.assert_allclose(table.predict(gs[::-1]), first[::-1], rtol=1e-12)
     np.testing.assert_allclose(table.predict(gs[50:60]), first[50:60], rtol=1e-12)
+
+
+# -- decision rows (the integer-coded path) ---------------------------------------------
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+def test_encoded_rows_equal_the_opgraph_per_part(tmp_path: Path, space: str) -> None:
+    """Rows of seeded random genotypes (and of pruned ones), with a repeat count per row:
+    per part and in total, the sums of the live ops' table entries of each OpGraph."""
+    lat = make_table(tmp_path / "t.sqlite", (space,))
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    sp = get_space(space)
+    gs = sample_genotypes(space, 10, 29)
+    gs += [pruned(g) for g in sample_genotypes(space, 4, 30)]
+    rng = random.Random(31)
+    reps = [rng.choice((1, 2, 3, 5)) for _ in gs]
+    gs = [g.with_repeats(r) for g, r in zip(gs, reps, strict=True)]
+    codes = encode_batch(sp, gs)
+    want = np.array([_graph_features(lat, g) for g in gs])
+    part_of = np.array([p for _, p in feature_columns()])
+    parts = table.breakdown_encoded(codes, sp, repeats=reps, calibrated=False)
+    for name in ("backbone", "head", "predictor"):
+        np.testing.assert_allclose(parts[name], want[:, part_of == name].sum(axis=1), rtol=1e-9)
+    got = table.predict_encoded(codes, space, repeats=np.array(reps), calibrated=False)
+    np.testing.assert_allclose(got, want.sum(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(parts["total"], got, rtol=1e-12)
+    # The Genotype path agrees, and one repeat count for all rows is the same as many.
+    np.testing.assert_allclose(table.predict(gs, calibrated=False), got, rtol=1e-12)
+    three = table.predict_encoded(codes, sp, repeats=3, calibrated=False)
+    np.testing.assert_allclose(
+        three, table.predict([g.with_repeats(3) for g in gs], calibrated=False), rtol=1e-12
+    )
+
+
+def test_the_searchs_decision_indices_predict_like_their_genotypes(tmp_path: Path) -> None:
+    """What a search proposes (ragged index lists in conn-search), calibrated (op-type
+    scales and the cold-weight term)."""
+    make_table(tmp_path / "t.sqlite", ("conn-search",))
+    cal = Calibration(
+        2.0, {"conv2d": 0.8, "add": 1.5}, "type", {"n_train": 3}, {"weight_mib": 0.25}
+    )
+    with TableStore.open(tmp_path / "t.sqlite") as store:
+        store.set_calibration_doc(cal.to_dict())
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    sp = get_space("conn-search")
+    rows = [sp.encode(g) for g in sample_genotypes(sp, 40, 41)]
+    assert len({len(r) for r in rows}) > 1
+    canonical = [sp.canonical(r, repeats=2) for r in rows]
+    got = table.predict_encoded(rows, sp, repeats=2)
+    np.testing.assert_allclose(got, table.predict(canonical), rtol=1e-12)
+    want = (
+        2.0
+        + table.features(canonical) @ cal.column_scales()
+        + 0.25 * table.structure(canonical)[:, 0]
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    parts = table.breakdown_encoded(rows, "conn-search", repeats=2)
+    np.testing.assert_allclose(parts["total"], got, rtol=1e-12)
+    assert np.all(parts["overhead"] == 2.0)
+
+
+def test_encoded_batches_run_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_table(tmp_path / "t.sqlite", ("mnasfpn",))
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    sp = get_space("mnasfpn")
+    gs = sample_genotypes(sp, 50, 43)
+    codes = encode_batch(sp, gs)
+    whole = table.predict_encoded(codes, sp)
+    monkeypatch.setattr(predictor, "_CHUNK", 7)
+    np.testing.assert_allclose(table.predict_encoded(codes, sp), whole, rtol=1e-12)
+    np.testing.assert_allclose(table.predict(gs), whole, rtol=1e-12)
+    bad = codes.copy()
+    bad[23, 0] = 99
+    with pytest.raises(GenotypeError, match=r"^decision sequence #23: channels: index 99"):
+        table.predict_encoded(bad, sp)
+
+
+def test_encoded_batches_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    make_table(tmp_path / "t.sqlite", ("nasfpnlite-s",))
+    table = LatencyTable.open(tmp_path / "t.sqlite")
+    sp = get_space("mnasfpn")
+    codes = encode_batch(sp, sample_genotypes(sp, 3, 47))
+    # A table without the space's ops says how to add them.
+    with pytest.raises(TableError, match=r"--space mnasfpn") as info:
+        table.predict_encoded(codes, sp)
+    assert "genotype #0 (space mnasfpn)" in str(info.value)
+    with pytest.raises(TableError, match="unknown search space 'nope'"):
+        table.predict_encoded(codes, "nope")
+    with pytest.raises(GenotypeError, match="3 decision rows but 2 repeat counts"):
+        table.predict_encoded(codes, sp, repeats=[2, 3])
+    with pytest.raises(GenotypeError, match="repeats must be at least 1"):
+        table.predict_encoded(codes, sp, repeats=0)
+    with pytest.raises(GenotypeError, match="2-D"):
+        table.predict_encoded(codes[0], sp)
+
+
+@pytest.mark.slow
+def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None:
+    """benchmarks/lut_predict_speed.py end to end on a small batch, against HEAD."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "lut_predict_speed.py"),
+            "--n",
+            "300",
+            "--repeat",
+            "1",
+            "--baseline",
+            "HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "predict_encoded (rows -> ms)" in res.stdout
+    worst = float(res.stdout.rsplit("baseline's predictions:", 1)[1].split()[0])
+    assert worst < 1e-9

@@ -158,6 +158,9 @@ def test_success_only_when_every_key_has_an_entry(tmp_path: Path, fake_models: P
         ({"num_runs": 7}, "num_runs"),
         ({"warmup_runs": 1}, "warmup_runs"),
         ({"cooldown_s": 1.0}, "cooldown_s"),
+        ({"runs": "fixed"}, "runs"),
+        ({"target_ci": 0.02}, "target_ci"),
+        ({"warmup_s": 0.5}, "warmup_s"),
     ],
 )
 def test_a_table_refuses_timings_taken_another_way(
@@ -191,6 +194,32 @@ def test_identity_is_recorded(tmp_path: Path, fake_models: Path) -> None:
         "statistic": "median-wall", "overrides": {"num_runs": 12},
     }  # fmt: skip
     assert {k: meta[k] for k in expected} == expected
+
+
+def test_the_run_policy_is_recorded_and_a_table_from_before_it_counts_as_fixed(
+    tmp_path: Path, fake_models: Path
+) -> None:
+    import json
+    import sqlite3
+
+    out = tmp_path / "t.sqlite"
+    assert _build(out, fake_models, 1).ok
+    with TableStore.open(out, readonly=True) as store:
+        meta = store.meta()
+    assert (meta["runs"], meta["target_ci"], meta["min_runs"]) == ("adaptive", 0.01, 40)
+    # A fixed-count table records no adaptive knobs (they decided nothing there).
+    fixed = {"runs": "fixed", "warmup_s": 0.0}
+    old = tmp_path / "old.sqlite"
+    assert _build(old, fake_models, 1, overrides=fixed).ok
+    with sqlite3.connect(old) as c:
+        assert "target_ci" not in dict(c.execute("SELECT name, value FROM meta").fetchall())
+        # As a table written before run policies existed: no `runs`, no `warmup_s`.
+        c.execute("DELETE FROM meta WHERE name IN ('runs', 'warmup_s')")
+    assert _build(old, fake_models, 2, overrides=fixed).ok  # it was measured fixed
+    with pytest.raises(TableError, match="runs 'fixed' here vs 'adaptive' now"):
+        _build(old, fake_models, 3)
+    with sqlite3.connect(old) as c:
+        assert json.loads(c.execute("SELECT value FROM meta WHERE name = 'runs'").fetchone()[0])
 
 
 def test_missing_op_hint_is_a_command_that_works(

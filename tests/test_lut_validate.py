@@ -9,7 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
-from mnasfpn.lut.calibration import FEATURE_SETS, feature_columns, fit_calibration
+from mnasfpn.lut.calibration import (
+    FEATURE_SETS,
+    SCALE_MAX,
+    SCALE_MIN,
+    STRUCTURE_FEATURES,
+    Calibration,
+    feature_columns,
+    fit_calibration,
+)
 from mnasfpn.lut.fidelity import (
     METHODS,
     apply_calibration,
@@ -69,11 +77,78 @@ def test_calibration_recovers_scales_and_beats_the_raw_sum() -> None:
     assert m["calibrated"]["mape"] < m["raw_sum"]["mape"]
     assert m["calibrated"]["mape"] < m["naive_sum"]["mape"]
     assert m["calibrated"]["kendall_tau"] > m["madds_linear"]["kendall_tau"]
-    (fs, _), scores = choose_fit(x, y, seed=0)
-    assert fs in FEATURE_SETS and len(scores) == 2 * len(FEATURE_SETS)
+    (fs, _, structure), scores = choose_fit(x, y, seed=0)
+    assert fs in FEATURE_SETS and len(scores) == 2 * len(FEATURE_SETS) and structure == ()
     np.testing.assert_allclose(
         apply_calibration(cal, x), cal.intercept_ms + x @ cal.column_scales()
     )
+
+
+def test_a_nearly_constant_op_type_keeps_a_physical_scale() -> None:
+    """The small ops' sum hardly varies across architectures; with noise that happens to
+    run against it, an unbounded fit traded it for the overhead and set it to ×0 (seen
+    under load). The bounded fit keeps it within [SCALE_MIN, SCALE_MAX] and the overhead
+    stays what it was."""
+    rng = np.random.default_rng(5)
+    n = 40
+    cols = feature_columns()
+    x = np.zeros((n, len(cols)))
+    conv = rng.uniform(20, 120, n)
+    other = 6.0 + rng.normal(0, 0.3, n)  # ~5% variation: fitted, but weakly identified
+    x[:, cols.index(("conv2d", "head"))] = conv
+    x[:, cols.index(("add", "head"))] = other
+    # Noise anti-correlated with the small ops' sum: on its own it asks for a negative
+    # scale (the least-squares "other" scale here is 1 - 3 = -2).
+    y = 2.0 + conv + other - 3.0 * (other - other.mean())
+    unbounded = np.linalg.lstsq(np.column_stack([conv, other, np.ones(n)]), y, rcond=None)[0]
+    assert unbounded[1] < 0  # what the old positive-only fit clipped to ×0
+    cal = fit_calibration(x, y, "major")
+    assert cal.scales["other"] == pytest.approx(SCALE_MIN)
+    assert "other" in cal.stats["at_bound"]
+    assert cal.intercept_ms == pytest.approx(2.0 + 6.0 * (1 - SCALE_MIN), abs=0.5)
+    assert SCALE_MIN <= cal.scales["conv2d"] <= SCALE_MAX
+    # A true scale inside the bounds is found as before.
+    cal = fit_calibration(x, 2.0 + 1.3 * conv + other, "major")
+    assert cal.scales["conv2d"] == pytest.approx(1.3, rel=0.02)  # shrunk a little
+    assert cal.stats["at_bound"] == []
+
+
+def test_the_cold_weight_term_is_fitted_and_chosen_only_where_it_helps() -> None:
+    """A planted cost per MiB of weights (what XNNPACK shows: isolated entries are timed
+    with warm caches) is recovered with its coefficient; the fit choice takes the
+    structure form for such data and leaves it out when there is no such cost."""
+    x, x_naive, y = _synthetic(60, 2)
+    rng = np.random.default_rng(7)
+    assert STRUCTURE_FEATURES == ("weight_mib", "live_ops")
+    weights = np.column_stack([rng.uniform(5, 30, 60), rng.integers(200, 500, 60)])
+    y_cold = y + 0.4 * weights[:, 0]
+    cal = fit_calibration(x, y_cold, "type", structure=weights)
+    assert cal.structure["weight_mib"] == pytest.approx(0.4, rel=0.05)
+    assert cal.structure["live_ops"] == pytest.approx(0.0, abs=2e-3)
+    assert cal.scales["conv2d"] == pytest.approx(0.8, rel=0.05)
+    np.testing.assert_allclose(apply_calibration(cal, x, weights), y_cold, rtol=0.01)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    assert cal.to_dict()["version"] == 2 and "weight_mib" in cal.terms_text()
+    choice, scores = choose_fit(x, y_cold, 0, weights)
+    assert "weight_mib" in choice[2] and len(scores) == 6 * len(FEATURE_SETS)
+    preds, folds = cross_validate(x, x_naive, x[:, 0], y_cold, 0, weights)
+    assert all("weight_mib" in f["structure"] for f in folds)
+    assert metrics(preds["calibrated"], y_cold)["mape"] < 0.01
+    # Without the cost, the plain form wins (or the coefficient is ~0).
+    choice, _ = choose_fit(x, y, 0, weights)
+    plain = fit_calibration(x, y, "type", structure=weights)
+    assert not choice[2] or plain.structure.get("weight_mib", 0.0) < 0.02
+    with pytest.raises(ValueError, match="structure"):
+        apply_calibration(cal, x)
+    # Each entry's own invocation cost, paid once per model and not once per op: a
+    # negative per-op coefficient, found as such; bounded to ±0.1 ms an op.
+    y_ops = y - 0.004 * weights[:, 1]
+    cal = fit_calibration(x, y_ops, "type", structure=weights, use=("weight_mib", "live_ops"))
+    assert cal.structure["live_ops"] == pytest.approx(-0.004, abs=1e-3)
+    assert fit_calibration(x, y - 0.5 * weights[:, 1], "type", structure=weights).structure[
+        "live_ops"
+    ] == pytest.approx(-0.1)
+    assert fit_calibration(x, y_ops, "type", structure=weights, use=()).structure == {}
 
 
 def test_metrics_by_hand() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mnasfpn.devices import sysinfo
+from mnasfpn.devices.adaptive import StopRule, run_until_confident
 from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
 from mnasfpn.devices.benchmark_output import BenchmarkOutput, failure_hint, parse_benchmark_output
 from mnasfpn.devices.errors import ConnectionDropped, DeviceError, ModelRunError
@@ -215,11 +216,26 @@ class AdbDevice(Device):
             return None
         return sysinfo.cap_ratio(values[0], values[1])
 
+    def _adaptive_rule(self) -> StopRule:
+        """``runs = adaptive`` on a phone: the binary prints one average per run, too few
+        samples for a quantile's interval, so runs (min_repeats..max_repeats of them)
+        continue until the t interval of their mean is within target_ci."""
+        p = self.profile
+        return StopRule(
+            quantile=None,
+            target=p.target_ci,
+            confidence=p.confidence,
+            min_runs=max(2, p.min_repeats),
+            max_runs=max(2, p.max_repeats),
+            max_time_s=p.max_time_s,
+        )
+
     def _time_remote(self, label: str, remote_model: str) -> TimingResult:
         """Repeated short runs of ``benchmark_model`` (the stock binary prints no per-run
-        times): each run's average is one round. The frequency cap is read before and
-        after; a model timed while the phone throttled is timed again after a cool-down,
-        within the device's re-measurement budget."""
+        times): each run's average is one round; the profile's ``runs`` says how many
+        (fixed: until rounds agree; adaptive: see _adaptive_rule). The frequency cap is
+        read before and after; a model timed while the phone throttled is timed again
+        after a cool-down, within the device's re-measurement budget."""
         p = self.profile
         tries: list[tuple[list[BenchmarkOutput], int, bool]] = []
 
@@ -231,12 +247,19 @@ class AdbDevice(Device):
                 return [outputs[-1].inference_avg_ms]
 
             before = self._throttle_ratio()
-            rounds, n, stable = repeat_until_stable(
-                one_round,
-                min_repeats=p.min_repeats,
-                max_repeats=p.max_repeats,
-                tolerance=p.stability_tolerance,
-            )
+            if p.runs == "adaptive":
+                got = run_until_confident(
+                    lambda k: [x for _ in range(k) for x in one_round()], self._adaptive_rule()
+                )
+                rounds = [[x] for r in got.rounds for x in r]  # one run, one round
+                n, stable = len(rounds), got.converged
+            else:
+                rounds, n, stable = repeat_until_stable(
+                    one_round,
+                    min_repeats=p.min_repeats,
+                    max_repeats=p.max_repeats,
+                    tolerance=p.stability_tolerance,
+                )
             tries.append((outputs, n, stable))
             after = self._throttle_ratio()
             return rounds, [r for r in (before, after) if r is not None]

@@ -40,6 +40,11 @@ class Device(abc.ABC):
         """What the drift control saw so far: reference level, slow share, re-measures."""
         return {**self.drift.summary(), "remeasured": self.budget.used}
 
+    def load_note(self) -> str | None:
+        """One line when the machine's load made these timings unreliable in a way the
+        drift control cannot repair (e.g. multi-thread wall times on busy cores)."""
+        return None
+
     @abc.abstractmethod
     def info(self) -> DeviceInfo:
         """What the device is, read fresh (frequencies and temperature change)."""

@@ -1,4 +1,5 @@
-"""The host device: LiteRT on this machine's CPU, one thread, in a pinned worker."""
+"""The host device: LiteRT on this machine's CPU, in a worker pinned to one core per
+interpreter thread."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.devices import sysinfo
+from mnasfpn.devices import contention, sysinfo
+from mnasfpn.devices.adaptive import run_until_confident
 from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
 from mnasfpn.devices.errors import DeviceError
 from mnasfpn.devices.profiles import Profile
@@ -31,6 +33,12 @@ from mnasfpn.devices.stats import (
 
 _WORKER = Path(__file__).with_name("host_worker.py")
 _STARTUP_TIMEOUT_S = 120.0
+# Share of a model's process CPU time allowed off the calling thread with the cpu clock
+# (XNNPACK's pool at 2+ threads does most of it), judged only above an absolute floor:
+# over a tiny op's warm-up, a few microseconds of another thread of the process would
+# read as a large share.
+OFFTHREAD_LIMIT = 0.05
+OFFTHREAD_MIN_MS = 1.0
 _REQUEST_TIMEOUT_S = 600.0
 
 
@@ -39,29 +47,43 @@ class WorkerDied(DeviceError):
 
 
 def choose_core(profile: Profile) -> int:
+    return choose_cores(profile)[0]
+
+
+def choose_cores(profile: Profile) -> list[int]:
+    """The cores the worker is pinned to: one per interpreter thread, starting at the
+    profile's core (-1: the last ones this process may use), so that XNNPACK's pool
+    threads get cores of their own and the scheduler cannot stack them on one."""
     allowed = sorted(os.sched_getaffinity(0))
+    n = profile.threads
+    if n > len(allowed):
+        raise DeviceError(
+            f"profile {profile.name!r} runs {n} threads but this process may only use "
+            f"cores {allowed}; use fewer threads (--set threads={len(allowed)})"
+        )
     if profile.core < 0:
-        return allowed[profile.core] if -profile.core <= len(allowed) else allowed[-1]
+        return allowed[-n:]
     if profile.core not in allowed:
         raise DeviceError(
             f"profile {profile.name!r} pins core {profile.core} but this process may only use "
             f"cores {allowed}; set core = -1 in the profile"
         )
-    return profile.core
+    start = allowed.index(profile.core)
+    return [allowed[(start + i) % len(allowed)] for i in range(n)]
 
 
 class _WorkerProcess:
     """One long-lived worker for a whole batch (model loads are cheap, process starts not)."""
 
-    def __init__(self, core: int) -> None:
-        self.core = core
+    def __init__(self, cores: list[int]) -> None:
+        self.cores = cores
         # Kept open for the worker's lifetime (closed in stop()), so no context manager.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         env = dict(os.environ)
         # A single thread also for numpy's BLAS, so the worker does not spread off-core.
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(_WORKER), str(core)],
+            [sys.executable, "-u", str(_WORKER), ",".join(map(str, cores))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -70,9 +92,9 @@ class _WorkerProcess:
             bufsize=1,
         )
         self.hello = self._read(_STARTUP_TIMEOUT_S)
-        if self.hello.get("affinity") != [core]:
+        if self.hello.get("affinity") != sorted(cores):
             self.stop()
-            raise DeviceError(f"host worker could not be pinned to core {core}; check cgroups")
+            raise DeviceError(f"host worker could not be pinned to cores {cores}; check cgroups")
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -124,14 +146,20 @@ class _WorkerProcess:
 class HostDevice(Device):
     """Times models in the pinned worker.
 
-    Each model is measured between two timings of the worker's reference kernel; when
+    Each model is measured between two timings of the worker's reference kernel (the
+    one after a model serves as the one before the next, see _recent_reference); when
     they show a slow phase (see :class:`DriftMonitor`), the model is measured again after
-    ``settle_s``, within a :class:`RemeasureBudget`. With one interpreter thread the clock
+    ``settle_s``, within a :class:`RemeasureBudget`. The profile's ``runs`` says how many
+    invocations a model gets: until its statistic's confidence interval is narrow enough
+    (adaptive) or fixed rounds. With one interpreter thread the clock
     is the worker thread's CPU time (time another process held the core is not the
-    model's), otherwise wall time.
+    model's), otherwise wall time. With several threads the worker is pinned to as many
+    cores, and since wall time then counts every other process on them, the CPU pressure
+    on the machine is sampled while timing (:mod:`contention`) and reported.
     """
 
     settle_s = 0.25
+    ref_reuse_s = 1.0
 
     def __init__(
         self, profile: Profile, *, statistic: str = DEFAULT_STATISTIC, clock: str | None = None
@@ -145,15 +173,27 @@ class HostDevice(Device):
         self.profile = profile
         self.statistic = check_statistic(statistic)
         self.clock = clock or ("cpu" if profile.threads == 1 else "wall")
-        self.core = choose_core(profile)
+        self.cores = choose_cores(profile)
+        self.core = self.cores[0]
         self.drift = DriftMonitor()
         self.budget = RemeasureBudget()
-        self._worker: _WorkerProcess | None = _WorkerProcess(self.core)
+        self._rule = profile.stop_rule(self.statistic) if profile.runs == "adaptive" else None
+        # The last reference timing and when it was taken (see _recent_reference).
+        self._last_ref: tuple[float, float] | None = None
+        self.contention = contention.ContentionMonitor(self.cores, profile.threads)
+        self._worker: _WorkerProcess | None = _WorkerProcess(self.cores)
 
     def _ensure_worker(self) -> _WorkerProcess:
         if self._worker is None or not self._worker.alive():
-            self._worker = _WorkerProcess(self.core)
+            self._worker = _WorkerProcess(self.cores)
         return self._worker
+
+    def load_summary(self) -> dict[str, Any]:
+        return {**super().load_summary(), "contention": self.contention.summary()}
+
+    def load_note(self) -> str | None:
+        # Only wall-clock timings are inflated by other processes; the cpu clock is not.
+        return self.contention.note() if self.clock == "wall" else None
 
     def info(self) -> DeviceInfo:
         hello = self._ensure_worker().hello
@@ -175,8 +215,22 @@ class HostDevice(Device):
             runtime_version=str(hello.get("litert_version")),
             binary=f"python {hello.get('python_version')}",
             binary_version=f"numpy {hello.get('numpy_version')}",
-            extra={"xnnpack": str(self.profile.use_xnnpack).lower()},
+            extra={
+                "xnnpack": str(self.profile.use_xnnpack).lower(),
+                "threads": str(self.profile.threads),
+                "cores": ",".join(map(str, self.cores)),
+            },
         )
+
+    def _recent_reference(self) -> float | None:
+        """The reference timing taken just after the previous model, as this model's
+        "before" check: nothing but a model load ran since, so timing the kernel again
+        would see the same machine. Used once, only within ``ref_reuse_s`` and only when
+        it was not slow (a slow phase is checked afresh, after the settle)."""
+        last, self._last_ref = self._last_ref, None
+        if last is None or time.monotonic() - last[1] > self.ref_reuse_s:
+            return None
+        return None if self.drift.is_slow(last[0]) else last[0]
 
     def _time_one(self, path: ModelPath) -> TimingResult:
         label = model_label(path)
@@ -190,10 +244,23 @@ class HostDevice(Device):
                 path=str(Path(path).resolve()),
                 threads=p.threads,
                 warmup=p.warmup_runs,
+                warmup_s=p.warmup_s,
                 xnnpack=p.use_xnnpack,
             )
             if not rep["ok"]:
                 return TimingResult.failed(label, rep["error"])
+            if (
+                self.clock == "cpu"
+                and rep.get("offthread_share", 0.0) > OFFTHREAD_LIMIT
+                and rep.get("offthread_ms", 0.0) > OFFTHREAD_MIN_MS
+            ):
+                # The calling thread's CPU time would miss the pool threads' work.
+                return TimingResult.failed(
+                    label,
+                    f"{100 * rep['offthread_share']:.0f}% of this model's CPU time ran off the "
+                    "calling thread, so the cpu clock would undercount it; time it with "
+                    "--set threads=1 or on the wall clock",
+                )
 
             key = "cpu_ms" if self.clock == "cpu" else "samples_ms"
             ref_key = "cpu_ms" if self.clock == "cpu" else "wall_ms"
@@ -203,22 +270,27 @@ class HostDevice(Device):
                 r = worker.request(op="ref")
                 if not r["ok"]:
                     raise DeviceError(r["error"])
-                return float(r[ref_key])
+                self._last_ref = (float(r[ref_key]), time.monotonic())
+                return self._last_ref[0]
 
-            def one_round() -> list[float]:
-                r = worker.request(op="run", n=p.num_runs)
+            def runs(n: int) -> list[float]:
+                r = worker.request(op="run", n=n)
                 if not r["ok"]:
                     raise DeviceError(r["error"])
                 return r[key]
 
             def measure() -> tuple[list[list[float]], list[float]]:
-                before = reference()
-                rounds, n, stable = repeat_until_stable(
-                    one_round,
-                    min_repeats=p.min_repeats,
-                    max_repeats=p.max_repeats,
-                    tolerance=p.stability_tolerance,
-                )
+                before = self._recent_reference() or reference()
+                if self._rule is not None:
+                    got = run_until_confident(runs, self._rule)
+                    rounds, n, stable = got.rounds, len(got.rounds), got.converged
+                else:
+                    rounds, n, stable = repeat_until_stable(
+                        lambda: runs(p.num_runs),
+                        min_repeats=p.min_repeats,
+                        max_repeats=p.max_repeats,
+                        tolerance=p.stability_tolerance,
+                    )
                 tries.append((n, stable))
                 return rounds, [before, reference()]
 
@@ -229,7 +301,7 @@ class HostDevice(Device):
                 statistic=self.statistic,
                 settle=lambda: time.sleep(self.settle_s),
             )
-            worker.request(op="unload")
+            # No "unload" round trip: the next load replaces the model (and frees it first).
         except DeviceError as e:
             # A crash in native code kills only the worker; the next model gets a new one.
             return TimingResult.failed(label, str(e))
@@ -252,9 +324,11 @@ class HostDevice(Device):
         self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None
     ) -> list[TimingResult]:
         results: list[TimingResult] = []
+        self.contention.sample()
         for i, path in enumerate(paths):
             res = self._time_one(path)
             results.append(res)
+            self.contention.sample()
             if progress is not None:
                 progress(i, len(paths), res)
         return results

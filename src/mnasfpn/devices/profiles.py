@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from mnasfpn.devices.adaptive import QUANTILE_OF, RUN_POLICIES, StopRule
 from mnasfpn.devices.errors import DeviceError
 
 _KINDS = ("host", "adb")
@@ -33,6 +34,20 @@ class Profile:
     use_xnnpack: bool = False
     benchmark_binary: str = ""
     cooldown_s: float = 0.0
+    # How many invocations a model gets. "adaptive": until the confidence interval of the
+    # timing statistic has a relative half-width <= target_ci (at `confidence`), between
+    # min_runs and max_runs invocations and within max_time_s (devices/adaptive.py);
+    # "fixed": rounds of num_runs until min_repeats of them agree within
+    # stability_tolerance (at most max_repeats rounds).
+    runs: str = "fixed"
+    target_ci: float = 0.01
+    confidence: float = 0.95
+    min_runs: int = 40
+    max_runs: int = 1000
+    max_time_s: float = 2.0
+    # Warm-up ends after warmup_runs invocations or warmup_s seconds, whichever comes
+    # first (at least one invocation; 0 = by count only).
+    warmup_s: float = 0.0
 
     def matches_model(self, model: str) -> bool:
         """Empty ``expected_models`` accepts any phone (the generic profile)."""
@@ -45,6 +60,22 @@ class Profile:
         refused in one line."""
         typed = {name: coerce_field(name, value) for name, value in changes.items()}
         return _validated(dataclasses.replace(self, **typed))
+
+    def stop_rule(self, statistic: str) -> StopRule:
+        """The adaptive stopping rule of this profile for a quantile ``statistic``."""
+        if statistic not in QUANTILE_OF:
+            raise DeviceError(
+                f"runs = adaptive bounds a quantile statistic ({', '.join(QUANTILE_OF)}), "
+                f"not {statistic!r}; use --set runs=fixed"
+            )
+        return StopRule(
+            quantile=QUANTILE_OF[statistic],
+            target=self.target_ci,
+            confidence=self.confidence,
+            min_runs=self.min_runs,
+            max_runs=self.max_runs,
+            max_time_s=self.max_time_s,
+        )
 
     def mask(self) -> str:
         """The taskset mask in hex, derived from ``core`` when not given."""
@@ -149,6 +180,14 @@ def _validated(p: Profile) -> Profile:
         problems.append("need 1 <= min_repeats <= max_repeats")
     if not (0 < p.stability_tolerance < 1 and 0 <= p.cooldown_s < math.inf):
         problems.append("stability_tolerance must be in (0, 1) and cooldown_s finite, >= 0")
+    if p.runs not in RUN_POLICIES:
+        problems.append(f"runs must be one of {', '.join(RUN_POLICIES)}, not {p.runs!r}")
+    if not (0 < p.target_ci < 1 and 0 < p.confidence < 1):
+        problems.append("target_ci and confidence must be in (0, 1)")
+    if not 1 <= p.min_runs <= p.max_runs:
+        problems.append("need 1 <= min_runs <= max_runs")
+    if not (0 < p.max_time_s < math.inf and 0 <= p.warmup_s < math.inf):
+        problems.append("max_time_s must be finite and > 0, warmup_s finite and >= 0")
     if p.taskset_mask:
         try:
             if int(p.taskset_mask, 16) <= 0:

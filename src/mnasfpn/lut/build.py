@@ -25,6 +25,7 @@ from typing import Any
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.store import (
+    ADAPTIVE_FIELDS,
     DEFAULT_STATISTIC,
     SCHEMA_VERSION,
     TableError,
@@ -101,6 +102,10 @@ def identity_of(
         "max_repeats": profile.max_repeats,
         "stability_tolerance": profile.stability_tolerance,
         "cooldown_s": profile.cooldown_s,
+        "runs": profile.runs,
+        "warmup_s": profile.warmup_s,
+        # The adaptive rule's knobs only where it decided the run counts.
+        **({f: getattr(profile, f) for f in ADAPTIVE_FIELDS} if profile.runs == "adaptive" else {}),
     }
 
 
@@ -311,8 +316,10 @@ def record_load(
     load = dict(store.meta().get("timing_load") or {})
     load[what] = {"at": now(), "remeasured": remeasured, "slow_kept": slow_kept, "devices": seen}
     store.set_meta({"timing_load": load})
+    # Devices that cannot be contended (or test doubles) have no load_note.
+    notes = [n for d in devices if (n := getattr(d, "load_note", lambda: None)())]
     if not remeasured and not slow_kept:
-        return None
+        return "; ".join(notes) or None
     slow = [s["slow_fraction"] for s in seen if s.get("slow_fraction") is not None]
     share = f" ({100 * max(slow):.0f}% of reference checks slow)" if slow else ""
     kept = (
@@ -321,9 +328,12 @@ def record_load(
         if slow_kept
         else ""
     )
-    return (
-        f"{what}: the device slowed down in phases{share}; {remeasured} timing(s) re-measured "
-        f"after it recovered{kept}"
+    return "; ".join(
+        [
+            f"{what}: the device slowed down in phases{share}; {remeasured} timing(s) "
+            f"re-measured after it recovered{kept}",
+            *notes,
+        ]
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mnasfpn.lut.calibration import FEATURE_SETS, Calibration, fit_calibration
+from mnasfpn.lut.calibration import FEATURE_SETS, STRUCTURE_SETS, Calibration, fit_calibration
 
 FOLDS = 5
 METHODS = ("calibrated", "raw_sum", "naive_sum", "naive_calibrated", "madds_linear")
@@ -76,37 +76,62 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [f for f in np.array_split(idx, min(k, n)) if len(f)]
 
 
-FIT_CHOICES: tuple[tuple[str, bool], ...] = tuple(
-    (fs, rel) for fs in FEATURE_SETS for rel in (False, True)
+# (feature set, relative weighting, structure terms used): the calibration's forms.
+FitChoice = tuple[str, bool, tuple[str, ...]]
+FIT_CHOICES: tuple[FitChoice, ...] = tuple(
+    (fs, rel, st) for st in STRUCTURE_SETS for fs in FEATURE_SETS for rel in (False, True)
 )
 
 
-def _cv_mape(x: np.ndarray, y: np.ndarray, choice: tuple[str, bool], seed: int) -> float:
+def fit_choice(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray | None, choice: FitChoice
+) -> Calibration:
+    """`fit_calibration` in the form `choice` (structure columns `s` used only if it says)."""
+    fs, rel, st = choice
+    return fit_calibration(x, y, fs, relative=rel, structure=s if st else None, use=st)
+
+
+def _cv_mape(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray | None, choice: FitChoice, seed: int
+) -> float:
     errs = []
     for test in _folds(len(y), FOLDS, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
-        cal = fit_calibration(x[train], y[train], choice[0], relative=choice[1])
-        pred = apply_calibration(cal, x[test])
+        cal = fit_choice(x[train], y[train], None if s is None else s[train], choice)
+        pred = apply_calibration(cal, x[test], None if s is None else s[test])
         errs += list(np.abs(pred - y[test]) / y[test])
     return float(np.mean(errs))
 
 
-def apply_calibration(cal: Calibration, features: np.ndarray) -> np.ndarray:
-    return cal.intercept_ms + np.asarray(features) @ np.asarray(cal.column_scales())
+def apply_calibration(
+    cal: Calibration, features: np.ndarray, structure: np.ndarray | None = None
+) -> np.ndarray:
+    out = cal.intercept_ms + np.asarray(features) @ np.asarray(cal.column_scales())
+    if cal.structure:
+        if structure is None:
+            raise ValueError("this calibration uses structure features; pass them")
+        out = out + np.asarray(structure) @ np.asarray(cal.structure_coefs())
+    return out
+
+
+def choice_label(choice: FitChoice) -> str:
+    fs, rel, st = choice
+    return f"{fs}/{'relative' if rel else 'absolute'}" + "".join(f"+{t}" for t in st)
 
 
 def choose_fit(
-    x: np.ndarray, y: np.ndarray, seed: int
-) -> tuple[tuple[str, bool], dict[str, float]]:
-    """The calibration form (feature set, error weighting) with the best cross-validated
-    MAPE on (x, y) alone (the caller's training split); with too few points, the
-    smallest form. Candidates: feature sets major, type, type_part × absolute or relative
-    error weighting."""
+    x: np.ndarray, y: np.ndarray, seed: int, structure: np.ndarray | None = None
+) -> tuple[FitChoice, dict[str, float]]:
+    """The calibration form with the best cross-validated MAPE on (x, y) alone (the
+    caller's training split); with too few points, the smallest form. Candidates: feature
+    sets major, type, type_part × absolute or relative error weighting × each of
+    STRUCTURE_SETS (only the empty one without `structure`)."""
     if len(y) < 2 * FOLDS:
-        return ("major", False), {}
-    scores = {c: _cv_mape(x, y, c, seed) for c in FIT_CHOICES}
-    best = min(FIT_CHOICES, key=lambda c: (scores[c], FIT_CHOICES.index(c)))
-    return best, {f"{fs}/{'relative' if rel else 'absolute'}": v for (fs, rel), v in scores.items()}
+        return ("major", False, ()), {}
+    choices = [c for c in FIT_CHOICES if structure is not None or not c[2]]
+    scores = {c: _cv_mape(x, y, structure, c, seed) for c in choices}
+    best = min(choices, key=lambda c: (scores[c], choices.index(c)))
+    return best, {choice_label(c): v for c, v in scores.items()}
 
 
 def cross_validate(
@@ -115,8 +140,13 @@ def cross_validate(
     madds: np.ndarray,
     y: np.ndarray,
     seed: int,
+    structure: np.ndarray | None = None,
+    structure_naive: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Out-of-fold predictions of every method (k-fold, seeded) and per-fold details."""
+    """Out-of-fold predictions of every method (k-fold, seeded) and per-fold details.
+    `structure` (and `structure_naive` for the naive table) let the fit use the
+    structure features."""
+    s, sn = structure, structure_naive if structure_naive is not None else structure
     from sklearn.linear_model import LinearRegression
 
     n = len(y)
@@ -126,11 +156,13 @@ def cross_validate(
     details = []
     for f, test in enumerate(_folds(n, FOLDS, seed)):
         train = np.setdiff1d(np.arange(n), test)
-        (fs, rel), _ = choose_fit(x[train], y[train], seed + 1 + f)
-        cal = fit_calibration(x[train], y[train], fs, relative=rel)
-        out["calibrated"][test] = apply_calibration(cal, x[test])
-        ncal = fit_calibration(x_naive[train], y[train], fs, relative=rel)
-        out["naive_calibrated"][test] = apply_calibration(ncal, x_naive[test])
+        choice = choose_fit(x[train], y[train], seed + 1 + f, None if s is None else s[train])[0]
+        cal = fit_choice(x[train], y[train], None if s is None else s[train], choice)
+        out["calibrated"][test] = apply_calibration(cal, x[test], None if s is None else s[test])
+        ncal = fit_choice(x_naive[train], y[train], None if sn is None else sn[train], choice)
+        out["naive_calibrated"][test] = apply_calibration(
+            ncal, x_naive[test], None if sn is None else sn[test]
+        )
         lin = LinearRegression().fit(madds[train, None], y[train])
         out["madds_linear"][test] = lin.predict(madds[test, None])
         details.append(
@@ -138,8 +170,9 @@ def cross_validate(
                 "fold": f,
                 "train": len(train),
                 "test": len(test),
-                "feature_set": fs,
-                "weighting": "relative" if rel else "absolute",
+                "feature_set": choice[0],
+                "weighting": "relative" if choice[1] else "absolute",
+                "structure": sorted(cal.structure),
             }
         )
     return out, details

@@ -16,12 +16,42 @@ def _load_lines(load: dict[str, Any]) -> list[str]:
     for what, seen in sorted(load.items()):
         slow = [d.get("slow_fraction") for d in seen.get("devices", [])]
         slow = [s for s in slow if s is not None]
+        # Multi-thread (wall-clock) timings: how contended the cores were.
+        busy = [
+            c
+            for d in seen.get("devices", [])
+            if (c := d.get("contention")) and c.get("threads", 1) > 1
+        ]
+        pressure = [c["cpu_pressure"] for c in busy if c.get("cpu_pressure") is not None]
         out.append(
             f"  load during {what}: {seen.get('remeasured', 0)} timing(s) re-measured after a "
             f"slow phase, {seen.get('slow_kept', 0)} kept from one"
             + (f"; {100 * max(slow):.0f}% of reference checks slow" if slow else "")
+            + (f"; CPU pressure {100 * max(pressure):.0f}%" if pressure else "")
+            + (
+                "; cores contended (wall-clock times inflated)"
+                if any(c.get("contended") for c in busy)
+                else ""
+            )
         )
     return out
+
+
+def _runs_text(meta: dict[str, Any]) -> str:
+    """How many invocations an op got, by the table's run policy (older tables: fixed)."""
+    warm = f"after {meta.get('warmup_runs')} warm-ups"
+    if meta.get("warmup_s"):
+        warm += f" (or {meta['warmup_s']:g} s)"
+    if meta.get("runs") == "adaptive":
+        return (
+            f"{meta.get('min_runs')}..{meta.get('max_runs')} runs {warm}, until its "
+            f"{100 * float(meta.get('confidence') or 0):g}% interval is within "
+            f"±{100 * float(meta.get('target_ci') or 0):g}% (at most {meta.get('max_time_s')} s)"
+        )
+    return (
+        f"{meta.get('num_runs')} runs {warm} ({meta.get('min_repeats')}.."
+        f"{meta.get('max_repeats')} rounds)"
+    )
 
 
 def describe(path: Path, *, top: int = 10) -> str:
@@ -44,9 +74,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         f"  device details: governor {_known(info.get('governor'))}, core "
         f"{_known(info.get('core'))}, freq {_known(info.get('cur_freq_khz'))}/"
         f"{_known(info.get('max_freq_khz'))} kHz, os {_known(info.get('os_version'))}",
-        f"  timing: {meta.get('statistic', 'median')} of {meta.get('num_runs')} runs after "
-        f"{meta.get('warmup_runs')} warm-ups ({meta.get('min_repeats')}..{meta.get('max_repeats')}"
-        f" rounds), {meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
+        f"  timing: {meta.get('statistic', 'median')} of {_runs_text(meta)}, "
+        f"{meta.get('threads')} thread(s) on core {meta.get('core')}, XNNPACK "
         f"{_known(meta.get('use_xnnpack'))}; overrides {meta.get('overrides') or 'none'}",
         f"  settings: input {meta.get('input_size')}, classes {meta.get('num_classes')}, "
         f"alpha {meta.get('alpha')}, predictor depth {meta.get('depth')}; spaces "
@@ -70,11 +99,8 @@ def describe(path: Path, *, top: int = 10) -> str:
         lines.append("  calibration: none (predictions are raw table sums); run validate")
     else:
         cal = Calibration.from_dict(doc)
-        scales = ", ".join(f"{k} {v:.3f}" for k, v in sorted(cal.scales.items()))
         stats = cal.stats
-        lines.append(
-            f"  calibration ({cal.feature_set}): overhead {cal.intercept_ms:.3f} ms; {scales}"
-        )
+        lines.append(f"  calibration ({cal.feature_set}): {cal.terms_text('; ')}")
         if stats:
             lines.append(
                 "  calibration fit: "

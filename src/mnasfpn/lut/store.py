@@ -127,8 +127,16 @@ OP_TIMING_FIELDS: tuple[str, ...] = (
     "max_repeats",
     "stability_tolerance",
     "cooldown_s",
+    "runs",
+    "warmup_s",
 )
-IDENTITY_FIELDS: tuple[str, ...] = DEVICE_FIELDS + SETTINGS_FIELDS + OP_TIMING_FIELDS
+# The adaptive run-count rule's knobs (recorded only for tables it measured).
+ADAPTIVE_FIELDS: tuple[str, ...] = ("target_ci", "confidence", "min_runs", "max_runs", "max_time_s")
+# What a table that predates a timing field was measured with.
+LEGACY_TIMING: dict[str, Any] = {"runs": "fixed", "warmup_s": 0.0}
+IDENTITY_FIELDS: tuple[str, ...] = (
+    DEVICE_FIELDS + SETTINGS_FIELDS + OP_TIMING_FIELDS + ADAPTIVE_FIELDS
+)
 NEW_TABLE_ADVICE = (
     "its entries cannot be mixed with these: start a new table with --out NEW.sqlite, "
     "or build with the table's settings"
@@ -250,6 +258,8 @@ class TableStore:
         if not self.count_ops() and not self._query("SELECT 1 FROM e2e_runs LIMIT 1"):
             return  # nothing measured yet: any identity may start it
         stored = self.meta()
+        if "num_runs" in stored:  # an identity recorded before these fields existed
+            stored = {**LEGACY_TIMING, **stored}
         diffs = [
             f"{f} {stored[f]!r} here vs {current[f]!r} now"
             if f in stored

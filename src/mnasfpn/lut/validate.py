@@ -26,13 +26,13 @@ import numpy as np
 
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of, record_load
-from mnasfpn.lut.calibration import fit_calibration
 from mnasfpn.lut.fidelity import (
     DEFAULT_TARGET,
     METHODS,
     choose_fit,
     cross_validate,
     end_to_end_latency,
+    fit_choice,
     metrics,
     round_spread,
     round_values,
@@ -50,11 +50,20 @@ from mnasfpn.searchspace.spaces import get_space
 SAMPLE_REPEATS = (3, 4, 5)
 POOL_PER_SAMPLE = 50
 # End-to-end models run long: fewer invocations per round, more rounds across the batch.
+# Adaptive: the fit takes each model's fastest of `rounds` interleaved rounds and its
+# noise floor is their spread (~1-4%), so a round needs its p10 to ±1% at 80% only: 22
+# invocations give that interval (36 would be needed at 95%); a 180 ms detector's
+# warm-up is its first invocation or two.
 E2E_OVERRIDES: dict[str, Any] = {
     "warmup_runs": 3,
+    "warmup_s": 0.1,
     "num_runs": 10,
     "min_repeats": 2,
     "max_repeats": 6,
+    "confidence": 0.8,
+    "min_runs": 22,
+    "max_runs": 200,
+    "max_time_s": 8.0,
 }
 
 
@@ -231,10 +240,12 @@ def validate(
     x = table.features(genotypes)
     x_naive = table.features(genotypes, naive=True)
     madds = np.array([st.opgraph(g).madds() / 1e6 for g in genotypes])
-    preds, folds = cross_validate(x, x_naive, madds, y, seed)
+    s = table.structure(genotypes)
+    s_naive = table.structure(genotypes, naive=True)
+    preds, folds = cross_validate(x, x_naive, madds, y, seed, s, s_naive)
     results = {m: metrics(preds[m], y) for m in METHODS}
-    (fs, rel), scores = choose_fit(x, y, seed)
-    cal = fit_calibration(x, y, fs, relative=rel)
+    choice, scores = choose_fit(x, y, seed, s)
+    cal = fit_choice(x, y, s, choice)
     cal.stats.update(
         {
             "n_archs": len(y),

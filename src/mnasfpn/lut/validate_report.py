@@ -58,8 +58,7 @@ class ValidationResult:
         cal = self.calibration
         lines.append(
             f"stored calibration (per {cal.feature_set}, {cal.stats.get('weighting')} errors): "
-            f"overhead {cal.intercept_ms:.3f} ms, "
-            + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items()))
+            + cal.terms_text()
         )
         return "\n".join(lines)
 
@@ -142,8 +141,7 @@ def write_report(
         "",
         f"Stored calibration (fitted on all {result.n}, features per {cal.feature_set}, "
         f"{cal.stats.get('weighting')} errors; chosen by inner cross-validation): "
-        f"overhead {cal.intercept_ms:.3f} ms; "
-        + ", ".join(f"{k} ×{v:.3f}" for k, v in sorted(cal.scales.items())),
+        + cal.terms_text("; "),
         "",
         f"![predicted vs measured]({result.plot_path.name})",
         "",
