@@ -16,20 +16,22 @@ its proposals being rows already). Encoding is timed on its own and together wit
 prediction. "Fresh objects" predicts genotypes the predictor has never seen (new Python
 objects each run).
 
---baseline REV also times the predictor (src/mnasfpn/lut/predictor.py) of that git
-revision, loaded over this tree's other modules, on the same genotypes: the baseline,
-this tree's Genotype path and its encoded path alternate run by run, so a loaded machine
-slows all alike; each figure and its ratio to the baseline are printed.
+--baseline REV also times `LatencyTable.predict` of that git revision (its whole package,
+from `git archive`, in a worker process) on the same genotypes: the baseline, this tree's
+Genotype path and its encoded path alternate run by run, so a loaded machine slows all
+alike; each figure and its ratio to the baseline are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
+import io
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,9 @@ from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.batch import encode_batch
 from mnasfpn.searchspace.spaces import get_space, sample_genotypes
+
+# Genotypes timed one per call against the baseline.
+FEW = 500
 
 
 def synthetic_table(path: Path, space: str, input_size: int) -> None:
@@ -64,36 +69,82 @@ def synthetic_table(path: Path, space: str, input_size: int) -> None:
             store.add_op(k, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0, session=sid)
 
 
-def baseline_model(rev: str, table: LatencyTable, folder: Path) -> object:
-    """The CostModel of `rev`'s predictor module, over the same table entries."""
-    root = Path(__file__).resolve().parents[1]
-    text = subprocess.run(
-        ["git", "-C", str(root), "show", f"{rev}:src/mnasfpn/lut/predictor.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = folder / "baseline_predictor.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("baseline_predictor", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CostModel(table.latencies, table.config)
+# The baseline: another revision's whole package in a process of its own, which times its
+# `LatencyTable.predict` when told to (one line per run: the workload's name), so that
+# its runs and this tree's alternate.
+_BASELINE_WORKER = """
+import sys, time
+import numpy as np
+from mnasfpn.lut.table import LatencyTable
+from mnasfpn.searchspace.spaces import sample_genotypes
+lut, space, n, seed, few, out = sys.argv[1:7]
+table = LatencyTable.open(lut)
+gs = sample_genotypes(space, int(n), int(seed))
+np.save(out, table.predict(gs, calibrated=False))
+runs = {
+    "batch": lambda: table.predict(gs, calibrated=False),
+    "64": lambda: [table.predict(gs[i : i + 64], calibrated=False) for i in range(0, len(gs), 64)],
+    "one": lambda: [table.predict([g], calibrated=False) for g in gs[: int(few)]],
+}
+print("ready", flush=True)
+for line in sys.stdin:
+    c = time.process_time()
+    runs[line.strip()]()
+    print(time.process_time() - c, flush=True)
+"""
 
 
-def compare(old: object, table: LatencyTable, space: str, gs: list, rounds: int) -> None:
+class Baseline:
+    """`rev`'s predictor, timed in a worker process on the same sampled genotypes."""
+
+    def __init__(self, rev: str, lut: Path, space: str, n: int, seed: int, few: int) -> None:
+        root = Path(__file__).resolve().parents[1]
+        self.folder = Path(tempfile.mkdtemp(prefix="baseline-"))
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", rev, "src/mnasfpn"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(self.folder, filter="data")
+        env = {**os.environ, "PYTHONPATH": str(self.folder / "src")}
+        out = self.folder / "predictions.npy"
+        args = [lut, space, n, seed, few, out]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BASELINE_WORKER, *map(str, args)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the baseline worker of {rev} did not start")
+        self.predictions = np.load(out)
+
+    def cpu_seconds(self, workload: str) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(workload + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def compare(base: Baseline, table: LatencyTable, space: str, gs: list, rounds: int) -> None:
     """The baseline's Genotype path, this tree's Genotype path and this tree's encoded path
     (with and without encoding) on the same genotypes, alternating run by run after a
     warm-up of each: one whole batch, batches of 64, and one genotype per call."""
     sp = get_space(space)
     codes = encode_batch(sp, gs)
-    want = old.predict(gs)  # type: ignore[attr-defined]
+    want = base.predictions
     got = [table.predict(gs, calibrated=False), table.predict_encoded(codes, sp, calibrated=False)]
     worst = max(float(np.max(np.abs(v - want) / np.maximum(np.abs(want), 1e-12))) for v in got)
-    few = 500
     ways = {
-        "baseline": lambda b: old.predict(b[0]),  # type: ignore[attr-defined]
         "Genotype objects": lambda b: table.predict(b[0], calibrated=False),
         "rows": lambda b: table.predict_encoded(b[1], sp, calibrated=False),
         "encode + rows": lambda b: table.predict_encoded(
@@ -101,26 +152,33 @@ def compare(old: object, table: LatencyTable, space: str, gs: list, rounds: int)
         ),
     }
     workloads = (
-        (f"one batch of {len(gs)}", len(gs), [(gs, codes)]),
+        ("batch", f"one batch of {len(gs)}", len(gs), [(gs, codes)]),
         (
+            "64",
             "batches of 64",
             len(gs),
             [(gs[i : i + 64], codes[i : i + 64]) for i in range(0, len(gs), 64)],
         ),
-        ("one genotype per call", few, [(gs[i : i + 1], codes[i : i + 1]) for i in range(few)]),
+        (
+            "one",
+            "one genotype per call",
+            FEW,
+            [(gs[i : i + 1], codes[i : i + 1]) for i in range(FEW)],
+        ),
     )
     print(
         f"alternating the baseline and this tree, {rounds} rounds (best of each; CPU time; "
         "architectures/s, and the median speed-up over the baseline run by run):"
     )
-    print(f"  {'workload':<22}" + "".join(f"{name:>26}" for name in ways))
-    for label, n, batches in workloads:
-        cpu: dict[str, list[float]] = {name: [] for name in ways}
+    print(f"  {'workload':<22}{'baseline':>26}" + "".join(f"{name:>26}" for name in ways))
+    for key, label, n, batches in workloads:
+        cpu: dict[str, list[float]] = {name: [] for name in ("baseline", *ways)}
         for _ in range(rounds):
+            cpu["baseline"].append(base.cpu_seconds(key))
             for name, fn in ways.items():
                 cpu[name].append(_timed(lambda f=fn, bs=batches: [f(b) for b in bs])[1])  # type: ignore[misc]
         cells = []
-        for name in ways:
+        for name in cpu:
             ratios = [b / t for b, t in zip(cpu["baseline"], cpu[name], strict=True)]
             cells.append(f"{n / min(cpu[name]):,.0f} ({np.median(ratios):.2f}x)")
         print(f"  {label:<22}" + "".join(f"{c:>26}" for c in cells))
@@ -219,8 +277,11 @@ def main() -> None:
     )
     if args.baseline:
         print()
-        old = baseline_model(args.baseline, table, Path(tmp.name))
-        compare(old, table, args.space, gs, max(args.repeat, 3))
+        base = Baseline(args.baseline, lut, args.space, args.n, args.seed, FEW)
+        try:
+            compare(base, table, args.space, gs, max(args.repeat, 3))
+        finally:
+            base.close()
     tmp.cleanup()
 
 

@@ -376,9 +376,12 @@ def test_encoded_rows_equal_the_opgraph_per_part(tmp_path: Path, space: str) -> 
 
 
 def test_the_searchs_decision_indices_predict_like_their_genotypes(tmp_path: Path) -> None:
-    """What a search proposes (ragged index lists in conn-search), calibrated."""
+    """What a search proposes (ragged index lists in conn-search), calibrated (op-type
+    scales and the cold-weight term)."""
     make_table(tmp_path / "t.sqlite", ("conn-search",))
-    cal = Calibration(2.0, {"conv2d": 0.8, "add": 1.5}, "type", {"n_train": 3})
+    cal = Calibration(
+        2.0, {"conv2d": 0.8, "add": 1.5}, "type", {"n_train": 3}, {"weight_mib": 0.25}
+    )
     with TableStore.open(tmp_path / "t.sqlite") as store:
         store.set_calibration_doc(cal.to_dict())
     table = LatencyTable.open(tmp_path / "t.sqlite")
@@ -388,6 +391,12 @@ def test_the_searchs_decision_indices_predict_like_their_genotypes(tmp_path: Pat
     canonical = [sp.canonical(r, repeats=2) for r in rows]
     got = table.predict_encoded(rows, sp, repeats=2)
     np.testing.assert_allclose(got, table.predict(canonical), rtol=1e-12)
+    want = (
+        2.0
+        + table.features(canonical) @ cal.column_scales()
+        + 0.25 * table.structure(canonical)[:, 0]
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-9)
     parts = table.breakdown_encoded(rows, "conn-search", repeats=2)
     np.testing.assert_allclose(parts["total"], got, rtol=1e-12)
     assert np.all(parts["overhead"] == 2.0)
@@ -426,3 +435,29 @@ def test_encoded_batches_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
         table.predict_encoded(codes, sp, repeats=0)
     with pytest.raises(GenotypeError, match="2-D"):
         table.predict_encoded(codes[0], sp)
+
+
+@pytest.mark.slow
+def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None:
+    """benchmarks/lut_predict_speed.py end to end on a small batch, against HEAD."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "lut_predict_speed.py"),
+            "--n",
+            "300",
+            "--repeat",
+            "1",
+            "--baseline",
+            "HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "predict_encoded (rows -> ms)" in res.stdout
+    worst = float(res.stdout.rsplit("baseline's predictions:", 1)[1].split()[0])
+    assert worst < 1e-9

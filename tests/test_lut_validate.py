@@ -78,7 +78,7 @@ def test_calibration_recovers_scales_and_beats_the_raw_sum() -> None:
     assert m["calibrated"]["mape"] < m["naive_sum"]["mape"]
     assert m["calibrated"]["kendall_tau"] > m["madds_linear"]["kendall_tau"]
     (fs, _, structure), scores = choose_fit(x, y, seed=0)
-    assert fs in FEATURE_SETS and len(scores) == 2 * len(FEATURE_SETS) and not structure
+    assert fs in FEATURE_SETS and len(scores) == 2 * len(FEATURE_SETS) and structure == ()
     np.testing.assert_allclose(
         apply_calibration(cal, x), cal.intercept_ms + x @ cal.column_scales()
     )
@@ -119,18 +119,20 @@ def test_the_cold_weight_term_is_fitted_and_chosen_only_where_it_helps() -> None
     structure form for such data and leaves it out when there is no such cost."""
     x, x_naive, y = _synthetic(60, 2)
     rng = np.random.default_rng(7)
-    weights = rng.uniform(5, 30, (60, len(STRUCTURE_FEATURES)))
+    assert STRUCTURE_FEATURES == ("weight_mib", "live_ops")
+    weights = np.column_stack([rng.uniform(5, 30, 60), rng.integers(200, 500, 60)])
     y_cold = y + 0.4 * weights[:, 0]
     cal = fit_calibration(x, y_cold, "type", structure=weights)
     assert cal.structure["weight_mib"] == pytest.approx(0.4, rel=0.05)
+    assert cal.structure["live_ops"] == pytest.approx(0.0, abs=2e-3)
     assert cal.scales["conv2d"] == pytest.approx(0.8, rel=0.05)
     np.testing.assert_allclose(apply_calibration(cal, x, weights), y_cold, rtol=0.01)
     assert Calibration.from_dict(cal.to_dict()) == cal
     assert cal.to_dict()["version"] == 2 and "weight_mib" in cal.terms_text()
     choice, scores = choose_fit(x, y_cold, 0, weights)
-    assert choice[2] and len(scores) == 4 * len(FEATURE_SETS)
+    assert "weight_mib" in choice[2] and len(scores) == 6 * len(FEATURE_SETS)
     preds, folds = cross_validate(x, x_naive, x[:, 0], y_cold, 0, weights)
-    assert all(f["structure"] == ["weight_mib"] for f in folds)
+    assert all("weight_mib" in f["structure"] for f in folds)
     assert metrics(preds["calibrated"], y_cold)["mape"] < 0.01
     # Without the cost, the plain form wins (or the coefficient is ~0).
     choice, _ = choose_fit(x, y, 0, weights)
@@ -138,6 +140,15 @@ def test_the_cold_weight_term_is_fitted_and_chosen_only_where_it_helps() -> None
     assert not choice[2] or plain.structure.get("weight_mib", 0.0) < 0.02
     with pytest.raises(ValueError, match="structure"):
         apply_calibration(cal, x)
+    # Each entry's own invocation cost, paid once per model and not once per op: a
+    # negative per-op coefficient, found as such; bounded to ±0.1 ms an op.
+    y_ops = y - 0.004 * weights[:, 1]
+    cal = fit_calibration(x, y_ops, "type", structure=weights, use=("weight_mib", "live_ops"))
+    assert cal.structure["live_ops"] == pytest.approx(-0.004, abs=1e-3)
+    assert fit_calibration(x, y - 0.5 * weights[:, 1], "type", structure=weights).structure[
+        "live_ops"
+    ] == pytest.approx(-0.1)
+    assert fit_calibration(x, y_ops, "type", structure=weights, use=()).structure == {}
 
 
 def test_metrics_by_hand() -> None:

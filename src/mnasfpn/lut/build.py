@@ -105,11 +105,7 @@ def identity_of(
         "runs": profile.runs,
         "warmup_s": profile.warmup_s,
         # The adaptive rule's knobs only where it decided the run counts.
-        **(
-            {f: getattr(profile, f) for f in ADAPTIVE_FIELDS}
-            if profile.runs == "adaptive"
-            else {}
-        ),
+        **({f: getattr(profile, f) for f in ADAPTIVE_FIELDS} if profile.runs == "adaptive" else {}),
     }
 
 

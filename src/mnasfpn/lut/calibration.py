@@ -24,8 +24,15 @@ Across random architectures the miss grows with the live ops' weight bytes (~0.1
 per MiB here) and not with the number of XNNPACK partitions (each resize_nearest, which
 XNNPACK does not take, splits the delegate) nor with the op count, whose fitted
 coefficients were ~0. So the calibration may add ``weight_mib`` (fp32 weight MiB of the
-live ops, from the IR) with a non-negative coefficient; validate's fit choice keeps it
-only where it lowers the cross-validated error.
+live ops, from the IR) with a non-negative coefficient.
+
+The other way round, every entry carries one invocation's fixed cost (the Python call,
+the interpreter's and the delegate's dispatch), which a whole model pays once, not once
+per op: a few µs an op, invisible beside builtin kernels but a share of XNNPACK's faster
+ops, largest for small inputs. ``live_ops`` (the live op count) takes it, with a
+coefficient of either sign bounded to ±0.1 ms an op. Validate's fit choice tries no
+structure term, the weight term, and both, and keeps what lowers the cross-validated
+error.
 """
 
 from __future__ import annotations
@@ -51,7 +58,14 @@ FEATURE_SETS = ("major", "type", "type_part")
 MAJOR_TYPES = ("conv2d", "dwconv2d")
 # Quantities of the live ops other than table latency that the fit may use (see the
 # module docstring), in the column order of every structure matrix.
-STRUCTURE_FEATURES: tuple[str, ...] = ("weight_mib",)
+STRUCTURE_FEATURES: tuple[str, ...] = ("weight_mib", "live_ops")
+# Each coefficient's range (ms per unit).
+STRUCTURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "weight_mib": (0.0, math.inf),
+    "live_ops": (-0.1, 0.1),
+}
+# The structure terms a fit may use, smallest first (validate's fit choice tries each).
+STRUCTURE_SETS: tuple[tuple[str, ...], ...] = ((), ("weight_mib",), STRUCTURE_FEATURES)
 SCALE_MIN = 0.5
 SCALE_MAX = 2.0
 
@@ -96,7 +110,8 @@ class Calibration:
                     f"unknown calibration structure feature {name!r}; known: "
                     f"{', '.join(STRUCTURE_FEATURES)} (refit with mnasfpn-lut validate)"
                 )
-            if not math.isfinite(value) or value < 0:
+            lo, hi = STRUCTURE_BOUNDS[name]
+            if not math.isfinite(value) or not lo <= value <= hi:
                 raise CalibrationError(f"calibration coefficient of {name!r} is {value!r}")
 
     def column_scales(self) -> list[float]:
@@ -185,11 +200,12 @@ def fit_calibration(
     relative: bool = False,
     shrink: float = SHRINK,
     structure: Any = None,
+    use: Sequence[str] | None = None,
 ) -> Calibration:
     """Overhead + per-feature scales bounded to [SCALE_MIN, SCALE_MAX] and shrunk toward
-    the raw table, plus non-negative coefficients of the `structure` columns
-    (n × len(STRUCTURE_FEATURES)) when given: bounded linear least squares (scipy's
-    lsq_linear).
+    the raw table, plus coefficients (within STRUCTURE_BOUNDS) of the `structure` columns
+    (n × len(STRUCTURE_FEATURES)) named in `use` (all of them by default) when given:
+    bounded linear least squares (scipy's lsq_linear).
 
     With `relative`, squared errors are weighted by 1/measured², i.e. the fit minimizes
     relative rather than absolute error (what a ±10% target asks for)."""
@@ -209,7 +225,13 @@ def fit_calibration(
     fitted = np.flatnonzero(x.any(axis=0) & varies)
     fixed = np.flatnonzero(x.any(axis=0) & ~varies)
     # A structure column that does not vary is the overhead term again: left out.
-    used = [j for j in range(s.shape[1]) if s[:, j].std() > CONSTANT_CV * abs(s[:, j].mean())]
+    wanted = STRUCTURE_FEATURES if use is None else tuple(use)
+    used = [
+        j
+        for j in range(s.shape[1])
+        if STRUCTURE_FEATURES[j] in wanted and s[:, j].std() > CONSTANT_CV * abs(s[:, j].mean())
+    ]
+    bounds = [STRUCTURE_BOUNDS[STRUCTURE_FEATURES[j]] for j in used]
     target = y - x[:, fixed].sum(axis=1)  # constant features keep scale 1
     k, m = len(fitted), len(used)
     design = np.hstack([x[:, fitted], s[:, used], np.ones((n, 1))])
@@ -220,8 +242,8 @@ def fit_calibration(
         target = np.concatenate([target, pull])  # row j: pull · s_j ≈ pull
         weight = np.concatenate([weight, np.full(k, weight[:n].mean())])
     root = np.sqrt(weight)
-    lower = np.concatenate([np.full(k, SCALE_MIN), np.zeros(m), [-np.inf]])
-    upper = np.concatenate([np.full(k, SCALE_MAX), np.full(m, np.inf), [np.inf]])
+    lower = np.concatenate([np.full(k, SCALE_MIN), [b[0] for b in bounds], [-np.inf]])
+    upper = np.concatenate([np.full(k, SCALE_MAX), [b[1] for b in bounds], [np.inf]])
     coef = lsq_linear(design * root[:, None], target * root, bounds=(lower, upper)).x
     scales = {names[j]: float(c) for j, c in zip(fitted, coef[:k], strict=True)}
     scales.update({names[j]: 1.0 for j in fixed})

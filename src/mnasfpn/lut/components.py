@@ -317,8 +317,9 @@ class Components:
 
 
 def structure_of(ops: Sequence) -> np.ndarray:
-    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)."""
-    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20])
+    """STRUCTURE_FEATURES of some ops: fp32 weight MiB (weights and bias after BN folding)
+    and their count."""
+    return np.array([sum(op.deployed_params for op in ops) * 4 / 2**20, len(ops)])
 
 
 # Every space registered so far must fit (the cost model checks again when it is made).

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mnasfpn.lut.calibration import FEATURE_SETS, Calibration, fit_calibration
+from mnasfpn.lut.calibration import FEATURE_SETS, STRUCTURE_SETS, Calibration, fit_calibration
 
 FOLDS = 5
 METHODS = ("calibrated", "raw_sum", "naive_sum", "naive_calibrated", "madds_linear")
@@ -76,10 +76,10 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [f for f in np.array_split(idx, min(k, n)) if len(f)]
 
 
-# (feature set, relative weighting, structure features): the calibration's forms.
-FitChoice = tuple[str, bool, bool]
+# (feature set, relative weighting, structure terms used): the calibration's forms.
+FitChoice = tuple[str, bool, tuple[str, ...]]
 FIT_CHOICES: tuple[FitChoice, ...] = tuple(
-    (fs, rel, st) for st in (False, True) for fs in FEATURE_SETS for rel in (False, True)
+    (fs, rel, st) for st in STRUCTURE_SETS for fs in FEATURE_SETS for rel in (False, True)
 )
 
 
@@ -88,7 +88,7 @@ def fit_choice(
 ) -> Calibration:
     """`fit_calibration` in the form `choice` (structure columns `s` used only if it says)."""
     fs, rel, st = choice
-    return fit_calibration(x, y, fs, relative=rel, structure=s if st else None)
+    return fit_calibration(x, y, fs, relative=rel, structure=s if st else None, use=st)
 
 
 def _cv_mape(
@@ -116,7 +116,7 @@ def apply_calibration(
 
 def choice_label(choice: FitChoice) -> str:
     fs, rel, st = choice
-    return f"{fs}/{'relative' if rel else 'absolute'}" + ("+structure" if st else "")
+    return f"{fs}/{'relative' if rel else 'absolute'}" + "".join(f"+{t}" for t in st)
 
 
 def choose_fit(
@@ -124,10 +124,10 @@ def choose_fit(
 ) -> tuple[FitChoice, dict[str, float]]:
     """The calibration form with the best cross-validated MAPE on (x, y) alone (the
     caller's training split); with too few points, the smallest form. Candidates: feature
-    sets major, type, type_part × absolute or relative error weighting × with or without
-    the structure features (only when `structure` is given)."""
+    sets major, type, type_part × absolute or relative error weighting × each of
+    STRUCTURE_SETS (only the empty one without `structure`)."""
     if len(y) < 2 * FOLDS:
-        return ("major", False, False), {}
+        return ("major", False, ()), {}
     choices = [c for c in FIT_CHOICES if structure is not None or not c[2]]
     scores = {c: _cv_mape(x, y, structure, c, seed) for c in choices}
     best = min(choices, key=lambda c: (scores[c], choices.index(c)))

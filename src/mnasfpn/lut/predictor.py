@@ -62,7 +62,7 @@ from mnasfpn.searchspace.batch import (
     PAD,
     BlockFieldError,
     BlockReader,
-    BlockValues,
+    DecodedRows,
     as_code_array,
     decode_batch,
 )
@@ -87,10 +87,16 @@ _RS_SRC = RS_DIMS[3] * _V * _V  # one step of a resample's source signature
 _RS_SDO = RS_DIMS[2] * _RS_SRC
 _BODY_OUT = int(np.prod(BODY_DIMS[2:7]))  # the body's "is output" digit, less C
 _T = np.arange(len(LEVELS))
+# The read-mask bit of each node (cell inputs: none), and of -1 (no input): none.
+_READ_BIT = np.concatenate(
+    [np.zeros(NUM_CELL_INPUTS, dtype=np.int64), 1 << np.arange(MAX_BLOCKS), [0]]
+)
 # Pool pattern codes: a node's pools as a bit mask over the target levels.
 _PATTERNS = 1 << len(LEVELS)
 # (first cell, source) · V of a first-cell input node (a backbone tap).
 _TAP_BASE = (POOL_DIMS[1] + _T) * _V
+assert len(LEVELS) == 4  # _GATHER_BYTES packs four flags
+_GATHER_BYTES = np.uint32(sum(1 << (24 - 7 * t) for t in range(len(LEVELS))))
 # Pooling C5 (node 2) to level 6 in the first cell is C6, which the backbone counts.
 _TAP_MASK = np.full(NUM_CELL_INPUTS, _PATTERNS - 1)
 _TAP_MASK[LEVELS.index(5)] &= ~(1 << LEVELS.index(6))
@@ -153,7 +159,7 @@ class EncodedBatch:
 
     def genotype(self, i: int) -> Genotype:
         """Row i as a Genotype (for messages)."""
-        row = [v for v in self.codes[i].tolist()]
+        row = self.codes[i].tolist()
         while row and row[-1] == PAD:
             row.pop()
         return self.space.decode(row, repeats=int(self.repeats[i]))
@@ -206,8 +212,8 @@ class CostModel:
         self._shape_err: list[str | None] = []
         self._wiring_tab = np.zeros((0, 3 + MAX_INPUTS), dtype=np.int64)
         self._wiring_err: list[str | None] = []
-        self._values: dict[tuple, tuple[int, list[np.ndarray]]] = {}
-        self._fits: set[SearchSpace] = set()
+        self._values: dict[tuple, _Tables] = {}
+        self._digits: dict[SearchSpace, dict[str, np.ndarray]] = {}
 
     # -- reading batches ----------------------------------------------------------------
 
@@ -273,30 +279,46 @@ class CostModel:
         )
 
     def _encoded_blocks(self, batch: EncodedBatch, start: int, stop: int) -> _Blocks:
-        if batch.space not in self._fits:
-            check_space_fits(batch.space)
-            self._fits.add(batch.space)
-        vals: BlockValues = decode_batch(batch.space, batch.codes[start:stop], first=start)
-        n, nb = vals.level.shape
-        lv = vals.level - LEVELS[0]
-        rs = lv * _V + VALUE_INDEX[vals.expansion]
-        body = (rs * len(GRID_KERNELS) + KERNEL_INDEX[vals.kernel]) * len(GRID_MERGES)
+        grid_of = self._space_digits(batch.space)
+        rows: DecodedRows = decode_batch(batch.space, batch.codes[start:stop], first=start)
+        n, nb = rows.level.shape
+        ci = grid_of["channels"][rows.channel]
+        if rows.expansion is None:  # F = C
+            fi: np.ndarray = ci[:, None]
+        else:
+            fi = grid_of["expansions"][rows.expansion]
+        rs = rows.level * _V + fi
+        body = rs * len(GRID_KERNELS) + grid_of["kernels"][rows.kernel]
         read = np.zeros((n, nb), dtype=np.int64)
-        for inp in vals.inputs:  # a block's inputs are distinct nodes: + is |
-            from_block = inp >= NUM_CELL_INPUTS
-            read += np.where(from_block, 1 << np.maximum(inp - NUM_CELL_INPUTS, 0), 0)
+        for inp in rows.inputs:  # a block's inputs are distinct nodes: + is |
+            read += _READ_BIT[inp]
         return _Blocks(
-            VALUE_INDEX[vals.channels],
+            ci,
             np.full(n, int(batch.space.sdo), dtype=np.int64),
             batch.repeats[start:stop],
             np.full(n, nb, dtype=np.int64),
-            lv,
+            rows.level,
             rs,
-            body + vals.merge,
-            vals.num_inputs,
+            body * len(GRID_MERGES) + grid_of["merges"][rows.merge],
+            rows.num_inputs,
             read,
-            list(vals.inputs),
+            list(rows.inputs),
         )
+
+    def _space_digits(self, space: SearchSpace) -> dict[str, np.ndarray]:
+        """Per choice index of `space`'s channels, expansions, kernels and merges: its
+        digit in the grids (the space is checked to fit them once)."""
+        digits = self._digits.get(space)
+        if digits is None:
+            check_space_fits(space)
+            digits = {
+                "channels": VALUE_INDEX[list(space.channels)],
+                "expansions": VALUE_INDEX[list(space.expansions or space.channels)],
+                "kernels": KERNEL_INDEX[list(space.kernels)],
+                "merges": np.array([GRID_MERGES.index(m) for m in space.merges]),
+            }
+            self._digits[space] = digits
+        return digits
 
     # -- the live components of a chunk -------------------------------------------------
 
@@ -372,7 +394,10 @@ class CostModel:
         row = np.arange(n)[:, None] * (nodes * t_n)
         for inp, sel in pools:
             pooled[(row + inp * t_n + bl.lv)[sel]] = True
-        pat = np.packbits(pooled.reshape(n, nodes, t_n), axis=2, bitorder="little")
+        # A node's four flags (one byte each) as one little-endian 32-bit word; the
+        # multiply moves byte t to bit 24 + t (every other product lands below bit 24 or
+        # past bit 31), so the top byte is the pattern.
+        pat = (pooled.view("<u4") * _GATHER_BYTES) >> 24
         pat = pat.reshape(n, nodes).astype(np.int64)
         ci = bl.ci[:, None]
         taps = pat[:, :NUM_CELL_INPUTS] & _TAP_MASK

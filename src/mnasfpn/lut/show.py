@@ -16,10 +16,23 @@ def _load_lines(load: dict[str, Any]) -> list[str]:
     for what, seen in sorted(load.items()):
         slow = [d.get("slow_fraction") for d in seen.get("devices", [])]
         slow = [s for s in slow if s is not None]
+        # Multi-thread (wall-clock) timings: how contended the cores were.
+        busy = [
+            c
+            for d in seen.get("devices", [])
+            if (c := d.get("contention")) and c.get("threads", 1) > 1
+        ]
+        pressure = [c["cpu_pressure"] for c in busy if c.get("cpu_pressure") is not None]
         out.append(
             f"  load during {what}: {seen.get('remeasured', 0)} timing(s) re-measured after a "
             f"slow phase, {seen.get('slow_kept', 0)} kept from one"
             + (f"; {100 * max(slow):.0f}% of reference checks slow" if slow else "")
+            + (f"; CPU pressure {100 * max(pressure):.0f}%" if pressure else "")
+            + (
+                "; cores contended (wall-clock times inflated)"
+                if any(c.get("contended") for c in busy)
+                else ""
+            )
         )
     return out
 

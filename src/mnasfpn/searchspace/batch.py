@@ -184,22 +184,42 @@ def _layout(space: SearchSpace) -> _Layout:
 
 
 @dataclass(frozen=True)
-class BlockValues:
-    """n genotypes (not pruned) as value arrays, blocks in node order, every genotype with
-    the space's full block count: channels (n,); per block (n, blocks): the number of
-    inputs, level, expansion and kernel as values, merge as an index into MERGES; and per
-    input slot j, `inputs[j]` (n, blocks): the node it reads, -1 past a block's inputs."""
+class DecodedRows:
+    """n decision rows decoded (cells not pruned), as choice indices per block, blocks in
+    node order, every row with the space's full block count: `channel` (n,) into the
+    space's channels; per block (n, blocks): the number of inputs, `level` into LEVELS
+    (output blocks too), `expansion` into the space's expansions (None where F = C),
+    `kernel` and `merge` into the space's kernels and merges; per input slot j,
+    `inputs[j]` (n, blocks): the node it reads, -1 past a block's inputs."""
 
-    channels: np.ndarray
+    space: SearchSpace
+    channel: np.ndarray
     num_inputs: np.ndarray
     inputs: tuple[np.ndarray, ...]
     level: np.ndarray
-    expansion: np.ndarray
+    expansion: np.ndarray | None
     kernel: np.ndarray
     merge: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.channels)
+        return len(self.channel)
+
+    def values(self) -> dict[str, np.ndarray]:
+        """channels (n,); level, expansion, kernel (n, blocks) as values; merge as an
+        index into MERGES."""
+        sp = self.space
+        channels = np.asarray(sp.channels)[self.channel]
+        if self.expansion is None:
+            expansion = np.repeat(channels[:, None], self.level.shape[1], axis=1)
+        else:
+            expansion = np.asarray(sp.expansions)[self.expansion]
+        return {
+            "channels": channels,
+            "level": np.asarray(LEVELS)[self.level],
+            "expansion": expansion,
+            "kernel": np.asarray(sp.kernels)[self.kernel],
+            "merge": np.asarray([MERGES.index(m) for m in sp.merges])[self.merge],
+        }
 
 
 def as_code_array(codes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
@@ -228,8 +248,8 @@ def as_code_array(codes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
 
 def decode_batch(
     space: SearchSpace, codes: np.ndarray | Sequence[Sequence[int]], *, first: int = 0
-) -> BlockValues:
-    """Decision rows → the genotypes' values (`SearchSpace.decode` of every row, as
+) -> DecodedRows:
+    """Decision rows → the genotypes' choices (`SearchSpace.decode` of every row, as
     arrays). A row that does not decode raises the GenotypeError `decode` gives for it,
     prefixed with its index (+ `first`, the index of row 0 in the caller's batch)."""
     arr = as_code_array(codes)
@@ -241,7 +261,7 @@ def decode_batch(
                 f"decision sequence #{first + r}: space {space.name!r} is a fixed cell "
                 "with no decisions; its rows are empty"
             )
-        return _fixed_values(space.fixed, n)
+        return _fixed_rows(space, n)
     lay = _layout(space)
     nb, mi, mn = lay.blocks, space.max_inputs, space.min_inputs
     reader = _RowReader(arr, lay)
@@ -251,69 +271,74 @@ def decode_batch(
     # from 0) that is not yet an input of the block, past a leading "no more" choice.
     limit = NUM_CELL_INPUTS + np.arange(nb)
     inputs: list[np.ndarray] = []
+    taken: list[np.ndarray] = []  # the block's inputs so far, elementwise ascending
     for j in range(mi):
         rank = reader.take(starts + j)
         if j >= mn:
             rank = rank - 1
         in_range = (rank >= 0) & (rank < limit - j)
         node = rank
-        for earlier in _sorted(inputs):
+        for earlier in taken:
             node = node + (earlier <= node)
         if n_in is None:
             ok &= in_range
-            inputs.append(node)
         else:
             present = j < n_in
             ok &= in_range | ~present
-            inputs.append(np.where(present, node, -1))
+            node = np.where(present, node, -1)
+        inputs.append(node)
+        if j + 1 < mi:
+            taken = _insert_sorted(taken, node)
     if n_in is None:
         at = starts + mi  # each block's first decision after its inputs
         n_in = np.full((n, nb), mi, dtype=np.int64)
     else:
         at = starts + n_in + (n_in < mi)
-    values: dict[str, np.ndarray] = {}
+    fields: dict[str, np.ndarray] = {}
     inter = np.arange(nb) < space.num_intermediate
-    for name, choices in (
-        ("level", LEVELS),
-        ("expansion", space.expansions),
-        ("kernel", space.kernels),
-        ("merge", tuple(MERGES.index(m) for m in space.merges)),
+    for name, count in (
+        ("level", len(LEVELS)),
+        ("expansion", None if space.expansions is None else len(space.expansions)),
+        ("kernel", len(space.kernels)),
+        ("merge", len(space.merges)),
     ):
-        if choices is None:
+        if count is None:
             continue
         idx = reader.take(at)
-        in_range = (idx >= 0) & (idx < len(choices))
+        in_range = (idx >= 0) & (idx < count)
         if name == "level":  # intermediate blocks only: output levels are fixed
             ok &= in_range | ~inter
             at = at + inter
+            idx[:, space.num_intermediate :] = np.arange(len(LEVELS))  # levels 3..6
         else:
             ok &= in_range
             at = at + 1
-        values[name] = np.take(np.asarray(choices, dtype=np.int64), idx, mode="clip")
+        fields[name] = idx
     chan = arr[:, 0] if width else np.full(n, PAD, dtype=np.int64)
     bad = ~ok.all(axis=1) | (chan < 0) | (chan >= len(space.channels)) | reader.too_long(at)
     if bad.any():
         r = int(np.argmax(bad))
         _explain_row(space, arr[r], first + r)
-    channels = np.take(np.asarray(space.channels, dtype=np.int64), chan, mode="clip")
-    level = values["level"]
-    level[:, space.num_intermediate :] = LEVELS  # output blocks sit at levels 3..6
-    expansion = values.get("expansion")
-    if expansion is None:
-        expansion = np.repeat(channels[:, None], nb, axis=1)
-    return BlockValues(
-        channels, n_in, tuple(inputs), level, expansion, values["kernel"], values["merge"]
+    return DecodedRows(
+        space,
+        chan,
+        n_in,
+        tuple(inputs),
+        fields["level"],
+        fields.get("expansion"),
+        fields["kernel"],
+        fields["merge"],
     )
 
 
-def _sorted(columns: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Same-shape arrays as the elementwise sorted sequence (smallest first)."""
-    if len(columns) <= 1:
-        return list(columns)
-    if len(columns) == 2:
-        a, b = columns
-        return [np.minimum(a, b), np.maximum(a, b)]
-    return list(np.sort(np.stack(columns), axis=0))
+def _insert_sorted(columns: list[np.ndarray], value: np.ndarray) -> list[np.ndarray]:
+    """Elementwise ascending arrays with `value` inserted (a min/max insertion network)."""
+    out = []
+    for c in columns:
+        out.append(np.minimum(c, value))
+        value = np.maximum(c, value)
+    out.append(value)
+    return out
 
 
 class _RowReader:
@@ -379,23 +404,42 @@ class _RowReader:
         return ((cols >= end[:, None]) & (self.arr != PAD)).any(axis=1)
 
 
-def _fixed_values(cell: Genotype, n: int) -> BlockValues:
+def _fixed_rows(space: SearchSpace, n: int) -> DecodedRows:
+    """The fixed cell of `space`, n times."""
+    cell = space.fixed
+    assert cell is not None
     width = max(len(b.inputs) for b in cell.blocks)
 
     def rows(values: Sequence[int]) -> np.ndarray:
         return np.tile(np.asarray(values, dtype=np.int64), (n, 1))
 
+    def index(choices: Sequence[object], value: object, what: str) -> int:
+        if value not in choices:
+            raise GenotypeError(f"the fixed cell of space {space.name!r} has {what} {value!r}")
+        return list(choices).index(value)
+
     inputs = tuple(
         rows([b.inputs[j] if j < len(b.inputs) else -1 for b in cell.blocks]) for j in range(width)
     )
-    return BlockValues(
-        np.full(n, cell.channels, dtype=np.int64),
+    expansion = None
+    if space.expansions is None:  # F = C: rows carry no expansion
+        for b in cell.blocks:
+            if b.expansion != cell.channels:
+                raise GenotypeError(
+                    f"the fixed cell of space {space.name!r} has expansion {b.expansion}, "
+                    f"but the space ties it to channels ({cell.channels})"
+                )
+    else:
+        expansion = rows([index(space.expansions, b.expansion, "expansion") for b in cell.blocks])
+    return DecodedRows(
+        space,
+        np.full(n, index(space.channels, cell.channels, "channels"), dtype=np.int64),
         rows([len(b.inputs) for b in cell.blocks]),
         inputs,
-        rows([b.level for b in cell.blocks]),
-        rows([b.expansion for b in cell.blocks]),
-        rows([b.kernel for b in cell.blocks]),
-        rows([MERGES.index(b.merge) for b in cell.blocks]),
+        rows([index(LEVELS, b.level, "level") for b in cell.blocks]),
+        expansion,
+        rows([index(space.kernels, b.kernel, "kernel") for b in cell.blocks]),
+        rows([index(space.merges, b.merge, "merge") for b in cell.blocks]),
     )
 
 
