@@ -2,11 +2,13 @@
 
     python benchmarks/lut_build_time.py [--space mnasfpn] [--input-size 320] [--jobs 2]
                                         [--passes 3] [--cache-dir DIR] [--out FILE]
-                                        [--converter direct|tf]
+                                        [--converter direct|tf] [--set FIELD=VALUE ...]
 
 By default both the micro-model cache and the table are fresh temporary folders, so the
 figure includes writing every micro-model (--converter tf: the TensorFlow converter, as
-before the direct writer). Prints keys, conversion and timing phases.
+before the direct writer). Prints keys, conversion and timing phases. `--set` overrides a
+host profile field, e.g. `--set runs=fixed` for the run counts before adaptive ones
+(`benchmarks/adaptive_runs.py` compares both policies).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mnasfpn.devices.profiles import parse_overrides
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
@@ -34,7 +37,9 @@ def main() -> None:
     ap.add_argument(
         "--converter", choices=("direct", "tf"), default="direct", help="micro-model writer"
     )
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
+    overrides = parse_overrides(args.overrides)
     spaces = args.space or ["mnasfpn"]
     tmp = tempfile.TemporaryDirectory()
     cache = args.cache_dir or Path(tmp.name) / "cache"
@@ -46,7 +51,7 @@ def main() -> None:
     report = build_table(
         out,
         spaces,
-        DeviceOptions("host"),
+        DeviceOptions("host", overrides=overrides),
         config=config,
         jobs=args.jobs,
         passes=args.passes,
@@ -64,7 +69,7 @@ def main() -> None:
     print(
         f"host build of {', '.join(spaces)} at {args.input_size}x{args.input_size}, "
         f"--converter {args.converter}, --jobs {args.jobs}, --passes {args.passes}, "
-        f"cache {'reused' if args.cache_dir else 'fresh'}"
+        f"cache {'reused' if args.cache_dir else 'fresh'}, overrides {overrides or 'none'}"
     )
     print(f"{'phase':<34} {'seconds':>9}")
     print(f"{f'enumerate {n_keys} keys':<34} {enum_s:>9.2f}")

@@ -184,3 +184,11 @@ def test_show_says_how_a_table_was_timed() -> None:
         "40..1000 runs after 10 warm-ups (or 0.05 s), until its 95% interval is within ±1% "
         "(at most 2.0 s)"
     )
+
+
+def test_validate_cli_defaults_to_validates_rounds() -> None:
+    from mnasfpn.lut.cli import validate_command
+    from mnasfpn.lut.validate import DEFAULT_ROUNDS
+
+    (opt,) = [p for p in validate_command.params if p.name == "rounds"]
+    assert opt.default == DEFAULT_ROUNDS
