@@ -3,9 +3,11 @@ worker processes it spawns (they inherit the environment)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from mnasfpn.errors import MnasfpnError
@@ -57,3 +59,27 @@ def load_tensorflow() -> Any:
             "trained models do; tables do not): pip install 'mnasfpn[train]'"
         ) from None
     return tf
+
+
+def keras_backend() -> str:
+    """The backend Keras will load, read without importing Keras (which, on TensorFlow's
+    backend, imports TensorFlow): KERAS_BACKEND, else ~/.keras/keras.json, else TensorFlow."""
+    name = os.environ.get("KERAS_BACKEND")
+    if not name:
+        config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+        try:
+            name = json.loads(config.read_text()).get("backend")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    return name or "tensorflow"
+
+
+def load_keras() -> Any:
+    """Import Keras: through load_tensorflow on its TensorFlow backend (quiet, and a one-line
+    error where TensorFlow is missing); directly on any other (JAX), so that TensorFlow is
+    never imported there."""
+    if keras_backend() == "tensorflow":
+        load_tensorflow()
+    import keras
+
+    return keras

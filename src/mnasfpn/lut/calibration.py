@@ -16,15 +16,14 @@ Structure features: why isolated entries stop adding up under XNNPACK. An entry 
 op timed alone, invocation after invocation, so its weights and inputs sit in the core's
 L2. Inside the whole model every op's weights were evicted by the ops before it and come
 from L3 or memory on every invocation. Timing one op right after evicting the caches
-(benchmarks/fidelity_by_kernels.py) adds about the same milliseconds under builtin
-kernels and under XNNPACK (0.04–0.13 ms per op here); XNNPACK runs the arithmetic
-~4.5× faster, so the same cold-cache cost is a ~3× larger share of the model: the raw sum
-misses end-to-end latency by +15–20% under XNNPACK against +5–7% under builtin kernels.
-Across random architectures the miss grows with the live ops' weight bytes (~0.15 ms
-per MiB here) and not with the number of XNNPACK partitions (each resize_nearest, which
-XNNPACK does not take, splits the delegate) nor with the op count, whose fitted
-coefficients were ~0. So the calibration may add ``weight_mib`` (fp32 weight MiB of the
-live ops, from the IR) with a non-negative coefficient.
+(benchmarks/fidelity_by_kernels.py) adds a similar time under builtin kernels and under
+XNNPACK (0.04–0.20 ms an op here, most for the largest weights); XNNPACK runs the paper
+cell 4.4× faster, so the same cold-cache cost is a larger share of the model: over 43
+validated detectors the raw sum missed by −16% under XNNPACK against −6.9% builtin. What
+a per-type fit leaves over follows the live ops' weight bytes (r = +0.60, ~0.15 ms per
+MiB here) and not the number of XNNPACK partitions (r = 0.00; each resize_nearest, which
+XNNPACK does not take, splits the delegate). So the calibration may add ``weight_mib``
+(fp32 weight MiB of the live ops, from the IR) with a non-negative coefficient.
 
 The other way round, every entry carries one invocation's fixed cost (the Python call,
 the interpreter's and the delegate's dispatch), which a whole model pays once, not once

@@ -10,7 +10,7 @@ from typing import Any
 
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
-from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.tfenv import load_keras
 
 CLASS_PRIOR = 0.01  # initial foreground probability of every anchor (RetinaNet's prior)
 CLASS_HEAD = "class_conv1x1"  # the weight-shared class head's last conv (its bias sets the prior)
@@ -30,9 +30,7 @@ def build_detector(
     seed: int = 0,
 ) -> Any:
     """Keras model of the IR: image in [-1, 1] → [box encodings, class logits]."""
-    load_tensorflow()
-    import keras
-
+    keras = load_keras()  # TensorFlow only on its backend: a JAX training step builds this too
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(detector.opgraph(genotype), seed=seed, batch_size=batch_size)

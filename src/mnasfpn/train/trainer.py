@@ -43,33 +43,31 @@ class TrainResult:
 
 def _make_step_fn(model: Any, info: RunInfo, optimizer: Any, ema: EmaWeights | None) -> Any:
     tf = load_tensorflow()
-    from mnasfpn.train.boxes import ssd_loss, targets
+    from mnasfpn.train.boxes import targets
+    from mnasfpn.train.objective import decayed_indices, training_loss
 
     hp = info.hparams
     num_classes = info.detector.num_classes
     anchors = tf.constant(anchor_centers_sizes(info.detector.input_size))
     corners = tf.constant(anchor_corners(info.detector.input_size))
     variables = model.trainable_variables
-    kernels = [v for v in variables if v.name in ("kernel", "depthwise_kernel")]
+    kernels = [variables[i] for i in decayed_indices(variables)]
 
     @tf.function(reduce_retracing=True)
     def step_fn(images: Any, boxes: Any, classes: Any) -> dict[str, Any]:
         box_t, onehot, positive = targets(anchors, corners, boxes, classes, num_classes)
         with tf.GradientTape() as tape:
             codes, logits = model(preprocess(images), training=True)
-            cls, box, matched = ssd_loss(codes, logits, box_t, onehot, positive)
-            l2 = hp.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-            loss = cls + box + l2
-        grads = tape.gradient(loss, variables)
+            out = training_loss(codes, logits, box_t, onehot, positive, kernels,
+                                hp.weight_decay)  # fmt: skip
+        grads = tape.gradient(out["loss"], variables)
         grads, norm = tf.clip_by_global_norm(grads, hp.clip_norm)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         if ema is not None:
             ema.update(optimizer.iterations)
         batch = tf.cast(tf.shape(images)[0], tf.float32)
-        return {
-            "loss": loss, "cls_loss": cls, "box_loss": box, "l2_loss": l2,
-            "grad_norm": norm, "matched_per_image": matched / batch,
-        }  # fmt: skip
+        matched = out.pop("matched")
+        return {**out, "grad_norm": norm, "matched_per_image": matched / batch}
 
     return step_fn
 
