@@ -50,8 +50,15 @@ def _start_build(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     cmd = [sys.executable, "-c", CLI, "build", "--device", "host", "--space", "nasfpnlite-s",
            "--input-size", "64", "--out", str(out), "--cache-dir", str(cache), "--jobs", "2",
            "--passes", "1", "--converter", "tf", "--quiet"]  # fmt: skip
+    # The default SIGINT action, whoever started the tests: a shell starts a background job
+    # (`make test &`) with SIGINT ignored, the build would inherit that, and Python installs
+    # no KeyboardInterrupt handler for an ignored signal.
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     # Wait until the workers are converting (their first micro-models are on disk).
