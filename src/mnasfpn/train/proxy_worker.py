@@ -149,14 +149,15 @@ def _train_loop(
     import keras
 
     from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
-    from mnasfpn.train.boxes import ssd_loss, targets
+    from mnasfpn.train.boxes import targets
     from mnasfpn.train.detector import preprocess as to_unit_range
+    from mnasfpn.train.objective import decayed_indices, training_loss
     from mnasfpn.train.schedule import Schedule
 
     anchors = tf.constant(anchor_centers_sizes(input_size))
     corners = tf.constant(anchor_corners(input_size))
     variables = model.trainable_variables
-    kernels = [v for v in variables if v.name in ("kernel", "depthwise_kernel")]
+    kernels = [variables[i] for i in decayed_indices(variables)]
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
     optimizer.build(variables)
 
@@ -165,8 +166,8 @@ def _train_loop(
         box_t, onehot, positive = targets(anchors, corners, boxes, classes, num_classes)
         with tf.GradientTape() as tape:
             codes, logits = model(to_unit_range(x) if preprocess else x, training=True)
-            cls, box, _ = ssd_loss(codes, logits, box_t, onehot, positive)
-            loss = cls + box + weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+            loss = training_loss(codes, logits, box_t, onehot, positive, kernels,
+                                 weight_decay)["loss"]  # fmt: skip
         grads = tape.gradient(loss, variables)
         grads, _ = tf.clip_by_global_norm(grads, 10.0)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
