@@ -1,7 +1,7 @@
 """Fixed vs adaptive run counts on this machine, in one run: the first `make demo`'s table,
 validation and prediction under each policy.
 
-    python benchmarks/adaptive_runs.py [--space mnasfpn] [--samples 40] [--passes 3]
+    python benchmarks/adaptive_runs.py [--space mnasfpn] [--samples 40] [--passes 2]
                                        [--rounds 2] [--policy fixed --policy adaptive]
                                        [--no-validate]
                                        [--keep DIR]
@@ -56,7 +56,7 @@ import numpy as np
 
 from mnasfpn.devices import host
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut.build import DeviceOptions, build_table
+from mnasfpn.lut.build import DEFAULT_PASSES, DeviceOptions, build_table
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.validate import DEFAULT_ROUNDS, validate
 
@@ -175,7 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", action="append", default=None)
     ap.add_argument("--samples", type=int, default=40)
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=DEFAULT_PASSES)
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="validate's rounds")
     ap.add_argument("--policy", action="append", choices=tuple(POLICIES), default=None)
     ap.add_argument("--no-validate", dest="validate", action="store_false")

@@ -1,7 +1,7 @@
 """Wall time of a full host table build, with its breakdown.
 
     python benchmarks/lut_build_time.py [--space mnasfpn] [--input-size 320] [--jobs 2]
-                                        [--passes 3] [--cache-dir DIR] [--out FILE]
+                                        [--passes 2] [--cache-dir DIR] [--out FILE]
                                         [--converter direct|tf] [--set FIELD=VALUE ...]
 
 By default both the micro-model cache and the table are fresh temporary folders, so the
@@ -22,7 +22,7 @@ from pathlib import Path
 from mnasfpn.devices.profiles import parse_overrides
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import op_type_of
-from mnasfpn.lut.build import DeviceOptions, build_table, required_keys
+from mnasfpn.lut.build import DEFAULT_PASSES, DeviceOptions, build_table, required_keys
 from mnasfpn.lut.store import TableStore
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--space", action="append", default=None)
     ap.add_argument("--input-size", type=int, default=320)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=DEFAULT_PASSES)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(

@@ -3,6 +3,7 @@ synthetic samples and against scipy."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import random
@@ -192,3 +193,13 @@ def test_validate_cli_defaults_to_validates_rounds() -> None:
 
     (opt,) = [p for p in validate_command.params if p.name == "rounds"]
     assert opt.default == DEFAULT_ROUNDS
+
+
+def test_build_cli_defaults_to_builds_passes() -> None:
+    from mnasfpn.lut.build import DEFAULT_PASSES, build_table
+    from mnasfpn.lut.cli import build_command
+
+    (opt,) = [p for p in build_command.params if p.name == "passes"]
+    assert (
+        opt.default == DEFAULT_PASSES == inspect.signature(build_table).parameters["passes"].default
+    )

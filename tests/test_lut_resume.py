@@ -306,3 +306,20 @@ def test_input_size_hint_is_a_command_that_works(
     res = CliRunner().invoke(lut_main, argv[1:])
     assert res.exit_code == 0, res.output
     assert seen == {"out": Path("NEW.sqlite"), "device": "host", "size": 128}
+
+
+def test_the_adaptive_rules_effort_caps_are_recorded_but_do_not_split_tables(
+    tmp_path: Path, fake_models: Path
+) -> None:
+    out = tmp_path / "t.sqlite"
+    # As the host profile before its time cap went from 2 to 0.5 s.
+    assert _build(out, fake_models, 1, overrides={"max_time_s": 2.0, "max_runs": 500}).ok
+    with TableStore.open(out, readonly=True) as store:
+        assert (store.meta()["max_time_s"], store.meta()["max_runs"]) == (2.0, 500)
+    # A cap bounds the effort on a noisy op, not what its entry estimates: the table goes on.
+    assert _build(out, fake_models, 2).ok
+    with TableStore.open(out, readonly=True) as store:
+        assert store.meta()["max_time_s"] == load_profile("host").max_time_s
+    # What the interval is asked for does split them.
+    with pytest.raises(TableError, match="min_runs 40 here vs 60 now"):
+        _build(out, fake_models, 3, overrides={"min_runs": 60})

@@ -75,7 +75,7 @@ def _converter_option(what: str) -> Any:
 @click.option(
     "--passes",
     type=click.IntRange(1),
-    default=3,
+    default=2,  # build.DEFAULT_PASSES (not imported: --help stays light)
     show_default=True,
     help="Timing passes per op, each over all ops in a new order; an op's entry is its "
     "fastest pass so far, so a pass slowed by other load on the device is outvoted. A key "

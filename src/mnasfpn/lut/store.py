@@ -131,7 +131,11 @@ OP_TIMING_FIELDS: tuple[str, ...] = (
     "warmup_s",
 )
 # The adaptive run-count rule's knobs (recorded only for tables it measured).
-ADAPTIVE_FIELDS: tuple[str, ...] = ("target_ci", "confidence", "min_runs", "max_runs", "max_time_s")
+ADAPTIVE_FIELDS: tuple[str, ...] = ("target_ci", "confidence", "min_runs")
+# ... and its effort caps, recorded but not matched: a cap bounds how long a noisy op is
+# timed, not what its entry estimates, so entries timed under other caps mix (a table from
+# before the host's max_time_s went from 2 to 0.5 s resumes).
+ADAPTIVE_CAPS: tuple[str, ...] = ("max_runs", "max_time_s")
 # What a table that predates a timing field was measured with.
 LEGACY_TIMING: dict[str, Any] = {"runs": "fixed", "warmup_s": 0.0}
 IDENTITY_FIELDS: tuple[str, ...] = (
