@@ -187,12 +187,14 @@ def test_show_says_how_a_table_was_timed() -> None:
     )
 
 
-def test_validate_cli_defaults_to_validates_rounds() -> None:
+def test_validate_rounds_default_to_three_for_multi_thread_tables_only() -> None:
     from mnasfpn.lut.cli import validate_command
-    from mnasfpn.lut.validate import DEFAULT_ROUNDS
+    from mnasfpn.lut.validate import DEFAULT_ROUNDS, MULTI_THREAD_ROUNDS, default_rounds
 
     (opt,) = [p for p in validate_command.params if p.name == "rounds"]
-    assert opt.default == DEFAULT_ROUNDS
+    assert opt.default is None  # validate picks by the table's threads
+    assert default_rounds({"threads": 1}) == default_rounds({}) == DEFAULT_ROUNDS == 2
+    assert default_rounds({"threads": 2}) == MULTI_THREAD_ROUNDS == 3
 
 
 def test_build_cli_defaults_to_builds_passes() -> None:

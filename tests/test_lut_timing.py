@@ -112,3 +112,30 @@ def test_fastest_round_is_the_end_to_end_figure() -> None:
     assert end_to_end_latency(rounds) == 10.0
     assert end_to_end_latency(rounds, "median") == 11.0
     assert end_to_end_latency(rounds, "min") == 8.0
+
+
+@pytest.mark.parametrize(("threads", "rounds"), [(1, 2), (2, 3)])
+def test_validate_takes_three_rounds_on_a_multi_thread_table(
+    tmp_path: Path, fake_models: Path, monkeypatch: pytest.MonkeyPatch, threads: int, rounds: int
+) -> None:
+    out = tmp_path / "t.sqlite"
+    build_table(
+        out, [SPACE], ScriptedOptions("host", overrides={"threads": threads}), config=CONFIG,
+        passes=1, cache_dir=fake_models, echo=lambda s: None, show_progress=False,
+    )  # fmt: skip
+    asked: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def time_e2e(store: Any, need: Any, todo: dict[str, list[int]], *args: Any, **kw: Any) -> int:
+        asked.append(max(len(r) for r in todo.values()))
+        raise Stop
+
+    monkeypatch.setattr(lut_validate, "export_models", lambda *a, **k: 0.0)
+    monkeypatch.setattr(lut_validate, "_time_e2e", time_e2e)
+    with pytest.raises(Stop):
+        lut_validate.validate(
+            out, samples=4, report_dir=tmp_path / "r", cache_dir=tmp_path, show_progress=False
+        )
+    assert asked == [rounds]

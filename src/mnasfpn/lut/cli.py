@@ -285,9 +285,9 @@ def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
 @click.option(
     "--rounds",
     type=click.IntRange(1),
-    default=2,  # validate.DEFAULT_ROUNDS (not imported: --help stays light)
-    show_default=True,
-    help="Interleaved timing rounds per architecture (see --target).",
+    default=None,
+    help="Interleaved timing rounds per architecture (see --target) [default: 2; 3 for a "
+    "multi-thread table, whose wall-clock rounds are further apart].",
 )
 @click.option(
     "--target",
@@ -316,7 +316,7 @@ def validate_command(
     min_r2: float,
     report_dir: Path | None,
     jobs: int,
-    rounds: int,
+    rounds: int | None,
     target: str,
     spaces: tuple[str, ...],
     device_name: str | None,
