@@ -54,10 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mnasfpn.lut.fidelity import cross_validate, end_to_end_latency, metrics
+from mnasfpn.lut.fidelity import cross_validate, metrics
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.genotype import genotype_from_dict
+from mnasfpn.lut.validate import fit_inputs, measured_architectures
 
 
 def pass_seconds(lut: Path) -> dict[int, float]:
@@ -97,22 +97,9 @@ def validate_rounds(lut: Path) -> int:
 
 
 def score(lut: Path, seed: int) -> dict[str, float]:
-    table = LatencyTable.open(lut)
-    with TableStore.open(lut, readonly=True) as store:
-        archs, runs = store.e2e_archs(), store.e2e_runs()
-    ids = [a for a in archs if runs.get(a)]
-    genotypes = [genotype_from_dict(archs[a]["genotype"]) for a in ids]
-    y = np.array([end_to_end_latency(runs[a]) for a in ids])
-    madds = np.array([table.config.opgraph(g).madds() / 1e6 for g in genotypes])
-    preds, _ = cross_validate(
-        table.features(genotypes),
-        table.features(genotypes, naive=True),
-        madds,
-        y,
-        seed,
-        table.structure(genotypes),
-        table.structure(genotypes, naive=True),
-    )
+    genotypes, _, y = measured_architectures(lut)
+    x, x_naive, madds, s, s_naive = fit_inputs(LatencyTable.open(lut), genotypes)
+    preds, _ = cross_validate(x, x_naive, madds, y, seed, s, s_naive)
     return {**metrics(preds["calibrated"], y), "n": float(len(y))}
 
 

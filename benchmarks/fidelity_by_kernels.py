@@ -42,12 +42,11 @@ from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import TFLITE_OP, op_type_of
 from mnasfpn.lut.build import DeviceOptions, build_table
 from mnasfpn.lut.calibration import Calibration, feature_columns, fit_calibration
-from mnasfpn.lut.fidelity import METHOD_LABELS, METHODS, end_to_end_latency
+from mnasfpn.lut.fidelity import METHOD_LABELS, METHODS
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.lut.validate import validate
+from mnasfpn.lut.validate import measured_architectures, validate
 from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
-from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.tflite.writer import micromodel_tflite
 
 PROFILES = ("host", "host-xnnpack", "host-xnnpack-2t")
@@ -135,16 +134,6 @@ def build_and_validate(
 # -- analysis of the miss ---------------------------------------------------------------
 
 
-def _architectures(lut: Path) -> tuple[list[Genotype], list[str], np.ndarray]:
-    with TableStore.open(lut, readonly=True) as store:
-        archs = store.e2e_archs()
-        runs = store.e2e_runs()
-    ids = [a for a in archs if runs.get(a)]
-    genotypes = [genotype_from_dict(archs[a]["genotype"]) for a in ids]
-    y = np.array([end_to_end_latency(runs[a]) for a in ids])
-    return genotypes, ids, y
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     if np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
@@ -153,7 +142,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def explain_miss(lut: Path, cache: Path, skipped: set[str], xnnpack: bool) -> dict[str, Any]:
     table = LatencyTable.open(lut)
-    genotypes, ids, y = _architectures(lut)
+    genotypes, ids, y = measured_architectures(lut)
     x = table.features(genotypes)
     s = table.structure(genotypes)
     raw = x.sum(axis=1)

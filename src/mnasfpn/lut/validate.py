@@ -58,11 +58,6 @@ DEFAULT_ROUNDS = 2
 # held-out MAPE from 4.6% to 3.6% (R² 0.994 → 0.997; its build's passes mattered less:
 # benchmarks/build_passes.py, which scores the first k passes and r rounds of one table).
 MULTI_THREAD_ROUNDS = 3
-
-
-def default_rounds(meta: dict[str, Any]) -> int:
-    """Validate's rounds for a table with this meta (its profile's thread count)."""
-    return MULTI_THREAD_ROUNDS if int(meta.get("threads") or 1) > 1 else DEFAULT_ROUNDS
 POOL_PER_SAMPLE = 50
 # End-to-end models run long: fewer invocations per round, more rounds across the batch.
 # Adaptive: the fit takes each model's fastest of `rounds` interleaved rounds and its
@@ -82,6 +77,39 @@ E2E_OVERRIDES: dict[str, Any] = {
     "max_runs": 200,
     "max_time_s": 4.0,
 }
+
+
+def default_rounds(meta: dict[str, Any]) -> int:
+    """Validate's rounds for a table with this meta (its profile's thread count)."""
+    return MULTI_THREAD_ROUNDS if int(meta.get("threads") or 1) > 1 else DEFAULT_ROUNDS
+
+
+def fit_inputs(
+    table: LatencyTable, genotypes: Sequence[Genotype]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the fit and its baselines see of `genotypes`: table features, naive-table
+    features, MAdds (millions), structure and naive structure (`cross_validate` takes
+    them in this order, the end-to-end targets and seed after the MAdds)."""
+    madds = np.array([table.config.opgraph(g).madds() / 1e6 for g in genotypes])
+    return (
+        table.features(genotypes),
+        table.features(genotypes, naive=True),
+        madds,
+        table.structure(genotypes),
+        table.structure(genotypes, naive=True),
+    )
+
+
+def measured_architectures(
+    lut_path: Path, target: str = DEFAULT_TARGET
+) -> tuple[list[Genotype], list[str], np.ndarray]:
+    """The architectures a table's validation timed end to end: their genotypes, ids and
+    end-to-end figures (`target` over their rounds), in the order they were recorded."""
+    with TableStore.open(lut_path, readonly=True) as store:
+        archs, runs = store.e2e_archs(), store.e2e_runs()
+    ids = [a for a in archs if runs.get(a)]
+    genotypes = [genotype_from_dict(archs[a]["genotype"]) for a in ids]
+    return genotypes, ids, np.array([end_to_end_latency(runs[a], target) for a in ids])
 
 
 def arch_id(genotype: Genotype, input_size: int) -> str:
@@ -255,11 +283,7 @@ def validate(
     y = np.array([end_to_end_latency(runs[a], target) for a in ids])
     spread = np.array([round_spread(runs[a]) for a in ids if len(runs[a]) > 1])
     per_round = [round_values(runs[a]) for a in ids]
-    x = table.features(genotypes)
-    x_naive = table.features(genotypes, naive=True)
-    madds = np.array([st.opgraph(g).madds() / 1e6 for g in genotypes])
-    s = table.structure(genotypes)
-    s_naive = table.structure(genotypes, naive=True)
+    x, x_naive, madds, s, s_naive = fit_inputs(table, genotypes)
     preds, folds = cross_validate(x, x_naive, madds, y, seed, s, s_naive)
     results = {m: metrics(preds[m], y) for m in METHODS}
     choice, scores = choose_fit(x, y, seed, s)
