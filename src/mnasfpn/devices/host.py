@@ -239,7 +239,7 @@ class HostDevice(Device):
     def _wait_until_quiet(self, reference: Callable[[], float]) -> None:
         """Time the reference until it reads quiet, for at most ``settle_s``. Most slow
         readings on a shared machine are bursts that are over by the next check, so a
-        fixed sleep mostly waited for nothing (a third of a build's time on a 2-core
+        fixed sleep mostly waited for nothing (up to 40% of a build's time on a 2-core
         VM); the quiet reading then serves as the re-measure's "before" check."""
         deadline = time.monotonic() + self.settle_s
         while self.drift.is_slow(reference()) and time.monotonic() < deadline:
