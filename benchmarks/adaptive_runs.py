@@ -55,8 +55,9 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.devices import host
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut.build import DEFAULT_PASSES, DeviceOptions, build_table
+from mnasfpn.lut.build import DEFAULT_PASSES, build_table
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.validate import DEFAULT_ROUNDS, validate
 
@@ -134,7 +135,7 @@ def run_policy(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any
                 rounds=args.rounds,
                 report_dir=root / name / "report",
                 cache_dir=cache,
-                overrides=overrides,
+                device=DeviceOptions(overrides=dict(overrides)),
                 echo=lambda s: None,
                 show_progress=False,
             )

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
-from mnasfpn.lut.predictor import Settings
 from mnasfpn.model.convert import detector_tflite
 from mnasfpn.profiler.micromodel import micromodel_paths
 from mnasfpn.searchspace.named import get_architecture
@@ -66,7 +65,7 @@ def main() -> None:
 
     _, tf_import_s = _timed(load_tensorflow)
     from mnasfpn.model.export import convert_keras
-    from mnasfpn.profiler.micromodel import build_micromodel
+    from mnasfpn.model.keras_builder import build_micromodel
 
     config = DetectorConfig(input_size=args.input_size)
     genotypes = [get_architecture("paper-mnasfpn")]
@@ -101,7 +100,7 @@ def main() -> None:
         f"({statistics.median(tf_all) / statistics.median(direct_all):.0f}x)"
     )
 
-    keys = required_keys(["mnasfpn"], Settings(input_size=args.input_size))
+    keys = required_keys(["mnasfpn"], DetectorConfig(input_size=args.input_size))
     sample = random.Random(0).sample(keys, min(args.micro, len(keys)))
     d_s = [_timed(micromodel_tflite, k)[1] for k in sample]
     t_s = [_timed(lambda k: convert_keras(build_micromodel(k)), k)[1] for k in sample]

@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.devices import load_profile
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import TFLITE_OP, op_type_of
-from mnasfpn.lut.build import DeviceOptions, build_table
+from mnasfpn.lut.build import build_table
 from mnasfpn.lut.calibration import Calibration, feature_columns, fit_calibration
 from mnasfpn.lut.fidelity import METHOD_LABELS, METHODS
 from mnasfpn.lut.store import TableStore

@@ -19,10 +19,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.devices.profiles import parse_overrides
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import op_type_of
-from mnasfpn.lut.build import DEFAULT_PASSES, DeviceOptions, build_table, required_keys
+from mnasfpn.lut.build import DEFAULT_PASSES, build_table, required_keys
 from mnasfpn.lut.store import TableStore
 
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mnasfpn.arch_cli import register
+from mnasfpn.cli_common import ErrorHandlingGroup
 from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.searchspace.genotype import genotype_from_dict
@@ -23,9 +24,10 @@ from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@click.group()
+@click.group(cls=ErrorHandlingGroup)
 def cli() -> None:
-    """Stand-in for `mnasfpn.cli.main`, so these tests depend on this module alone."""
+    """Stand-in for `mnasfpn.cli.main`, so these tests depend on this module alone (and
+    the one error handler every command runs under)."""
 
 
 register(cli)
@@ -230,8 +232,9 @@ def test_sample_refuses_to_overwrite(tmp_path: Path) -> None:
 
 
 def test_sample_errors(tmp_path: Path) -> None:
-    out = run_error("sample", "--space", "bogus", "--n", "2", "--out", str(tmp_path / "x"), code=2)
-    assert "bogus" in out and all(name in out for name in SPACES)
+    # An unknown name is the registry's one line, as from every command.
+    out = one_line_error("sample", "--space", "bogus", "--n", "2", "--out", str(tmp_path / "x"))
+    assert "unknown search space 'bogus'" in out and all(name in out for name in SPACES)
     out = run_error(
         "sample", "--space", "mnasfpn", "--n", "0", "--out", str(tmp_path / "x"), code=2
     )
@@ -305,6 +308,7 @@ assert "keras" not in sys.modules, "keras was imported"
 """
 LOCAL_GROUP = """
 from mnasfpn.arch_cli import register
+from mnasfpn.cli_common import ErrorHandlingGroup
 @click.group()
 def main(): pass
 register(main)

@@ -14,10 +14,10 @@ from mnasfpn.atomic import OutputError, check_output, write_atomic
 from mnasfpn.cli_common import (
     ErrorHandlingGroup,
     device_options,
-    handle_errors,
     model_options,
     repeats_option,
 )
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
 
@@ -87,17 +87,27 @@ def test_group_lets_bugs_keep_their_traceback() -> None:
         CliRunner().invoke(_group_with(body), ["go"], catch_exceptions=False)
 
 
-def test_handle_errors_decorator_on_a_plain_command() -> None:
-    @click.command()
-    @click.option("--fail", is_flag=True)
-    @handle_errors
-    def cmd(fail: bool) -> None:
-        if fail:
+def test_group_handles_errors_of_nested_groups_and_option_checks() -> None:
+    def fail(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if value == "bad":
             raise OutputError("x exists; pass --force")
-        click.echo("ok")
+        return value
 
-    assert CliRunner().invoke(cmd, []).output == "ok\n"
-    res = CliRunner().invoke(cmd, ["--fail"])
+    @click.group(cls=ErrorHandlingGroup)
+    def cli() -> None:
+        pass
+
+    @cli.group()
+    def inner() -> None:
+        pass
+
+    @inner.command()
+    @click.option("--out", default="ok", callback=fail)
+    def cmd(out: str) -> None:
+        click.echo(out)
+
+    assert CliRunner().invoke(cli, ["inner", "cmd"]).output == "ok\n"
+    res = CliRunner().invoke(cli, ["inner", "cmd", "--out", "bad"])
     assert res.exit_code == 1 and res.output == "Error: x exists; pass --force\n"
 
 
@@ -143,19 +153,21 @@ def test_model_options_refuse_bad_configs_in_one_line(args: list[str], needle: s
 # --- device options ---------------------------------------------------------------------
 
 
-@click.command()
+@click.group(cls=ErrorHandlingGroup)
+def _device_cli() -> None:
+    pass
+
+
+@_device_cli.command("go")
 @device_options(multiple_serials=True)
-@handle_errors
-def _device_cmd(
-    device_name: str, serials: tuple[str, ...], overrides: dict[str, Any], **_: Any
-) -> None:
-    click.echo(f"{device_name} {list(serials)} {sorted(overrides.items())}")
+def _device_cmd(device: DeviceOptions) -> None:
+    click.echo(f"{device.name} {list(device.serials)} {sorted(device.overrides.items())}")
 
 
 def test_set_is_typed_by_the_profile_schema() -> None:
     res = CliRunner().invoke(
-        _device_cmd,
-        ["--device", "host", "--set", "use_xnnpack=False", "--set", "num_runs=7",
+        _device_cli,
+        ["go", "--device", "host", "--set", "use_xnnpack=False", "--set", "num_runs=7",
          "--set", "cooldown_s=1"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -176,7 +188,7 @@ def test_set_is_typed_by_the_profile_schema() -> None:
     ],
 )
 def test_bad_set_is_one_line(setting: str, needle: str) -> None:
-    res = CliRunner().invoke(_device_cmd, ["--device", "pixel1", "--set", setting])
+    res = CliRunner().invoke(_device_cli, ["go", "--device", "pixel1", "--set", setting])
     assert res.exit_code in (1, 2)
     assert needle in res.output, res.output
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
@@ -185,8 +197,8 @@ def test_bad_set_is_one_line(setting: str, needle: str) -> None:
 
 
 def test_unknown_device_fails_before_the_command_runs() -> None:
-    res = CliRunner().invoke(_device_cmd, ["--device", "pixel9"])
-    assert res.exit_code == 1 and "unknown device 'pixel9'" in res.output
+    res = CliRunner().invoke(_device_cli, ["go", "--device", "pixel9"])
+    assert res.exit_code == 1 and "unknown device 'pixel9'; known: generic-android" in res.output
     assert res.output.count("\n") == 1
 
 
@@ -241,15 +253,20 @@ def test_write_atomic_gives_the_usual_file_mode(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o644
 
 
-def test_device_options_without_device() -> None:
-    @click.command()
-    @device_options(multiple_serials=True, with_device=False)
-    def cmd(serials: tuple[str, ...], overrides: dict[str, Any], **rest: Any) -> None:
-        assert "device_name" not in rest
-        click.echo(f"{list(serials)} {overrides}")
-
-    res = CliRunner().invoke(cmd, ["--serial", "a", "--serial", "b", "--set", "num_runs=4"])
+def test_device_options_give_one_object() -> None:
+    res = CliRunner().invoke(
+        _device_cli, ["go", "--device", "pixel4", "--serial", "a", "--serial", "b",
+                      "--set", "num_runs=4"],
+    )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert res.output == "['a', 'b'] {'num_runs': 4}\n"
-    assert "--device" in CliRunner().invoke(_device_cmd, ["--help"]).output
-    assert "--device" not in CliRunner().invoke(cmd, ["--help"]).output
+    assert res.output == "pixel4 ['a', 'b'] [('num_runs', 4)]\n"
+
+    @click.command()
+    @device_options(device_required=False)
+    def one(device: DeviceOptions) -> None:
+        click.echo(repr(device))
+
+    res = CliRunner().invoke(one, ["--serial", "x", "--adb-transport", "direct"])
+    assert res.exit_code == 0, res.output
+    want = DeviceOptions(None, ("x",), "direct", None, None, {})
+    assert res.output == repr(want) + "\n"

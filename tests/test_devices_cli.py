@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from adbd_emulator import AdbdEmulator, EmulatorConfig
-from mnasfpn.devices.cli import profile_command, register
+from mnasfpn.cli import lut_main
+from mnasfpn.devices.cli import register
 
 
 def _one_line_error(output: str) -> str:
@@ -40,7 +41,8 @@ def test_cli_import_is_light() -> None:
 
 def test_profile_host_json(models: dict[str, Path]) -> None:
     res = CliRunner().invoke(
-        profile_command, [str(models["tiny"]), str(models["corrupt"]), "--device", "host", "--json"]
+        lut_main,
+        ["profile", str(models["tiny"]), str(models["corrupt"]), "--device", "host", "--json"],
     )
     assert res.exit_code == 1  # one model failed
     payload = json.loads(res.stdout)
@@ -54,8 +56,8 @@ def test_profile_host_json(models: dict[str, Path]) -> None:
 def test_profile_phone_table(models: dict[str, Path]) -> None:
     with AdbdEmulator(EmulatorConfig(layout="old")) as emu:
         res = CliRunner().invoke(
-            profile_command,
-            [
+            lut_main,
+            ["profile",
                 str(models["tiny"]),
                 "--device",
                 "pixel4",
@@ -76,7 +78,7 @@ def test_profile_phone_table(models: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--device", "pixel9"], "unknown device 'pixel9'; known devices: generic-android"),
+        (["--device", "pixel9"], "unknown device 'pixel9'; known: generic-android"),
         (["--device", "pixel4", "--adb-transport", "direct"], "needs --adb-host"),
         (["--device", "host", "--serial", "x"], "phones only"),
     ],
@@ -84,7 +86,7 @@ def test_profile_phone_table(models: dict[str, Path]) -> None:
 def test_profile_errors_are_one_line(
     models: dict[str, Path], args: list[str], expected: str
 ) -> None:
-    res = CliRunner().invoke(profile_command, [str(models["tiny"]), *args])
+    res = CliRunner().invoke(lut_main, ["profile", str(models["tiny"]), *args])
     assert res.exit_code == 1
     assert expected in _one_line_error(res.output)
 
@@ -92,8 +94,8 @@ def test_profile_errors_are_one_line(
 def test_profile_without_benchmark_binary(models: dict[str, Path]) -> None:
     with AdbdEmulator(EmulatorConfig(benchmark=None)) as emu:
         res = CliRunner().invoke(
-            profile_command,
-            [
+            lut_main,
+            ["profile",
                 str(models["tiny"]),
                 "--device",
                 "pixel4",
@@ -111,7 +113,7 @@ def test_profile_set_overrides_reach_the_device(models: dict[str, Path]) -> None
     args = [str(models["tiny"]), "--device", "host", "--json", "--set", "warmup_runs=0"]
     args += ["--set", "runs=fixed", "--set", "num_runs=3", "--set", "min_repeats=1"]
     args += ["--set", "max_repeats=1"]
-    res = CliRunner().invoke(profile_command, args)
+    res = CliRunner().invoke(lut_main, ["profile", *args])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["results"][0]["runs"] == 3
 
@@ -128,7 +130,7 @@ def test_profile_bad_set_is_one_line(
     models: dict[str, Path], setting: str, expected: str
 ) -> None:
     res = CliRunner().invoke(
-        profile_command, [str(models["tiny"]), "--device", "host", "--set", setting]
+        lut_main, ["profile", str(models["tiny"]), "--device", "host", "--set", setting]
     )
     assert res.exit_code in (1, 2)
     assert expected in _one_line_error(res.output)

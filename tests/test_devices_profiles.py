@@ -6,13 +6,13 @@ import itertools
 
 import pytest
 
-from mnasfpn.devices import DeviceError, list_profiles, load_profile, match_profile, open_device
+from mnasfpn.devices import PROFILES, DeviceError, load_profile, match_profile, open_device
 from mnasfpn.devices.stats import dispersion, repeat_until_stable, summarize
 from mnasfpn.devices.sysinfo import parse_cpu_count, parse_temperature_c
 
 
 def test_shipped_profiles() -> None:
-    assert list_profiles() == [
+    assert PROFILES.names() == [
         "generic-android",
         "host",
         "host-xnnpack",
@@ -28,10 +28,10 @@ def test_shipped_profiles() -> None:
     assert load_profile("host").kind == "host"
     # The deployment settings: builtin kernels (the paper's 2019 TFLite), XNNPACK at one
     # thread (an app's default) and at two.
-    kernels = {n: (load_profile(n).use_xnnpack, load_profile(n).threads) for n in list_profiles()}
+    kernels = {n: (load_profile(n).use_xnnpack, load_profile(n).threads) for n in PROFILES.names()}
     assert kernels["host"] == (False, 1) and kernels["host-xnnpack"] == (True, 1)
     assert kernels["host-xnnpack-2t"] == (True, 2)
-    for name in list_profiles():
+    for name in PROFILES.names():
         p = load_profile(name)
         assert p.threads == 1 or name == "host-xnnpack-2t"
         assert 1 <= p.min_repeats <= p.max_repeats
@@ -59,7 +59,7 @@ def test_unknown_device_lists_known_ones() -> None:
     msg = str(err.value)
     assert "\n" not in msg
     assert "pixel9" in msg
-    for name in list_profiles():
+    for name in PROFILES.names():
         assert name in msg
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import build_opgraph
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.predictor import (
     CostModel,
     GridError,
-    Settings,
     check_space_fits,
     check_spaces_fit,
 )
@@ -52,7 +52,7 @@ def test_a_space_registered_later_is_checked_by_the_cost_model(
     wider = dataclasses.replace(SPACES["mnasfpn"], name="wider", merges=("add", "se", "gate"))
     monkeypatch.setitem(SPACES, "wider", wider)
     with pytest.raises(GridError, match="'wider'"):
-        CostModel({}, Settings(input_size=SIZE))
+        CostModel({}, DetectorConfig(input_size=SIZE))
 
 
 def _paper_with(b: int, **change: object) -> Genotype:
@@ -102,14 +102,14 @@ def _paper_with(b: int, **change: object) -> Genotype:
     ],
 )
 def test_unencodable_genotypes_are_refused(genotype: Genotype, words: str) -> None:
-    model = CostModel({}, Settings(input_size=SIZE))
+    model = CostModel({}, DetectorConfig(input_size=SIZE))
     with pytest.raises(GridError) as info:
         model.encode([genotype])
     assert words in str(info.value)
 
 
 def test_block_body_grid_matches_the_widest_space() -> None:
-    model = CostModel({}, Settings(input_size=SIZE))
+    model = CostModel({}, DetectorConfig(input_size=SIZE))
     widest = max(sp.max_inputs for sp in SPACES.values())
     g = _paper_with(4, inputs=tuple(range(widest)))
     # The widest block of any space encodes, to exactly the graph's live ops.
@@ -120,7 +120,7 @@ def test_missing_op_is_a_one_line_project_error() -> None:
     from mnasfpn.lut.predictor import MissingOpError
 
     with pytest.raises(MissingOpError) as info:
-        CostModel({}, Settings(input_size=SIZE)).predict([paper_mnasfpn()])
+        CostModel({}, DetectorConfig(input_size=SIZE)).predict([paper_mnasfpn()])
     message = str(info.value)
     assert isinstance(info.value, MnasfpnError)
     assert message.startswith("the table has no entry for op ") and "\n" not in message
@@ -136,7 +136,7 @@ def test_batches_are_split_into_chunks_with_batch_indices(
     from mnasfpn.lut import predictor
     from mnasfpn.searchspace.spaces import sample_genotypes
 
-    model = CostModel({}, Settings(input_size=SIZE))
+    model = CostModel({}, DetectorConfig(input_size=SIZE))
     gs = sample_genotypes("mnasfpn", 30, 4) + sample_genotypes("conn-search", 10, 4)
     whole = model.encode(gs)
     monkeypatch.setattr(predictor, "_CHUNK", 7)
@@ -160,7 +160,7 @@ def test_batches_are_split_into_chunks_with_batch_indices(
     extra = next(
         g for g in gs[10:] if set(build_opgraph(g, input_size=SIZE).key_counts()) - set(lat)
     )
-    partial = CostModel(lat, Settings(input_size=SIZE))
+    partial = CostModel(lat, DetectorConfig(input_size=SIZE))
     assert partial.predict(gs[:10]).shape == (10,)
     with pytest.raises(predictor.MissingOpError) as info:
         partial.predict([*gs[:10], extra])

@@ -15,12 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut import predictor
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.calibration import Calibration, feature_columns
-from mnasfpn.lut.predictor import CostModel, Settings
+from mnasfpn.lut.predictor import CostModel
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.batch import encode_batch
@@ -79,7 +80,7 @@ def manual_sum(lat: dict[str, float], g: Genotype, *, live: bool = True) -> floa
 
 @pytest.mark.parametrize("space", sorted(SPACES))
 def test_fast_path_equals_live_ops_of_the_graph(space: str) -> None:
-    model = CostModel({}, Settings(input_size=SIZE))
+    model = CostModel({}, DetectorConfig(input_size=SIZE))
     rng = random.Random(7)
     gs = [g.with_repeats(rng.choice((1, 2, 3, 4))) for g in sample_genotypes(space, 25, 3)]
     for g in gs:
@@ -89,7 +90,7 @@ def test_fast_path_equals_live_ops_of_the_graph(space: str) -> None:
 
 
 def test_fast_path_at_320_and_named_architectures() -> None:
-    model = CostModel({}, Settings())
+    model = CostModel({}, DetectorConfig())
     gs = sample_genotypes("mnasfpn", 15, 11) + sample_genotypes("conn-search", 10, 12)
     gs += [get_architecture(n, r) for n in ("paper-mnasfpn", "paper-mnasfpn-nosdo") for r in (3, 5)]
     for g in gs:
@@ -427,7 +428,7 @@ def test_encoded_batches_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(TableError, match=r"--space mnasfpn") as info:
         table.predict_encoded(codes, sp)
     assert "genotype #0 (space mnasfpn)" in str(info.value)
-    with pytest.raises(TableError, match="unknown search space 'nope'"):
+    with pytest.raises(MnasfpnError, match="unknown search space 'nope'"):
         table.predict_encoded(codes, "nope")
     with pytest.raises(GenotypeError, match="3 decision rows but 2 repeat counts"):
         table.predict_encoded(codes, sp, repeats=[2, 3])

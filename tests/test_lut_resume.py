@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from mnasfpn.cli import lut_main
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.devices.profiles import Profile, load_profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut import build as lut_build
-from mnasfpn.lut.build import DeviceOptions, build_table, plan_passes, required_keys
+from mnasfpn.lut.build import build_table, plan_passes, required_keys
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.profiler import micromodel

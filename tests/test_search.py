@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from mnasfpn.cli import main
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
-from mnasfpn.lut.predictor import Settings
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.search.driver import (
@@ -57,7 +57,7 @@ def key_latency(key: str) -> float:
 
 def make_table(path: Path, spaces: tuple[str, ...] = tuple(SEARCH_SPACES)) -> Path:
     """A table file of the real schema with a deterministic latency per computed key."""
-    keys = required_keys(spaces, Settings(input_size=SIZE))
+    keys = required_keys(spaces, DetectorConfig(input_size=SIZE))
     with TableStore.open(path, create=True) as store:
         store.set_meta(
             {
@@ -471,7 +471,8 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path: Path, table_pa
         (["--strategy", "greedy"], "unknown strategy 'greedy'; known: ppo, evolution, random"),
         (["--space", "nope"], "unknown search space 'nope'"),
         (["--space", "nasfpnlite"], "is a fixed cell with nothing to search"),
-        (["--seed-arch", "nosuch"], "--seed-arch: --arch 'nosuch' is neither"),
+        (["--space", "bogus"], "known: mnasfpn, no-expand, nasfpnlite-s, conn-search"),
+        (["--seed-arch", "nosuch"], "--seed-arch: unknown architecture 'nosuch'; known: paper"),
         (["--ray-address", "127.0.0.1:9"], "--ray-address 127.0.0.1:9: no Ray cluster answers"),
         (["--ray-address", "somewhere"], "is not HOST:PORT"),
     ],
@@ -597,8 +598,8 @@ def test_cli_search_run_shows_progress_and_prints_the_frontier(
         table_path, "mnasfpn", "evolution", 12, -0.3, None, None, 0, "paper-mnasfpn", None
     )
     # T defaults to the table's latency of the paper cell
-    assert setup["reward"].target_ms == pytest.approx(
-        float(setup["table"].predict([get_architecture("paper-mnasfpn")])[0])
+    assert setup.reward.target_ms == pytest.approx(
+        float(setup.table.predict([get_architecture("paper-mnasfpn")])[0])
     )
     run_cli_search(setup, SurrogateEvaluator(), tmp_path / "s", 12, InlineExecutor, False, False)
     out, err = capsys.readouterr()

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.searchspace.genotype import LEVELS, Genotype, GenotypeError, genotype_from_json
 from mnasfpn.searchspace.named import get_architecture, paper_mnasfpn
@@ -261,7 +262,7 @@ def test_encode_rejects_other_space() -> None:
 
 
 def test_unknown_space() -> None:
-    with pytest.raises(KeyError, match="unknown search space 'x'; known: mnasfpn"):
+    with pytest.raises(MnasfpnError, match="unknown search space 'x'; known: mnasfpn"):
         get_space("x")
 
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mnasfpn.arch_cli import register as register_arch
+from mnasfpn.cli_common import ErrorHandlingGroup
 from mnasfpn.data import write_synthetic
 from mnasfpn.data.synth import SynthSpec
 from mnasfpn.ir.config import DetectorConfig
@@ -19,7 +20,7 @@ from mnasfpn.train.cli import register as register_train
 from mnasfpn.train.run import HParams, RunInfo
 
 
-@click.group()
+@click.group(cls=ErrorHandlingGroup)
 def cli() -> None:
     """Stand-in for `mnasfpn.cli.main` with the commands under test."""
 
@@ -56,7 +57,7 @@ def _run_folder(path: Path, data: Path, arch: str = "paper-mnasfpn") -> Path:
     return path
 
 
-TRAIN = ("train", "--input-size", "128", "--backbone-alpha", "0.35", "--depth", "16")
+TRAIN = ("train", "--input-size", "128", "--alpha", "0.35", "--depth", "16")
 
 
 def test_bad_training_inputs_each_get_one_line(tmp_path: Path, data: Path) -> None:
@@ -65,7 +66,7 @@ def test_bad_training_inputs_each_get_one_line(tmp_path: Path, data: Path) -> No
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert "bad.json" in error_line(*base, "--arch", bad, "--steps", "2")
-    assert "neither a named architecture" in error_line(*base, "--arch", "nope", "--steps", "2")
+    assert "unknown architecture 'nope'" in error_line(*base, "--arch", "nope", "--steps", "2")
     assert "not both" in error_line(*base, "--arch", "paper-mnasfpn", "--steps", "2",
                                     "--epochs", "1")  # fmt: skip
     assert "--steps N or --epochs E" in error_line(*base, "--arch", "paper-mnasfpn")

@@ -18,12 +18,12 @@ import click
 
 from mnasfpn.archs import resolve_archs
 from mnasfpn.atomic import check_output, write_atomic
-from mnasfpn.cli_common import handle_errors, model_options, repeats_option
+from mnasfpn.cli_common import NameChoice, converter_option, model_options, repeats_option
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import check_input_size
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
-from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
@@ -137,7 +137,6 @@ def format_summary(genotype: Genotype, graph: OpGraph, label: str) -> str:
 @click.command()
 @_arch_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary object per line.")
-@handle_errors
 def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bool) -> None:
     """Parameters, MAdds, live blocks and op counts of an architecture (no TensorFlow)."""
     genotypes = resolve_archs(arch, repeats)
@@ -167,15 +166,7 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
               help="With --run: append TFLite's detection post-process (NMS) op.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@click.option(
-    "--converter",
-    type=click.Choice(CONVERTERS),
-    default=DEFAULT_CONVERTER,
-    show_default=True,
-    help="direct: write the .tflite from the IR (no TensorFlow); tf: build the Keras model "
-    "and run the TensorFlow converter (needs the train extra). Both give the same ops.",
-)
-@handle_errors
+@converter_option("What writes the file")
 def export(
     arch: str | None,
     repeats: int | None,
@@ -194,16 +185,16 @@ def export(
         export_run_command(run_dir, out, with_postprocess=with_postprocess, arch=arch, force=force)
         return
     if arch is None:
-        raise click.ClickException("give --arch NAME|FILE (or --run RUN_DIR for a trained one)")
+        raise MnasfpnError("give --arch NAME|FILE (or --run RUN_DIR for a trained one)")
     genotypes = resolve_archs(arch, repeats)
     if len(genotypes) != 1:
-        raise click.ClickException(
+        raise MnasfpnError(
             f"--arch {arch!r} holds {len(genotypes)} genotypes; export takes exactly one"
         )
     # A genotype file given as --arch is this command's input: never write over it.
     check_output(out, inputs=[] if arch in ARCHITECTURES else [arch], force=force)
     if not out.parent.is_dir():
-        raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
+        raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     graph = config.opgraph(genotypes[0])
     # TensorFlow loads only with --converter tf: the other commands must stay instant.
     from mnasfpn.model.convert import detector_tflite
@@ -213,7 +204,7 @@ def export(
         # Without --force, a file that appeared during the conversion is not replaced either.
         written = write_atomic(out, data, replace=force)
     except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise MnasfpnError(f"cannot write {out}: {exc.strerror or exc}") from None
     size = written.stat().st_size
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes)")
     for name, shape in _output_shapes(written, graph):
@@ -240,7 +231,7 @@ def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
 
 
 @click.command()
-@click.option("--space", "space_name", required=True, type=click.Choice(list(SPACES)))
+@click.option("--space", "space_name", required=True, type=NameChoice(SPACES))
 @click.option("--n", "count", required=True, type=click.IntRange(min=1), help="How many.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -252,14 +243,13 @@ def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
 @click.option("--repeats", type=click.IntRange(1, 8), default=None,
               help="Cell repeats (default: the space's own).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@handle_errors
 def sample(
     space_name: str, count: int, seed: int, out: Path, repeats: int | None, force: bool
 ) -> None:
     """Sample random genotypes of a search space into a .jsonl file (usable as --arch)."""
     check_output(out, force=force)
     if not out.parent.is_dir():
-        raise click.ClickException(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
+        raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     genotypes = sample_genotypes(space_name, count, seed)
     lines = []
     for i, genotype in enumerate(genotypes):
@@ -270,7 +260,7 @@ def sample(
     try:
         write_atomic(out, "\n".join(lines) + "\n", replace=force)
     except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
+        raise MnasfpnError(f"cannot write {out}: {exc.strerror or exc}") from None
     unique = len({(g.channels, g.blocks) for g in genotypes})
     reps = genotypes[0].repeats if repeats is None else repeats
     fixed = " (a fixed cell: every line is the same)" if SPACES[space_name].fixed else ""
@@ -289,7 +279,6 @@ def sample(
     callback=_check_input_size,
     help="Input side the op keys are counted at.",
 )
-@handle_errors
 def spaces(input_size: int) -> None:
     """List the search spaces: size and how many op keys a latency table needs."""
     from mnasfpn.ir.enumerate import space_keys

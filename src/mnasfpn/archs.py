@@ -17,7 +17,7 @@ from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 
 
 def resolve_archs(spec: str, repeats: int | None = None) -> list[Genotype]:
-    """NAME | FILE.json | FILE.jsonl → genotypes; errors are GenotypeError (one line)."""
+    """NAME | FILE.json | FILE.jsonl → genotypes; errors are one line (`MnasfpnError`)."""
     if spec in ARCHITECTURES:
         return [get_architecture(spec, repeats)]
     path = Path(spec)
@@ -26,10 +26,7 @@ def resolve_archs(spec: str, repeats: int | None = None) -> list[Genotype]:
     except (OSError, ValueError):  # a name too long, or with a NUL byte
         exists = False
     if not exists:
-        raise GenotypeError(
-            f"--arch {spec!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
-            "nor an existing .json/.jsonl file"
-        )
+        raise ARCHITECTURES.unknown(spec)
     is_lines = path.suffix.lower() == ".jsonl"
     genotypes = load_jsonl(path) if is_lines else [load_genotype(path)]
     if repeats is not None:

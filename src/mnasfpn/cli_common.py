@@ -1,5 +1,6 @@
-"""What every CLI of the project shares: the device options, the model options, and the
-one place a `MnasfpnError` becomes ``Error: <one line>`` and an exit status.
+"""What every CLI of the project shares: the one place a `MnasfpnError` becomes
+``Error: <one line>`` and an exit status, choices read from the registries, the device
+options and the model options.
 
 Only click and light modules load here (no TensorFlow, no adb libraries): ``--help`` of
 every command stays instant.
@@ -13,7 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
+from mnasfpn.devices.errors import DeviceError
+from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.devices.profiles import PROFILES, parse_overrides
+from mnasfpn.devices.transport import TRANSPORTS
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converters_help
+from mnasfpn.registry import Registry, Subset
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,29 +42,35 @@ class ProjectError(click.ClickException):
     exit_code = ERROR_EXIT_CODE
 
 
-def handle_errors(func: F) -> F:
-    """Turn a `MnasfpnError` escaping `func` into ``Error: <one line>`` and exit status 1.
-    Any other exception is a bug and keeps its traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except MnasfpnError as exc:
-            raise ProjectError(one_line(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 class ErrorHandlingGroup(click.Group):
-    """A click group whose subcommands all report `MnasfpnError` the same way, including
-    commands other modules register later."""
+    """The one error path of the CLIs: a `MnasfpnError` escaping any subcommand (its
+    body, an option's check, a nested group's command, a command registered later) is
+    printed as ``Error: <one line>`` with exit status 1. Anything else is a bug and keeps
+    its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MnasfpnError as exc:
             raise ProjectError(one_line(exc)) from None
+
+
+class NameChoice(click.Choice):  # type: ignore[type-arg]
+    """One of a registry's names. The names are read when ``--help`` or a value needs
+    them, so a name registered after the command was made is offered too; an unknown
+    name is the registry's own one-line error (which lists the known ones)."""
+
+    def __init__(self, registry: Registry[Any] | Subset[Any]) -> None:
+        self.registry = registry
+        self.case_sensitive = True
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.registry.names())
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        self.registry.get(value)
+        return value
 
 
 def _apply(func: F, options: list[Callable[[F], F]]) -> F:
@@ -67,46 +80,43 @@ def _apply(func: F, options: list[Callable[[F], F]]) -> F:
 
 
 def _parse_set(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from mnasfpn.devices.errors import DeviceError
-    from mnasfpn.devices.profiles import parse_overrides
-
     try:
         return parse_overrides(value)
     except DeviceError as exc:
         raise click.BadParameter(one_line(exc), ctx=ctx, param=param) from None
 
 
-def check_overrides(device_name: str, overrides: dict[str, Any]) -> None:
-    """DeviceError (one line) unless profile `device_name` exists and takes `overrides`
-    (types and ranges, including those that span fields such as min/max repeats)."""
-    from mnasfpn.devices.profiles import load_profile
-
-    load_profile(device_name).replace(**overrides)
-
-
 def device_options(
-    *, multiple_serials: bool = False, device_required: bool = True, with_device: bool = True
+    *, multiple_serials: bool = False, device_required: bool = True
 ) -> Callable[[F], F]:
-    """``--device`` (as ``device_name``; left out with ``with_device=False``, for commands
-    whose device comes from elsewhere, e.g. a table), ``--serial`` (``serial``, or
-    ``serials`` when several phones may share the work), ``--adb-transport``,
-    ``--adb-host``, ``--benchmark-binary`` and ``--set FIELD=VALUE`` (as ``overrides``: a
-    dict typed by the profile schema). Given ``--device``, the profile and its overrides
-    are checked before the command runs, so a typo fails at once rather than after
-    minutes of conversion; without it, call ``check_overrides`` once the profile is known."""
-
-    from mnasfpn.devices.profiles import list_profiles
+    """``--device``, ``--serial`` (repeatable with `multiple_serials`: identical phones
+    share the work), ``--adb-transport``, ``--adb-host``, ``--benchmark-binary`` and
+    ``--set FIELD=VALUE``, given to the command as one ``device: DeviceOptions``. Given
+    ``--device``, the profile and its overrides are checked before the command runs, so a
+    typo fails at once rather than after minutes of conversion; without it
+    (``device_required=False``: the command has its own default), check
+    ``device.profile()`` once the name is known."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            name = kwargs.get("device_name")
-            if name is not None:
-                try:
-                    check_overrides(name, kwargs.get("overrides", {}))
-                except MnasfpnError as exc:
-                    raise ProjectError(one_line(exc)) from None
-            return func(*args, **kwargs)
+        def wrapper(
+            *args: Any,
+            device_name: str | None,
+            serials: tuple[str, ...] | str | None,
+            adb_transport: str,
+            adb_host: str | None,
+            benchmark_binary: str | None,
+            overrides: dict[str, Any],
+            **kwargs: Any,
+        ) -> Any:
+            if not isinstance(serials, tuple):  # one --serial
+                serials = (serials,) if serials else ()
+            device = DeviceOptions(
+                device_name, serials, adb_transport, adb_host, benchmark_binary, overrides
+            )
+            if device_name is not None:
+                device.profile()
+            return func(*args, device=device, **kwargs)
 
         serial = (
             click.option(
@@ -116,21 +126,23 @@ def device_options(
                 help="Phone serial; give several identical phones to shard the work.",
             )
             if multiple_serials
-            else click.option("--serial", default=None, help="Phone serial (adb server).")
-        )
-        device = click.option(
-            "--device",
-            "device_name",
-            required=device_required,
-            default=None,
-            help=f"Device profile: {', '.join(list_profiles())}.",
+            else click.option(
+                "--serial", "serials", default=None, help="Phone serial (adb server)."
+            )
         )
         options = [
-            *([device] if with_device else []),
+            click.option(
+                "--device",
+                "device_name",
+                type=NameChoice(PROFILES),
+                required=device_required,
+                default=None,
+                help="Device profile.",
+            ),
             serial,
             click.option(
                 "--adb-transport",
-                type=click.Choice(["server", "direct"]),
+                type=NameChoice(TRANSPORTS),
                 default="server",
                 show_default=True,
                 help="adb server (adbutils) or straight to adbd (adb-shell).",
@@ -159,6 +171,17 @@ def device_options(
     return decorate
 
 
+def converter_option(what: str) -> Callable[[F], F]:
+    """``--converter``: what writes the .tflite files (`what`, e.g. "Micro-model writer")."""
+    return click.option(
+        "--converter",
+        type=NameChoice(CONVERTERS),
+        default=DEFAULT_CONVERTER,
+        show_default=True,
+        help=f"{what}: {converters_help()}. They give the same ops.",
+    )
+
+
 def repeats_option(func: F) -> F:
     """``--repeats``: cell repeats, default the architecture's own."""
     return click.option(
@@ -169,12 +192,19 @@ def repeats_option(func: F) -> F:
     )(func)
 
 
-def model_options(func: F) -> F:
+def model_options(func: F | None = None, *, classes: bool = True) -> Any:
     """``--input-size``, ``--num-classes``, ``--alpha``, ``--depth``, given to the command
-    as one checked ``config: DetectorConfig`` (the paper's defaults)."""
+    as one checked ``config: DetectorConfig`` (the paper's defaults). With
+    ``classes=False`` there is no ``--num-classes`` (the command reads the classes from
+    its data and replaces the default the config carries)."""
+    if func is None:
+        return functools.partial(model_options, classes=classes)
     from mnasfpn.ir.config import ConfigError, DetectorConfig
 
     defaults = DetectorConfig()
+    fields = ("input_size", "num_classes", "alpha", "depth")
+    if not classes:
+        fields = tuple(f for f in fields if f != "num_classes")
 
     def check(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
         # Each value is checked by DetectorConfig itself, so the error names the option.
@@ -188,19 +218,16 @@ def model_options(func: F) -> F:
         return callback
 
     @functools.wraps(func)
-    def wrapper(
-        *args: Any, input_size: int, num_classes: int, alpha: float, depth: int, **kwargs: Any
-    ) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {f: kwargs.pop(f) for f in fields}
         try:
-            config = DetectorConfig(
-                input_size=input_size, num_classes=num_classes, alpha=alpha, depth=depth
-            )
+            config = DetectorConfig(**values)
         except ConfigError as exc:
             raise click.UsageError(one_line(exc)) from None
         return func(*args, config=config, **kwargs)
 
-    options = [
-        click.option(
+    options = {
+        "input_size": click.option(
             "--input-size",
             callback=check("input_size"),
             type=int,
@@ -208,14 +235,14 @@ def model_options(func: F) -> F:
             show_default=True,
             help="Square input side; a multiple of 64.",
         ),
-        click.option(
+        "num_classes": click.option(
             "--num-classes",
             callback=check("num_classes"),
             type=click.IntRange(min=1),
             default=defaults.num_classes,
             show_default=True,
         ),
-        click.option(
+        "alpha": click.option(
             "--alpha",
             callback=check("alpha"),
             type=float,
@@ -223,7 +250,7 @@ def model_options(func: F) -> F:
             show_default=True,
             help="MobileNetV2 depth multiplier, in (0, 2].",
         ),
-        click.option(
+        "depth": click.option(
             "--depth",
             callback=check("depth"),
             type=click.IntRange(min=1),
@@ -231,5 +258,5 @@ def model_options(func: F) -> F:
             show_default=True,
             help="Predictor tower depth D.",
         ),
-    ]
-    return _apply(wrapper, options)  # type: ignore[arg-type]
+    }
+    return _apply(wrapper, [options[f] for f in fields])  # type: ignore[arg-type]

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from mnasfpn.cli_common import handle_errors
-
 
 @click.group("data")
 def data_group() -> None:
@@ -22,7 +20,6 @@ def data_group() -> None:
 @click.option("--classes", type=int, default=6, show_default=True, help="Shape classes (1..10).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the splits in a non-empty --out.")
-@handle_errors
 def synth_cmd(
     out: Path, n_train: int, n_val: int, size: int, classes: int, seed: int, force: bool
 ) -> None:
@@ -48,7 +45,6 @@ def synth_cmd(
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing train/val splits in --out.")
-@handle_errors
 def split_cmd(
     root: Path,
     split: str,
@@ -71,7 +67,6 @@ def split_cmd(
 @data_group.command("show")
 @click.option("--data", "root", type=click.Path(path_type=Path), required=True)
 @click.option("--split", default="val", show_default=True)
-@handle_errors
 def show_cmd(root: Path, split: str) -> None:
     """Check one split and summarize it (images, boxes, classes, skipped annotations)."""
     import warnings

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from mnasfpn.cli_common import device_options, handle_errors
-from mnasfpn.devices.profiles import list_profiles
+from mnasfpn.cli_common import device_options
+from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.devices.profiles import PROFILES
 from mnasfpn.devices.results import DeviceInfo, TimingResult
 
 
@@ -61,7 +61,6 @@ def format_info(info: DeviceInfo) -> str:
 
 
 @click.command("devices")
-@handle_errors
 def devices_command() -> None:
     """List the host and every phone attached to the adb server, with its profile."""
     from mnasfpn.devices.discovery import attached_phones
@@ -79,39 +78,21 @@ def devices_command() -> None:
             click.echo(f"{p.serial}\t({p.state})\tprofile: -")
         else:
             click.echo(f"{p.serial}\t{p.model or '?'}\tprofile: {p.profile or '-'}")
-    click.echo(f"profiles: {', '.join(list_profiles())}")
+    click.echo(f"profiles: {', '.join(PROFILES.names())}")
 
 
 @click.command("profile")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @device_options()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-@handle_errors
-def profile_command(
-    models: tuple[str, ...],
-    device_name: str,
-    serial: str | None,
-    adb_transport: str,
-    adb_host: str | None,
-    benchmark_binary: str | None,
-    overrides: dict[str, Any],
-    as_json: bool,
-) -> None:
+def profile_command(models: tuple[str, ...], device: DeviceOptions, as_json: bool) -> None:
     """Time MODEL.tflite files on a device and print their latency statistics."""
-    from mnasfpn.devices import open_device
 
     def progress(i: int, n: int, r: TimingResult) -> None:
         what = f"{r.median_ms:.3f} ms" if r.ok else f"FAILED: {r.error}"
         click.echo(f"[{i + 1}/{n}] {Path(r.model).name}: {what}", err=True)
 
-    with open_device(
-        device_name,
-        serial=serial,
-        adb_transport=adb_transport,
-        adb_host=adb_host,
-        benchmark_binary=benchmark_binary,
-        overrides=overrides,
-    ) as dev:
+    with device.open() as dev:
         info = dev.info()
         results = dev.time_models(list(models), progress=progress)
     if as_json:

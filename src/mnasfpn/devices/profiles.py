@@ -1,4 +1,5 @@
-"""Device profiles: TOML data files shipped in ``mnasfpn/devices/profiles``."""
+"""Device profiles: TOML data files shipped in ``mnasfpn/devices/profiles``, one
+`PROFILES` entry each (a new profile is a new file)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 from mnasfpn.devices.adaptive import QUANTILE_OF, RUN_POLICIES, StopRule
 from mnasfpn.devices.errors import DeviceError
-
-_KINDS = ("host", "adb")
+from mnasfpn.devices.kinds import DEVICE_KINDS
+from mnasfpn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,14 @@ class Profile:
         return format(1 << max(self.core, 0), "x")
 
 
-def _profile_dir() -> Any:
-    return resources.files("mnasfpn.devices").joinpath("profiles")
+def _shipped() -> dict[str, Any]:
+    folder = resources.files("mnasfpn.devices").joinpath("profiles")
+    files = {p.name.removesuffix(".toml"): p for p in folder.iterdir() if p.name.endswith(".toml")}
+    return dict(sorted(files.items()))
 
 
-def list_profiles() -> list[str]:
-    """Names of the shipped profiles, sorted."""
-    return sorted(
-        p.name.removesuffix(".toml") for p in _profile_dir().iterdir() if p.name.endswith(".toml")
-    )
+# Profile name → its TOML file; a user picks one with --device.
+PROFILES: Registry[Any] = Registry("device", _shipped(), error=DeviceError)
 
 
 # Fields an override may not change: they say which device this is, not how it is timed.
@@ -170,8 +170,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 def _validated(p: Profile) -> Profile:
     problems = []
-    if p.kind not in _KINDS:
-        problems.append(f"kind must be one of {_KINDS}")
+    if p.kind not in DEVICE_KINDS:
+        problems.append(f"kind must be one of {', '.join(DEVICE_KINDS.names())}")
     if p.threads < 1 or p.num_runs < 1 or p.warmup_runs < 0:
         problems.append("threads and num_runs must be >= 1, warmup_runs >= 0")
     if p.core < -1:
@@ -201,10 +201,7 @@ def _validated(p: Profile) -> Profile:
 
 def load_profile(name: str) -> Profile:
     """Read one shipped profile; an unknown name lists the known ones."""
-    known = list_profiles()
-    if name not in known:
-        raise DeviceError(f"unknown device {name!r}; known devices: {', '.join(known)}")
-    raw = tomllib.loads(_profile_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8"))
+    raw = tomllib.loads(PROFILES.get(name).read_text(encoding="utf-8"))
     fields = {f.name for f in dataclasses.fields(Profile)}
     extra = set(raw) - fields
     if extra:
@@ -218,7 +215,7 @@ def load_profile(name: str) -> Profile:
 
 def match_profile(model: str) -> str:
     """The most specific adb profile for a phone model (``generic-android`` otherwise)."""
-    for name in list_profiles():
+    for name in PROFILES:
         p = load_profile(name)
         if p.kind == "adb" and p.expected_models and p.matches_model(model):
             return name

@@ -14,10 +14,12 @@ import shlex
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mnasfpn.devices.errors import ConnectionDropped, DeviceError
+from mnasfpn.registry import Registry
 
 # v1 shell streams carry no exit status, so every command echoes it after a marker that
 # cannot occur in ordinary output. A missing marker means the stream was cut short.
@@ -351,15 +353,25 @@ class DirectTransport(Transport):
         self._drop()
 
 
+def _server(serial: str | None, adb_host: str | None) -> Transport:
+    if adb_host:
+        raise DeviceError(
+            "--adb-host needs --adb-transport direct; with the adb server use --serial"
+        )
+    return ServerTransport(serial)
+
+
+def _direct(serial: str | None, adb_host: str | None) -> Transport:
+    if not adb_host:
+        raise DeviceError("--adb-transport direct needs --adb-host HOST:PORT")
+    return DirectTransport(adb_host)
+
+
+# How a phone is reached: (serial, adbd HOST:PORT) → an open link.
+TRANSPORTS: Registry[Callable[[str | None, str | None], Transport]] = Registry(
+    "adb transport", {"server": _server, "direct": _direct}, error=DeviceError
+)
+
+
 def open_transport(kind: str, *, serial: str | None, adb_host: str | None) -> Transport:
-    if kind == "server":
-        if adb_host:
-            raise DeviceError(
-                "--adb-host needs --adb-transport direct; with the adb server use --serial"
-            )
-        return ServerTransport(serial)
-    if kind == "direct":
-        if not adb_host:
-            raise DeviceError("--adb-transport direct needs --adb-host HOST:PORT")
-        return DirectTransport(adb_host)
-    raise DeviceError(f"unknown adb transport {kind!r}; use 'server' or 'direct'")
+    return TRANSPORTS.get(kind)(serial, adb_host)

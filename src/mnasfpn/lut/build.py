@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.store import (
@@ -112,39 +113,6 @@ def identity_of(
             else {}
         ),
     }
-
-
-@dataclass
-class DeviceOptions:
-    name: str
-    serials: tuple[str, ...] = ()
-    adb_transport: str = "server"
-    adb_host: str | None = None
-    benchmark_binary: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def open_all(self) -> list[Any]:
-        """One opened device per serial (one device when no serial is given)."""
-        from mnasfpn.devices import open_device
-
-        devices = []
-        try:
-            for serial in self.serials or (None,):
-                devices.append(
-                    open_device(
-                        self.name,
-                        serial=serial,
-                        adb_transport=self.adb_transport,
-                        adb_host=self.adb_host,
-                        benchmark_binary=self.benchmark_binary,
-                        overrides=self.overrides or None,
-                    )
-                )
-        except BaseException:
-            for d in devices:
-                d.close()
-            raise
-        return devices
 
 
 @dataclass

@@ -14,37 +14,14 @@ from typing import Any
 
 import click
 
-from mnasfpn.cli_common import device_options, handle_errors, model_options
+from mnasfpn.cli_common import NameChoice, converter_option, device_options, model_options
+from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import PARTS
+from mnasfpn.searchspace.spaces import SPACES
 
 DEFAULT_OUT = "luts/{device}.sqlite"
-
-
-def _check_spaces(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> tuple[str, ...]:
-    from mnasfpn.searchspace.spaces import SPACES
-
-    for name in value:
-        if name not in SPACES:
-            raise click.BadParameter(
-                f"unknown search space {name!r}; known: {', '.join(SPACES)}", ctx, param
-            )
-    return tuple(dict.fromkeys(value))
-
-
-def _converter_option(what: str) -> Any:
-    from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER
-
-    return click.option(
-        "--converter",
-        type=click.Choice(CONVERTERS),
-        default=DEFAULT_CONVERTER,
-        show_default=True,
-        help=f"{what}: direct (no TensorFlow) or tf (the TensorFlow converter, the "
-        "reference; needs the train extra). Both give the same ops.",
-    )
 
 
 @click.command("build")
@@ -53,9 +30,9 @@ def _converter_option(what: str) -> Any:
     "--space",
     "spaces",
     multiple=True,
+    type=NameChoice(SPACES),
     default=("mnasfpn",),
     show_default=True,
-    callback=_check_spaces,
     help="Search space(s) whose op keys to measure (repeatable).",
 )
 @model_options
@@ -87,16 +64,10 @@ def _converter_option(what: str) -> Any:
     default=None,
     help="Micro-model cache [default: $MNASFPN_CACHE_DIR or ~/.cache/mnasfpn].",
 )
-@_converter_option("Micro-model writer")
+@converter_option("Micro-model writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@handle_errors
 def build_command(
-    device_name: str,
-    serials: tuple[str, ...],
-    adb_transport: str,
-    adb_host: str | None,
-    benchmark_binary: str | None,
-    overrides: dict[str, Any],
+    device: DeviceOptions,
     spaces: tuple[str, ...],
     config: DetectorConfig,
     out: Path | None,
@@ -110,14 +81,11 @@ def build_command(
     architectures) on a device; resumes where an interrupted build stopped."""
     from mnasfpn.lut import build as lut_build
 
-    out = out or Path(DEFAULT_OUT.format(device=device_name))
-    options = lut_build.DeviceOptions(
-        device_name, serials, adb_transport, adb_host, benchmark_binary, overrides
-    )
+    out = out or Path(DEFAULT_OUT.format(device=device.name))
     report = lut_build.build_table(
         out,
-        list(spaces),
-        options,
+        list(dict.fromkeys(spaces)),
+        device,
         config=config,
         jobs=jobs,
         passes=passes,
@@ -144,7 +112,7 @@ def build_command(
             if report.errors
             else (f"{report.failed[0][0]}: {report.failed[0][1]}" if report.failed else "")
         )
-        raise click.ClickException(
+        raise MnasfpnError(
             f"{report.missing} op(s) still without an entry ({len(report.failed)} failed"
             f"{'; ' + first if first else ''}); run the same build again to retry them"
         )
@@ -179,7 +147,6 @@ def _resolve(archs: tuple[str, ...], repeats: int | None) -> list[Any]:
 )
 @click.option("--raw", is_flag=True, help="Ignore the fitted calibration (raw table sum).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per architecture.")
-@handle_errors
 def predict_command(
     lut_path: Path,
     archs: tuple[str, ...],
@@ -189,11 +156,12 @@ def predict_command(
     as_json: bool,
 ) -> None:
     """Latency of architectures from a table, with a backbone/head/predictor breakdown."""
+    from mnasfpn.lut.store import TableError
     from mnasfpn.lut.table import LatencyTable
 
     table = LatencyTable.open(lut_path)
     if input_size is not None and input_size != table.input_size:
-        raise click.ClickException(
+        raise TableError(
             f"{lut_path} was measured at input size {table.input_size}, not {input_size}; "
             f"build a table at {input_size} with mnasfpn-lut build --device "
             f"{table.meta.get('profile') or 'host'} --input-size {input_size} --out NEW.sqlite"
@@ -239,7 +207,6 @@ def predict_command(
     show_default=True,
     help="How many of the slowest ops to list.",
 )
-@handle_errors
 def show_command(lut_path: Path, top: int) -> None:
     """Summary of a table: device, settings, counts, calibration, slowest ops."""
     from mnasfpn.lut.show import describe
@@ -251,7 +218,6 @@ def show_command(lut_path: Path, top: int) -> None:
 @click.argument("lut_path", type=click.Path(path_type=Path))
 @click.option("--csv", "csv_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing --csv file.")
-@handle_errors
 def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
     """Write the op rows of a table as CSV (never over the table itself, nor over an
     existing file without --force)."""
@@ -301,14 +267,13 @@ def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
     "--space",
     "spaces",
     multiple=True,
-    callback=_check_spaces,
+    type=NameChoice(SPACES),
     help="Sample from these spaces [default: the table's].",
 )
 @device_options(multiple_serials=True, device_required=False)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@_converter_option("Detector writer")
+@converter_option("Detector writer")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@handle_errors
 def validate_command(
     lut_path: Path,
     samples: int,
@@ -319,12 +284,7 @@ def validate_command(
     rounds: int | None,
     target: str,
     spaces: tuple[str, ...],
-    device_name: str | None,
-    serials: tuple[str, ...],
-    adb_transport: str,
-    adb_host: str | None,
-    benchmark_binary: str | None,
-    overrides: dict[str, Any],
+    device: DeviceOptions,
     cache_dir: Path | None,
     converter: str,
     quiet: bool,
@@ -343,13 +303,8 @@ def validate_command(
         jobs=jobs,
         rounds=rounds,
         target=target,
-        spaces=list(spaces) or None,
-        device=device_name,
-        serials=serials,
-        adb_transport=adb_transport,
-        adb_host=adb_host,
-        benchmark_binary=benchmark_binary,
-        overrides=overrides,
+        spaces=list(dict.fromkeys(spaces)) or None,
+        device=device,
         cache_dir=cache_dir,
         echo=click.echo,
         show_progress=not quiet,
@@ -367,7 +322,7 @@ def validate_command(
         tau=cal["kendall_tau"],
     )
     if not verdict.ok:
-        raise click.ClickException(verdict.line)
+        raise MnasfpnError(verdict.line)
     if not verdict.meaningful:
         click.echo(verdict.line)
 

@@ -74,7 +74,6 @@ __all__ = [
     "EncodedBatch",
     "GridError",
     "MissingOpError",
-    "Settings",
     "check_space_fits",
     "check_spaces_fit",
 ]
@@ -100,11 +99,6 @@ _GATHER_BYTES = np.uint32(sum(1 << (24 - 7 * t) for t in range(len(LEVELS))))
 # Pooling C5 (node 2) to level 6 in the first cell is C6, which the backbone counts.
 _TAP_MASK = np.full(NUM_CELL_INPUTS, _PATTERNS - 1)
 _TAP_MASK[LEVELS.index(5)] &= ~(1 << LEVELS.index(6))
-
-# What a table was measured for: the ops of one detector configuration. The name is kept
-# for the table code; the stored meta has the same four fields.
-Settings = DetectorConfig
-
 
 class MissingOpError(MnasfpnError, KeyError):
     """A genotype needs an op the table has no entry for."""

@@ -43,7 +43,7 @@ def _override_text(value: Any) -> str:
 
 
 class LatencyTable:
-    """A measured table held in memory: op latencies, settings and calibration."""
+    """A measured table held in memory: op latencies, its `DetectorConfig` and calibration."""
 
     def __init__(
         self,
@@ -73,11 +73,6 @@ class LatencyTable:
             except CalibrationError as exc:
                 raise TableError(f"{path}: {exc}") from None
         return cls(path, meta, latencies, calibration)
-
-    @property
-    def settings(self) -> DetectorConfig:
-        """The same as `config` (its older name)."""
-        return self.config
 
     @property
     def input_size(self) -> int:
@@ -185,10 +180,7 @@ def _encoded(
     space: str | SearchSpace,
     repeats: int | Sequence[int] | np.ndarray | None,
 ) -> EncodedBatch:
-    try:
-        sp = get_space(space) if isinstance(space, str) else space
-    except KeyError as exc:
-        raise TableError(str(exc.args[0])) from None
+    sp = get_space(space) if isinstance(space, str) else space
     return EncodedBatch.of(sp, codes, repeats)
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut.build import DeviceOptions, default_cache_dir, identity_of, record_load
+from mnasfpn.lut.build import default_cache_dir, identity_of, record_load
 from mnasfpn.lut.fidelity import (
     DEFAULT_TARGET,
     METHODS,
@@ -41,7 +42,7 @@ from mnasfpn.lut.noise import r2_ceiling, relative_noise
 from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
-from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id
 from mnasfpn.parallel import spawn_map
 from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
@@ -175,7 +176,7 @@ def export_models(
         return 0.0
     tasks = [(g.to_dict(), config.to_dict(), str(p), converter) for g, p in todo]
     # The direct writer takes well under a second a detector: no worker processes.
-    for _ in spawn_map(_export_one, tasks, 1 if converter == "direct" else jobs):
+    for _ in spawn_map(_export_one, tasks, 1 if CONVERTERS.get(converter).in_process else jobs):
         if progress:
             progress(1)
     return time.perf_counter() - t0
@@ -194,47 +195,52 @@ def validate(
     rounds: int | None = None,
     target: str = DEFAULT_TARGET,
     spaces: list[str] | None = None,
-    device: str | None = None,
-    serials: Sequence[str] = (),
-    adb_transport: str = "server",
-    adb_host: str | None = None,
-    benchmark_binary: str | None = None,
-    overrides: dict[str, Any] | None = None,
+    device: DeviceOptions | None = None,
     cache_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
     converter: str = DEFAULT_CONVERTER,
 ) -> ValidationResult:
+    """Time sampled architectures end to end on `device` (its profile by default the
+    table's), fit the calibration and write the report."""
     from tqdm import tqdm
 
-    if len(serials) > 1:
+    device = device or DeviceOptions()
+    if len(device.serials) > 1:
         # One calibration fitted over several phones would fold their unit-to-unit
         # differences into the noise; end-to-end runs are timed on one phone.
         raise TableError(
-            f"validate times end-to-end runs on one phone, not {len(serials)}: give one --serial"
+            f"validate times end-to-end runs on one phone, not {len(device.serials)}: "
+            "give one --serial"
         )
     table = LatencyTable.open(lut_path)
     meta = table.meta
+    # End-to-end runs time whole detectors: fewer invocations, the user's --set on top.
+    device = device.replace(
+        name=device.name or str(meta.get("profile")),
+        overrides={**E2E_OVERRIDES, **device.overrides},
+    )
+    device.profile()  # a bad --set fails now, not after the exports
     rounds = rounds or default_rounds(meta)
-    st = table.config
+    config = table.config
     spaces = spaces or table.spaces
     if not spaces:
         raise TableError(f"{lut_path} lists no spaces; rebuild it with mnasfpn-lut build")
     genotypes = sample_architectures(table, spaces, samples, seed)
-    ids = [arch_id(g, st.input_size) for g in genotypes]
+    ids = [arch_id(g, config.input_size) for g in genotypes]
     # Before any device work: a missing converter says so. Each converter its own cache.
     cache = (cache_dir or default_cache_dir()) / "detectors" / converter_id(converter)
-    paths = {a: cache / f"{a}-{st.input_size}.tflite" for a in ids}
+    paths = {a: cache / f"{a}-{config.input_size}.tflite" for a in ids}
     timings: dict[str, float] = {}
     measured_new = 0
     with TableStore.open(lut_path) as store:
         for g, a in zip(genotypes, ids, strict=True):
-            graph = st.opgraph(g)
+            graph = config.opgraph(g)
             store.add_e2e_arch(
                 a,
                 name=g.name,
                 genotype=g.to_json(indent=None),
-                input_size=st.input_size,
+                input_size=config.input_size,
                 summary=json.dumps(graph.summary(), default=str),
             )
         runs = store.e2e_runs()
@@ -250,7 +256,7 @@ def validate(
                 total=len(need), desc="export", unit="model", disable=not show_progress
             ) as bar:
                 timings["export_s"] = export_models(
-                    [(by_id[a], paths[a]) for a in need], st, jobs, bar.update, converter
+                    [(by_id[a], paths[a]) for a in need], config, jobs, bar.update, converter
                 )
             measured_new = _time_e2e(
                 store,
@@ -260,15 +266,8 @@ def validate(
                 meta,
                 rounds,
                 seed,
-                DeviceOptions(
-                    device or str(meta.get("profile")),
-                    tuple(serials),
-                    adb_transport,
-                    adb_host,
-                    benchmark_binary,
-                    {**E2E_OVERRIDES, **(overrides or {})},
-                ),
-                st,
+                device,
+                config,
                 timings,
                 show_progress,
                 tqdm,

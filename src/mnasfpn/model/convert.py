@@ -3,19 +3,22 @@
 `direct` (the default) writes the flatbuffer from the IR with no TensorFlow (tflite/); its
 output equals the converter's op for op (tests/test_tflite_writer.py). `tf` builds the
 Keras model and runs the TensorFlow converter: the reference, and what a trained model
-goes through. Importing this module loads neither Keras nor TensorFlow.
+goes through. Importing this module loads neither Keras nor TensorFlow. A converter is
+added by registering a `Converter` in `CONVERTERS`; ``--converter`` offers every one.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.graph import OpGraph
+from mnasfpn.registry import Registry
 
-CONVERTERS: tuple[str, ...] = ("direct", "tf")
 DEFAULT_CONVERTER = "direct"
 TRAIN_EXTRA_HINT = "pip install 'mnasfpn[train]'"
 
@@ -24,12 +27,33 @@ class ConverterError(MnasfpnError, ValueError):
     """An unknown converter, or the TensorFlow one without TensorFlow installed."""
 
 
-def check_converter(converter: str) -> str:
-    if converter not in CONVERTERS:
-        raise ConverterError(
-            f"unknown converter {converter!r}; choose one of: {', '.join(CONVERTERS)}"
-        )
-    return converter
+@dataclass(frozen=True)
+class Converter:
+    name: str
+    description: str  # for --help
+    version: Callable[[], str]  # what makes the files (raises ConverterError if it cannot)
+    detector: Callable[[OpGraph, int], bytes]  # (graph, weight seed) → .tflite bytes
+    micromodel: Callable[[str], bytes]  # op key → the one-op .tflite of that key
+    # Fast enough that worker processes would cost more than they save.
+    in_process: bool = False
+
+
+def _direct_version() -> str:
+    from mnasfpn.tflite.writer import WRITER_VERSION
+
+    return WRITER_VERSION
+
+
+def _direct_detector(graph: OpGraph, seed: int) -> bytes:
+    from mnasfpn.tflite.writer import opgraph_tflite
+
+    return opgraph_tflite(graph, seed=seed)
+
+
+def _direct_micromodel(key: str) -> bytes:
+    from mnasfpn.tflite.writer import micromodel_tflite
+
+    return micromodel_tflite(key)
 
 
 @cache
@@ -47,22 +71,7 @@ def tensorflow_version() -> str:
         ) from None
 
 
-def converter_id(converter: str = DEFAULT_CONVERTER) -> str:
-    """What makes files, for cache keys and table metadata: 'direct-<writer version>' or
-    'tf-<TensorFlow version>'."""
-    if check_converter(converter) == "direct":
-        from mnasfpn.tflite.writer import WRITER_VERSION
-
-        return f"direct-{WRITER_VERSION}"
-    return f"tf-{tensorflow_version()}"
-
-
-def detector_tflite(graph: OpGraph, converter: str = DEFAULT_CONVERTER, *, seed: int = 0) -> bytes:
-    """The detector of `graph` (live ops, outputs before NMS) as float32 .tflite bytes."""
-    if check_converter(converter) == "direct":
-        from mnasfpn.tflite.writer import opgraph_tflite
-
-        return opgraph_tflite(graph, seed=seed)
+def _tf_detector(graph: OpGraph, seed: int) -> bytes:
     tensorflow_version()  # one clear line when TensorFlow is missing
     from mnasfpn.model.export import convert_keras
     from mnasfpn.tfenv import load_tensorflow
@@ -71,3 +80,57 @@ def detector_tflite(graph: OpGraph, converter: str = DEFAULT_CONVERTER, *, seed:
     from mnasfpn.model.keras_builder import build_keras_model
 
     return convert_keras(build_keras_model(graph, seed=seed))
+
+
+def _tf_micromodel(key: str) -> bytes:
+    tensorflow_version()
+    from mnasfpn.model.export import convert_keras
+    from mnasfpn.tfenv import load_tensorflow
+
+    load_tensorflow()
+    from mnasfpn.model.keras_builder import build_micromodel
+
+    return convert_keras(build_micromodel(key))
+
+
+CONVERTERS: Registry[Converter] = Registry(
+    "converter",
+    {
+        c.name: c
+        for c in (
+            Converter(
+                "direct",
+                "write the .tflite from the IR (no TensorFlow)",
+                _direct_version,
+                _direct_detector,
+                _direct_micromodel,
+                in_process=True,
+            ),
+            Converter(
+                "tf",
+                "build the Keras model and run the TensorFlow converter (the reference; "
+                "needs the train extra)",
+                tensorflow_version,
+                _tf_detector,
+                _tf_micromodel,
+            ),
+        )
+    },
+    error=ConverterError,
+)
+
+
+def converters_help() -> str:
+    """The converters for a ``--converter`` help text."""
+    return "; ".join(f"{c.name}: {c.description}" for c in CONVERTERS.values())
+
+
+def converter_id(converter: str = DEFAULT_CONVERTER) -> str:
+    """What makes files, for cache keys and table metadata: 'direct-<writer version>' or
+    'tf-<TensorFlow version>'."""
+    return f"{converter}-{CONVERTERS.get(converter).version()}"
+
+
+def detector_tflite(graph: OpGraph, converter: str = DEFAULT_CONVERTER, *, seed: int = 0) -> bytes:
+    """The detector of `graph` (live ops, outputs before NMS) as float32 .tflite bytes."""
+    return CONVERTERS.get(converter).detector(graph, seed)

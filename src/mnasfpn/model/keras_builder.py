@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from mnasfpn.ir.graph import OpGraph
-from mnasfpn.ir.ops import MODEL_INPUT, Op
+from mnasfpn.ir.ops import MODEL_INPUT, Op, parse_key
 from mnasfpn.model.layers import make_layer
 
 
@@ -63,3 +63,24 @@ def build_keras_model(
     # A list, not a dict: the .tflite keeps this order (box encodings first).
     outputs = [tensors[i] for i in graph.outputs]
     return keras.Model(image, outputs, name=graph.meta.get("name") or "mnasfpn_detector")
+
+
+def build_micromodel(key: str) -> keras.Model:
+    """The one-layer Keras model of an op key (a table's micro-model, converted by the
+    TensorFlow converter): the op's activation inputs as model inputs."""
+    f = parse_key(key)
+    in_shapes = f["in_shapes"]
+    inputs = [keras.Input(shape=s, batch_size=1, name=f"x{i}") for i, s in enumerate(in_shapes)]
+    layer = make_layer(
+        str(f["type"]),
+        in_shapes=in_shapes,
+        out_shape=f["out_shape"],
+        kernel=int(f["kernel"]),
+        stride=int(f["stride"]),
+        act=str(f["act"]),
+        # After BN folding every conv of the detector carries a bias; time it that way.
+        batchnorm=False,
+        bias=True,
+    )
+    y = layer(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs, y)

@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.ops import op_type_of, parse_key
-from mnasfpn.model.convert import DEFAULT_CONVERTER, check_converter, converter_id
+from mnasfpn.ir.ops import op_type_of
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id
 from mnasfpn.parallel import spawn_map
-from mnasfpn.tfenv import load_tensorflow
 
 
 def cache_path(key: str, cache_dir: Path, converter: str = DEFAULT_CONVERTER) -> Path:
@@ -27,42 +26,10 @@ def cache_path(key: str, cache_dir: Path, converter: str = DEFAULT_CONVERTER) ->
     return Path(cache_dir) / converter_id(converter) / f"{op_type_of(key)}-{digest}.tflite"
 
 
-def build_micromodel(key: str):  # -> keras.Model
-    load_tensorflow()
-    import keras
-
-    from mnasfpn.model.layers import make_layer
-
-    f = parse_key(key)
-    in_shapes = f["in_shapes"]
-    inputs = [keras.Input(shape=s, batch_size=1, name=f"x{i}") for i, s in enumerate(in_shapes)]
-    layer = make_layer(
-        str(f["type"]),
-        in_shapes=in_shapes,
-        out_shape=f["out_shape"],
-        kernel=int(f["kernel"]),
-        stride=int(f["stride"]),
-        act=str(f["act"]),
-        # After BN folding every conv of the detector carries a bias; time it that way.
-        batchnorm=False,
-        bias=True,
-    )
-    y = layer(inputs if len(inputs) > 1 else inputs[0])
-    return keras.Model(inputs, y)
-
-
 def convert_key(key: str, out: Path, converter: str = DEFAULT_CONVERTER) -> Path:
     from mnasfpn.atomic import write_atomic
 
-    if check_converter(converter) == "direct":
-        from mnasfpn.tflite.writer import micromodel_tflite
-
-        return write_atomic(out, micromodel_tflite(key))
-    from mnasfpn.model.convert import tensorflow_version
-    from mnasfpn.model.export import convert_keras
-
-    tensorflow_version()  # one clear line when TensorFlow is missing
-    return write_atomic(out, convert_keras(build_micromodel(key)))
+    return write_atomic(out, CONVERTERS.get(converter).micromodel(key))
 
 
 def _convert_many(
@@ -104,7 +71,7 @@ def micromodel_paths(
     failures: list[tuple[str, str]] = []
     batches = [missing[i : i + chunk] for i in range(0, len(missing), chunk)]
     # The direct writer takes milliseconds a model: a worker process would cost more.
-    jobs = 1 if converter == "direct" else jobs
+    jobs = 1 if CONVERTERS.get(converter).in_process else jobs
     tasks = [(b, str(cache_dir), converter) for b in batches]
     for done in spawn_map(_convert_many, tasks, jobs):
         failures += [(k, e) for k, e in done if e]

@@ -10,16 +10,23 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnasfpn.cli_common import handle_errors
+from mnasfpn.cli_common import NameChoice
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.search.strategies import STRATEGIES
+from mnasfpn.searchspace.spaces import SEARCHABLE
 
 if TYPE_CHECKING:
+    from mnasfpn.lut.table import LatencyTable
+    from mnasfpn.search.driver import SearchSettings
     from mnasfpn.search.executors import Executor
+    from mnasfpn.search.reward import RewardSpec
+    from mnasfpn.searchspace.genotype import Genotype
 
 DEFAULT_TRIALS = 100
 
@@ -134,11 +141,18 @@ def _check_data(data: Path) -> None:
 )
 @click.option(
     "--space",
+    type=NameChoice(SEARCHABLE),
     default="mnasfpn",
     show_default=True,
-    help="mnasfpn, no-expand, nasfpnlite-s or conn-search.",
+    help="Search space of the children.",
 )
-@click.option("--strategy", default="ppo", show_default=True, help="ppo, evolution or random.")
+@click.option(
+    "--strategy",
+    type=NameChoice(STRATEGIES),
+    default="ppo",
+    show_default=True,
+    help="What proposes the children.",
+)
 @click.option(
     "--trials",
     type=int,
@@ -229,7 +243,6 @@ def _check_data(data: Path) -> None:
     "the same data [default: ~/.cache/mnasfpn/proxy].",
 )
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@handle_errors
 def search_cmd(
     lut_path: Path,
     data: Path,
@@ -298,6 +311,35 @@ def search_cmd(
     run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
 
 
+@dataclass(frozen=True)
+class SearchSetup:
+    """A search's inputs, checked before any child trains (`prepare`)."""
+
+    table: LatencyTable
+    space: str
+    strategy: str
+    seed: int
+    reward: RewardSpec
+    repeats: int
+    seed_arch: Genotype | None
+    table_hash: str
+
+    def settings(self, evaluator: Any) -> SearchSettings:
+        """What defines the search once its evaluator is chosen (the store checks it)."""
+        from mnasfpn.search.driver import SearchSettings
+
+        return SearchSettings(
+            space=self.space,
+            strategy=self.strategy,
+            seed=self.seed,
+            reward=self.reward,
+            repeats=self.repeats,
+            table_hash=self.table_hash,
+            evaluator=evaluator.identity(),
+            seed_arch=self.seed_arch,
+        )
+
+
 def prepare(
     lut_path: Path,
     space_name: str,
@@ -309,29 +351,18 @@ def prepare(
     seed: int,
     seed_arch: str | None,
     repeats: int | None,
-) -> dict[str, Any]:
+) -> SearchSetup:
     """Everything checked before any child trains: one line for each bad input."""
     from mnasfpn.archs import resolve_archs
     from mnasfpn.lut.table import LatencyTable
     from mnasfpn.search.driver import adopt_seed, check_table_covers, table_identity
     from mnasfpn.search.reward import RewardSpec
-    from mnasfpn.search.strategies import STRATEGIES
-    from mnasfpn.searchspace.genotype import GenotypeError
     from mnasfpn.searchspace.named import get_architecture
-    from mnasfpn.searchspace.spaces import SPACES
 
     if trials < 1:
         raise MnasfpnError(f"--trials must be at least 1, got {trials}")
-    if strategy not in STRATEGIES:
-        raise MnasfpnError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if space_name not in SPACES:
-        raise MnasfpnError(f"unknown search space {space_name!r}; known: {', '.join(SPACES)}")
-    space = SPACES[space_name]
-    if space.fixed is not None:
-        raise MnasfpnError(
-            f"space {space_name!r} is a fixed cell with nothing to search; search "
-            f"nasfpnlite-s with --seed-arch {space_name} to start from it"
-        )
+    STRATEGIES.get(strategy)
+    space = SEARCHABLE.get(space_name)
     if not lut_path.exists():
         raise MnasfpnError(f"--lut {lut_path}: no such table; build one with mnasfpn-lut build")
     table = LatencyTable.open(lut_path)
@@ -341,26 +372,25 @@ def prepare(
     if seed_arch is not None:
         try:
             (g,) = resolve_archs(seed_arch)[:1]
-        except GenotypeError as exc:
+        except MnasfpnError as exc:
             raise MnasfpnError(f"--seed-arch: {exc}") from None
         seed_genotype = adopt_seed(space, g, repeats)
     if target_ms is None:
         target_ms = float(table.predict([get_architecture("paper-mnasfpn")])[0])
-    reward = RewardSpec(w=w, target_ms=target_ms, max_ms=max_ms)
-    return {
-        "table": table,
-        "space": space_name,
-        "strategy": strategy,
-        "seed": seed,
-        "reward": reward,
-        "repeats": repeats,
-        "seed_arch": seed_genotype,
-        "table_hash": table_identity(table),
-    }
+    return SearchSetup(
+        table=table,
+        space=space_name,
+        strategy=strategy,
+        seed=seed,
+        reward=RewardSpec(w=w, target_ms=target_ms, max_ms=max_ms),
+        repeats=repeats,
+        seed_arch=seed_genotype,
+        table_hash=table_identity(table),
+    )
 
 
 def run_cli_search(
-    setup: dict[str, Any],
+    setup: SearchSetup,
     evaluator: Any,
     out: Path,
     trials: int,
@@ -369,19 +399,10 @@ def run_cli_search(
     quiet: bool,
 ) -> None:
     """Run (or resume) the search, showing progress, then print its frontier."""
-    from mnasfpn.search.driver import Search, SearchSettings, open_store
+    from mnasfpn.search.driver import Search, open_store
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
 
-    settings = SearchSettings(
-        space=setup["space"],
-        strategy=setup["strategy"],
-        seed=setup["seed"],
-        reward=setup["reward"],
-        repeats=setup["repeats"],
-        table_hash=setup["table_hash"],
-        evaluator=evaluator.identity(),
-        seed_arch=setup["seed_arch"],
-    )
+    settings = setup.settings(evaluator)
     # Refuse a folder with other settings before starting any worker.
     store = open_store(out, settings, force_new=force_new)
     finished = sum(n for status, n in store.counts().items() if status != "running")
@@ -390,9 +411,7 @@ def run_cli_search(
     if finished < trials:  # else a rerun of a finished search: no workers to start
         executor = make_executor(evaluator)
         progress = None if quiet else ProgressLine()
-        search = Search(
-            out, settings, setup["table"], executor, trials=trials, on_progress=progress
-        )
+        search = Search(out, settings, setup.table, executor, trials=trials, on_progress=progress)
         try:
             search.run()
         except KeyboardInterrupt:
@@ -418,7 +437,6 @@ def run_cli_search(
     default=None,
     help="Plot file [default: FOLDER/pareto.png of the first folder].",
 )
-@handle_errors
 def pareto_cmd(folders: tuple[Path, ...], as_json: bool, plot_path: Path | None) -> None:
     """The latency-mAP frontier of one or more search folders: a table (or JSON), a plot
     of every trial with the frontiers, and each frontier genotype as

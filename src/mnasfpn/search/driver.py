@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.search.executors import Executor
@@ -102,7 +101,7 @@ def latency_bands(target_ms: float) -> list[tuple[float, float]]:
 def table_identity(table: LatencyTable) -> str:
     """A hash of what the table predicts with: settings, entries and calibration."""
     doc = {
-        "settings": table.settings.__dict__,
+        "settings": table.config.__dict__,  # the key keeps existing searches' hashes
         "latencies": sorted(table.latencies.items()),
         "calibration": None if table.calibration is None else table.calibration.to_dict(),
     }
@@ -110,13 +109,13 @@ def table_identity(table: LatencyTable) -> str:
 
 
 def check_table_covers(table: LatencyTable, space: SearchSpace) -> None:
-    s = table.settings
+    config = table.config
     need = space_keys(
         space,
-        input_size=s.input_size,
-        backbone=BackboneConfig(alpha=s.alpha),
-        predictor=PredictorConfig(depth=s.depth),
-        num_classes=s.num_classes,
+        input_size=config.input_size,
+        backbone=config.backbone,
+        predictor=config.predictor,
+        num_classes=config.num_classes,
     )
     missing = sorted(need - set(table.latencies))
     if missing:
@@ -210,16 +209,16 @@ class Search:
         )
         self.store = open_store(folder, settings, force_new=force_new)
         self.on_progress = on_progress
-        ts = table.settings
+        config = table.config
         self.store.set_meta(
             {
                 "table": {
                     "path": self.table_id[0],
                     "hash": self.table_id[1],
-                    "input_size": ts.input_size,
-                    "num_classes": ts.num_classes,
-                    "alpha": ts.alpha,
-                    "depth": ts.depth,
+                    "input_size": config.input_size,
+                    "num_classes": config.num_classes,
+                    "alpha": config.alpha,
+                    "depth": config.depth,
                     "device": table.meta.get("device"),
                 }
             }

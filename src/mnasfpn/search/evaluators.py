@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from mnasfpn.registry import Registry
 from mnasfpn.search.store import ChildResult
 from mnasfpn.searchspace.genotype import LEVELS, NUM_CELL_INPUTS, Genotype
 from mnasfpn.searchspace.spaces import pruned
@@ -19,6 +20,7 @@ from mnasfpn.searchspace.spaces import pruned
 
 @dataclass(frozen=True)
 class ProxyEvaluator:
+    kind: ClassVar[str] = "proxy"
     data: str
     budget: Any  # mnasfpn.train.proxy.ProxyBudget
     cache_dir: str | None = None
@@ -28,7 +30,7 @@ class ProxyEvaluator:
         # how a child runs (threads, time limit) does not change what its score means
         for how in ("threads", "timeout_s"):
             budget.pop(how, None)
-        return {"kind": "proxy", "data": self.data, "budget": budget}
+        return {"kind": self.kind, "data": self.data, "budget": budget}
 
     def __call__(self, genotype: Genotype) -> ChildResult:
         from mnasfpn.train.proxy import proxy_evaluate
@@ -83,10 +85,11 @@ class SurrogateEvaluator:
     """The synthetic accuracy as a child result (for benchmarks and tests of the search
     machinery; optional sleep to stand in for training time)."""
 
+    kind: ClassVar[str] = "surrogate"
     seconds: float = 0.0
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "surrogate", "seconds": self.seconds}
+        return {"kind": self.kind, "seconds": self.seconds}
 
     def __call__(self, genotype: Genotype) -> ChildResult:
         start = time.perf_counter()
@@ -97,3 +100,9 @@ class SurrogateEvaluator:
         return ChildResult(
             map=acc, metrics={"synthetic": 1.0}, train_seconds=spent, total_seconds=spent
         )
+
+
+# Evaluator classes by the kind their identity records (a search folder's settings).
+EVALUATORS: Registry[type[ProxyEvaluator] | type[SurrogateEvaluator]] = Registry(
+    "evaluator", {e.kind: e for e in (ProxyEvaluator, SurrogateEvaluator)}
+)

@@ -15,6 +15,7 @@ from typing import Any
 from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.search.evaluators import SurrogateEvaluator
 from mnasfpn.search.store import STORE_NAME, Trial, TrialStore, genotype_key
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
@@ -183,7 +184,8 @@ def plot(runs: list[SearchRun], path: Path) -> None:
     ax.set_xlabel("predicted latency (ms, from the table)")
     kinds = {run.settings.get("evaluator", {}).get("kind") for run in runs}
     # a benchmark's surrogate is not a measurement: say so on the axis
-    ax.set_ylabel("synthetic accuracy (surrogate)" if kinds == {"surrogate"} else "proxy mAP")
+    synthetic = kinds == {SurrogateEvaluator.kind}
+    ax.set_ylabel("synthetic accuracy (surrogate)" if synthetic else "proxy mAP")
     ax.set_title("Search trials and frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

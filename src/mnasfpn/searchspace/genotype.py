@@ -204,11 +204,10 @@ def genotype_from_dict(doc: Any, *, source: str = "genotype") -> Genotype:
             f"(this mnasfpn reads version {FORMAT_VERSION})"
         )
     space_name = _require(doc, "space", str, source)
-    if space_name not in SPACES:
-        raise GenotypeError(
-            f"{source}: unknown search space {_show(space_name)}; known: {', '.join(SPACES)}"
-        )
-    space = SPACES[space_name]
+    try:
+        space = SPACES.get(space_name)
+    except MnasfpnError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
     channels = _require(doc, "channels", int, source)
     repeats = doc.get("repeats", 4)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 8:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mnasfpn.searchspace.genotype import Block, Genotype
+from mnasfpn.registry import Registry
+from mnasfpn.searchspace.genotype import Block, Genotype, GenotypeError
 from mnasfpn.searchspace.spaces import get_space
 
 
@@ -27,19 +28,18 @@ def nasfpnlite(repeats: int = 6) -> Genotype:
     return fixed.with_repeats(repeats)
 
 
-ARCHITECTURES: dict[str, Callable[[int | None], Genotype]] = {
-    "paper-mnasfpn": lambda r: paper_mnasfpn(r or 4),
-    "paper-mnasfpn-nosdo": lambda r: paper_mnasfpn(r or 4, sdo=False),
-    "nasfpnlite": lambda r: nasfpnlite(r or 6),
-}
+ARCHITECTURES: Registry[Callable[[int | None], Genotype]] = Registry(
+    "architecture",
+    {
+        "paper-mnasfpn": lambda r: paper_mnasfpn(r or 4),
+        "paper-mnasfpn-nosdo": lambda r: paper_mnasfpn(r or 4, sdo=False),
+        "nasfpnlite": lambda r: nasfpnlite(r or 6),
+    },
+    hint="or give a genotype .json/.jsonl file",
+    error=GenotypeError,
+)
 
 
 def get_architecture(name: str, repeats: int | None = None) -> Genotype:
-    try:
-        factory = ARCHITECTURES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)} "
-            "(or give a genotype .json file)"
-        ) from None
-    return factory(repeats)
+    """A named architecture at `repeats` (its own repeat count when None)."""
+    return ARCHITECTURES.get(name)(repeats)

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 
+from mnasfpn.registry import Registry
 from mnasfpn.searchspace.genotype import (
     LEVELS,
     MERGES,
@@ -367,44 +368,52 @@ def _nasfpnlite_cell() -> Genotype:
     return Genotype("nasfpnlite", c, blocks, repeats=6, sdo=False, name="nasfpnlite")
 
 
-SPACES: dict[str, SearchSpace] = {
-    s.name: s
-    for s in (
-        SearchSpace("mnasfpn", "MnasFPN: generalized inverted-residual blocks with SDO"),
-        SearchSpace("no-expand", "MnasFPN without expansion: F = C", expansions=None),
-        SearchSpace(
-            "nasfpnlite-s",
-            "NAS-FPN space, separable convs: k=3, C=64, F=C, no SDO",
-            channels=(64,),
-            expansions=None,
-            kernels=(3,),
-            sdo=False,
-        ),
-        SearchSpace(
-            "conn-search",
-            "MnasFPN with 2..4 inputs per block, add merges only",
-            merges=("add",),
-            max_inputs=4,
-        ),
-        SearchSpace(
-            "nasfpnlite",
-            "The fixed NAS-FPN cell with separable convs, C=64 (hand-made baseline)",
-            channels=(64,),
-            expansions=None,
-            kernels=(3,),
-            sdo=False,
-            repeats=6,
-            fixed=_nasfpnlite_cell(),
-        ),
-    )
-}
+SPACES: Registry[SearchSpace] = Registry(
+    "search space",
+    {
+        s.name: s
+        for s in (
+            SearchSpace("mnasfpn", "MnasFPN: generalized inverted-residual blocks with SDO"),
+            SearchSpace("no-expand", "MnasFPN without expansion: F = C", expansions=None),
+            SearchSpace(
+                "nasfpnlite-s",
+                "NAS-FPN space, separable convs: k=3, C=64, F=C, no SDO",
+                channels=(64,),
+                expansions=None,
+                kernels=(3,),
+                sdo=False,
+            ),
+            SearchSpace(
+                "conn-search",
+                "MnasFPN with 2..4 inputs per block, add merges only",
+                merges=("add",),
+                max_inputs=4,
+            ),
+            SearchSpace(
+                "nasfpnlite",
+                "The fixed NAS-FPN cell with separable convs, C=64 (hand-made baseline)",
+                channels=(64,),
+                expansions=None,
+                kernels=(3,),
+                sdo=False,
+                repeats=6,
+                fixed=_nasfpnlite_cell(),
+            ),
+        )
+    },
+)
+# What `mnasfpn search --space` offers: the spaces with decisions (a fixed cell is a seed).
+SEARCHABLE = SPACES.subset(
+    lambda space: space.fixed is None,
+    refuse=lambda name, _: (
+        f"space {name!r} is a fixed cell with nothing to search; search "
+        f"nasfpnlite-s with --seed-arch {name} to start from it"
+    ),
+)
 
 
 def get_space(name: str) -> SearchSpace:
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise KeyError(f"unknown search space {name!r}; known: {', '.join(SPACES)}") from None
+    return SPACES.get(name)
 
 
 def sample_genotypes(space: str | SearchSpace, n: int, seed: int) -> list[Genotype]:

@@ -77,7 +77,7 @@ def load_backbone_weights(model: Any, path: Path | str, *, alpha: float, input_s
             if have != want:
                 raise BackboneWeightsError(
                     f"--backbone-weights {str(path)!r}: layer {src.name} has shapes {want}, "
-                    f"the backbone's {ir_name} needs {have} (a different --backbone-alpha?)"
+                    f"the backbone's {ir_name} needs {have} (a different --alpha?)"
                 )
             dst.set_weights(src.get_weights())
         loaded += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -10,7 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from mnasfpn.cli_common import handle_errors, repeats_option
+from mnasfpn.cli_common import model_options, repeats_option
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.train.checkpoint import require_checkpoint
 
@@ -22,7 +24,7 @@ def require_tensorflow(command: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
-        raise click.ClickException(
+        raise MnasfpnError(
             f"mnasfpn {command} needs TensorFlow, which is not installed: "
             "pip install 'mnasfpn[train]'"
         )
@@ -56,13 +58,6 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
     help="Run folder: run.json, checkpoints/, metrics.csv.",
 )
 @click.option("--split", default="train", show_default=True, help="Training split.")
-@click.option(
-    "--input-size",
-    type=int,
-    default=DetectorConfig.input_size,
-    show_default=True,
-    help="Square input side, a multiple of 64.",
-)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps.")
 @click.option(
     "--epochs",
@@ -78,26 +73,13 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
     help="Peak learning rate [default: 0.4 × batch / 64, the paper's proxy rate].",
 )
 @click.option(
-    "--backbone-alpha",
-    type=click.FloatRange(min=0, min_open=True, max=2),
-    default=DetectorConfig.alpha,
-    show_default=True,
-    help="MobileNetV2 depth multiplier.",
-)
-@click.option(
     "--backbone-weights",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Keras MobileNetV2 .h5/.weights.h5 file (default: scratch).",
 )
 @repeats_option
-@click.option(
-    "--depth",
-    type=click.IntRange(min=1),
-    default=DetectorConfig.depth,
-    show_default=True,
-    help="Predictor tower depth D.",
-)
+@model_options(classes=False)
 @click.option(
     "--ema",
     "ema_decay",
@@ -110,12 +92,11 @@ def _parameter_given(ctx: click.Context, name: str) -> bool:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-@handle_errors
 def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, split: str,
-                  input_size: int, steps: int | None, epochs: float | None, batch_size: int,
-                  lr: float | None, backbone_alpha: float, backbone_weights: Path | None,
-                  repeats: int | None, depth: int, ema_decay: float | None,
-                  checkpoint_every: int, seed: int, resume: bool, quiet: bool) -> None:  # fmt: skip
+                  steps: int | None, epochs: float | None, batch_size: int, lr: float | None,
+                  backbone_weights: Path | None, repeats: int | None, config: DetectorConfig,
+                  ema_decay: float | None, checkpoint_every: int, seed: int, resume: bool,
+                  quiet: bool) -> None:  # fmt: skip
     """Train an SSD detector with this head on a COCO-format folder."""
     from mnasfpn.archs import resolve_archs
     from mnasfpn.train.run import HParams, RunError, RunInfo, load_run
@@ -124,29 +105,28 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
     # Every check runs before TensorFlow loads or anything is written.
     genotypes = resolve_archs(arch, repeats)
     if len(genotypes) != 1:
-        raise click.ClickException(f"--arch {arch!r} holds {len(genotypes)} genotypes; "
-                                   "train takes exactly one")  # fmt: skip
+        raise MnasfpnError(f"--arch {arch!r} holds {len(genotypes)} genotypes; "
+                           "train takes exactly one")  # fmt: skip
     genotype = genotypes[0]
     if steps is not None and epochs is not None:
-        raise click.ClickException("give --steps or --epochs, not both")
+        raise MnasfpnError("give --steps or --epochs, not both")
     if steps is None and epochs is None and not resume:
-        raise click.ClickException("give the training length: --steps N or --epochs E")
+        raise MnasfpnError("give the training length: --steps N or --epochs E")
     if backbone_weights is not None and not backbone_weights.is_file():
-        raise click.ClickException(f"--backbone-weights {str(backbone_weights)!r}: file not found")
+        raise MnasfpnError(f"--backbone-weights {str(backbone_weights)!r}: file not found")
     previous = None
     if resume:
         previous = load_run(run_dir)
     elif (run_dir / "run.json").exists():
-        raise click.ClickException(f"--out {str(run_dir)!r} already holds a run; pass --resume "
-                                   "to continue it or choose another folder")  # fmt: skip
+        raise MnasfpnError(f"--out {str(run_dir)!r} already holds a run; pass --resume "
+                           "to continue it or choose another folder")  # fmt: skip
 
     require_tensorflow("train")
     from mnasfpn.train.data_source import categories, open_split, train_batches
 
     coco = open_split(data_dir, split)
     cats = categories(coco)
-    detector = DetectorConfig(input_size=input_size, num_classes=len(cats),
-                              alpha=backbone_alpha, depth=depth)  # fmt: skip
+    detector = dataclasses.replace(config, num_classes=len(cats))
     if previous is not None:
         wanted = RunInfo(genotype, detector, previous.hparams, "", str(data_dir), cats)
         if not previous.same_architecture(wanted):
@@ -220,7 +200,6 @@ def _arch_label(info: Any) -> str:
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-@handle_errors
 def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
                  as_json: bool) -> None:  # fmt: skip
     """COCO mAP (and @0.5, @0.75, small/medium/large) of a trained run on a split."""
@@ -269,7 +248,6 @@ def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
     help="Folder for the annotated PNGs.",
 )
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True)
-@handle_errors
 def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
                    min_score: float) -> None:  # fmt: skip
     """Draw a trained run's detections (after NMS) on images, with class names and scores."""
@@ -278,7 +256,7 @@ def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
     info = load_run(run_dir)
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
-        raise click.ClickException(f"image not found: {', '.join(missing)}")
+        raise MnasfpnError(f"image not found: {', '.join(missing)}")
     require_checkpoint(run_dir)
     require_tensorflow("detect")
     from mnasfpn.train.detect import detect_images

@@ -13,30 +13,23 @@ def export_run_command(
     run_dir: Path | None, out: Path, *, with_postprocess: bool, arch: str | None, force: bool
 ) -> None:
     if run_dir is None:
-        raise click.ClickException("--with-postprocess needs --run RUN_DIR (a trained detector)")
+        raise MnasfpnError("--with-postprocess needs --run RUN_DIR (a trained detector)")
     if arch is not None:
-        raise click.ClickException("give --arch or --run, not both (a run knows its architecture)")
+        raise MnasfpnError("give --arch or --run, not both (a run knows its architecture)")
     from mnasfpn.atomic import check_output
     from mnasfpn.train.checkpoint import require_checkpoint
     from mnasfpn.train.cli import require_tensorflow
     from mnasfpn.train.run import load_run
 
-    try:
-        info = load_run(run_dir)
-        require_checkpoint(run_dir)
-        check_output(out, force=force)
-        if not out.parent.is_dir():
-            raise click.ClickException(
-                f"--out {str(out)!r}: directory {str(out.parent)!r} not found"
-            )
-        require_tensorflow("export --run")
-        from mnasfpn.train.export import export_run
+    info = load_run(run_dir)
+    require_checkpoint(run_dir)
+    check_output(out, force=force)
+    if not out.parent.is_dir():
+        raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
+    require_tensorflow("export --run")
+    from mnasfpn.train.export import export_run
 
-        written, step = export_run(
-            info, run_dir, out, with_postprocess=with_postprocess, replace=force
-        )
-    except MnasfpnError as exc:
-        raise click.ClickException(str(exc)) from None
+    written, step = export_run(info, run_dir, out, with_postprocess=with_postprocess, replace=force)
     size = written.stat().st_size
     what = "with detection post-process" if with_postprocess else "before NMS"
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes): {run_dir} at step "
