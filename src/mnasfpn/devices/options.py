@@ -19,6 +19,8 @@ from mnasfpn.devices.profiles import Profile, load_profile
 
 @dataclass
 class DeviceOptions:
+    """Which device profile, which phone(s) and how to reach them, which overrides."""
+
     # The profile; None where the command has its own (validate: the table's).
     name: str | None = None
     # Phones to use: several identical ones share a build; none: the only attached one.

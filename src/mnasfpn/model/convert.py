@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
+from typing import Any
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.graph import OpGraph
@@ -71,26 +72,32 @@ def tensorflow_version() -> str:
         ) from None
 
 
-def _tf_detector(graph: OpGraph, seed: int) -> bytes:
+def _through_tf(build: Callable[[], Any]) -> bytes:
+    """Convert the Keras model `build` makes (called once TensorFlow is loaded)."""
     tensorflow_version()  # one clear line when TensorFlow is missing
     from mnasfpn.model.export import convert_keras
     from mnasfpn.tfenv import load_tensorflow
 
     load_tensorflow()
-    from mnasfpn.model.keras_builder import build_keras_model
+    return convert_keras(build())
 
-    return convert_keras(build_keras_model(graph, seed=seed))
+
+def _tf_detector(graph: OpGraph, seed: int) -> bytes:
+    def build() -> Any:
+        from mnasfpn.model.keras_builder import build_keras_model
+
+        return build_keras_model(graph, seed=seed)
+
+    return _through_tf(build)
 
 
 def _tf_micromodel(key: str) -> bytes:
-    tensorflow_version()
-    from mnasfpn.model.export import convert_keras
-    from mnasfpn.tfenv import load_tensorflow
+    def build() -> Any:
+        from mnasfpn.model.keras_builder import build_micromodel
 
-    load_tensorflow()
-    from mnasfpn.model.keras_builder import build_micromodel
+        return build_micromodel(key)
 
-    return convert_keras(build_micromodel(key))
+    return _through_tf(build)
 
 
 CONVERTERS: Registry[Converter] = Registry(
