@@ -8,9 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from conftest import ReadOnlyRunner
+from conftest import ReadOnlyRunner, make_table
 from mnasfpn.cli import lut_main
-from test_lut_predict import make_table
 
 CLI = "from mnasfpn.cli import lut_main; lut_main()"
 

@@ -3,7 +3,6 @@ rejection, seeding, bad input and the frontier, on a fabricated latency table.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,11 +18,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_table
 from mnasfpn.cli import main
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.lut.build import required_keys
-from mnasfpn.lut.predictor import Settings
-from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.search.driver import (
     Search,
@@ -45,41 +42,15 @@ from mnasfpn.searchspace.genotype import Genotype, load_genotype
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SPACES, get_space, pruned
 
-SIZE = 64
 SEARCH_SPACES = [n for n, s in SPACES.items() if s.fixed is None]
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def key_latency(key: str) -> float:
-    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return 0.05 + h / 2**32
-
-
-def make_table(path: Path, spaces: tuple[str, ...] = tuple(SEARCH_SPACES)) -> Path:
-    """A table file of the real schema with a deterministic latency per computed key."""
-    keys = required_keys(spaces, Settings(input_size=SIZE))
-    with TableStore.open(path, create=True) as store:
-        store.set_meta(
-            {
-                "device": "host",
-                "profile": "host",
-                "input_size": SIZE,
-                "num_classes": 90,
-                "alpha": 1.0,
-                "depth": 64,
-                "spaces": list(spaces),
-            }
-        )
-        sid = store.start_session("build", {"model": "test cpu"})
-        for k in keys:
-            v = key_latency(k)
-            store.add_op(k, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0, session=sid)
-    return path
-
-
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_table(tmp_path_factory.mktemp("lut") / "t.sqlite")
+    path = tmp_path_factory.mktemp("lut") / "t.sqlite"
+    make_table(path, SEARCH_SPACES)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +343,8 @@ def test_other_settings_are_refused_unless_force_new(tmp_path: Path, table: Late
 
 
 def test_table_lacking_the_space_ops_names_the_build(tmp_path: Path) -> None:
-    small = LatencyTable.open(make_table(tmp_path / "small.sqlite", ("nasfpnlite-s",)))
+    make_table(tmp_path / "small.sqlite", ("nasfpnlite-s",))
+    small = LatencyTable.open(tmp_path / "small.sqlite")
     check_table_covers(small, get_space("nasfpnlite-s"))
     with pytest.raises(MnasfpnError, match=r"lacks \d+ ops of space 'mnasfpn'.*--space mnasfpn"):
         check_table_covers(small, get_space("mnasfpn"))
@@ -496,7 +468,8 @@ def test_search_cli_bad_input_is_one_line(
 
 
 def test_search_cli_table_lacking_ops(tmp_path: Path) -> None:
-    small = make_table(tmp_path / "small.sqlite", ("nasfpnlite-s",))
+    small = tmp_path / "small.sqlite"
+    make_table(small, ("nasfpnlite-s",))
     result = CliRunner().invoke(
         main, ["search", "--lut", str(small), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     )
