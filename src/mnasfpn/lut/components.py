@@ -87,15 +87,16 @@ class Components:
     def _add(self, ops: Sequence[Op]) -> int:
         parts = {op.part for op in ops}
         assert len(parts) == 1, parts
+        keys = [op.key for op in ops]
         vec = np.zeros(len(COLUMNS))
         missing = None
-        for op in ops:
-            lat = self.latencies.get(op.key)
+        for op, key in zip(ops, keys, strict=True):
+            lat = self.latencies.get(key)
             if lat is None:
-                missing = missing or op.key
+                missing = missing or key
                 continue
             vec[_COLUMN_INDEX[(op.type, op.part)]] += lat
-        self.keys.append(Counter(op.key for op in ops))
+        self.keys.append(Counter(keys))
         self._part.append(PARTS.index(parts.pop()))
         self._vec.append(vec)
         self._struct.append(structure_of(ops))
