@@ -85,15 +85,12 @@ def run_info(s: Setting, steps: int) -> RunInfo:
 
 def build(info: RunInfo) -> tuple[Any, Any]:
     """The detector and its momentum SGD, as the trainer makes them."""
-    import keras
-
     from mnasfpn.train.detector import build_detector
+    from mnasfpn.train.step import sgd
 
     hp = info.hparams
     model = build_detector(info.genotype, info.detector, batch_size=None, seed=hp.seed)
-    optimizer = keras.optimizers.SGD(learning_rate=hp.lr, momentum=hp.momentum)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer
+    return model, sgd(hp.lr, model.trainable_variables, hp.momentum)
 
 
 # One training step on a batch {"image", "boxes", "classes"}: its loss parts (backend
@@ -103,9 +100,9 @@ Step = Callable[[dict[str, Any]], dict[str, Any]]
 
 def tensorflow_step(model: Any, optimizer: Any, info: RunInfo) -> Step:
     """The trainer's own step (batches stay numpy, as the trainer's tf.data feeds them)."""
-    from mnasfpn.train.trainer import _make_step_fn
+    from mnasfpn.train.trainer import make_step_fn
 
-    step_fn = _make_step_fn(model, info, optimizer, None)
+    step_fn = make_step_fn(model, info, optimizer, None)
     return lambda b: step_fn(b["image"], b["boxes"], b["classes"])
 
 

@@ -96,7 +96,7 @@ def test_killed_child_becomes_proxy_error(tiny_data: Path, tmp_path: Path) -> No
 
 
 def test_head_reads_only_cached_taps() -> None:
-    from mnasfpn.train.proxy_worker import build_head, is_frozen_backbone, tap_ops
+    from mnasfpn.train.head import build_head, is_frozen_backbone, tap_ops
 
     config = DetectorConfig(input_size=64, num_classes=3, alpha=0.35, depth=16)
     for genotype in (get_architecture("paper-mnasfpn", 1), weak_head()):
@@ -164,3 +164,13 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+def test_worker_side_does_not_import_the_caller_side() -> None:
+    """No import circle: the child's module reads budgets and cache folders from
+    proxy_config, not from the caller's module that spawns it."""
+    code = (
+        "import sys, mnasfpn.train.proxy_worker;"
+        "sys.exit('mnasfpn.train.proxy' in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())

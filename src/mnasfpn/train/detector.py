@@ -30,15 +30,21 @@ def build_detector(
     seed: int = 0,
 ) -> Any:
     """Keras model of the IR: image in [-1, 1] → [box encodings, class logits]."""
-    keras = load_keras()  # TensorFlow only on its backend: a JAX training step builds this too
+    load_keras()  # TensorFlow only on its backend: a JAX training step builds this too
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(detector.opgraph(genotype), seed=seed, batch_size=batch_size)
     if bn_momentum is not None:
-        for layer in model._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = bn_momentum
+        set_bn_momentum(model, bn_momentum)
     return model
+
+
+def set_bn_momentum(model: Any, momentum: float) -> None:
+    """The moving-average momentum of every batch-norm layer in `model`."""
+    keras = load_keras()
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 def set_class_prior(model: Any, prior: float = CLASS_PRIOR) -> None:

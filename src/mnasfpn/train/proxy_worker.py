@@ -17,173 +17,31 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.data.coco import CocoSet, DataError, load_coco
-from mnasfpn.ir.build import TAP_BLOCKS
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.ir.graph import OpGraph
-from mnasfpn.ir.ops import MODEL_INPUT, Op
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.tfenv import load_tensorflow
-from mnasfpn.train.proxy import ProxyBudget, backbone_cache_dir
+from mnasfpn.train.head import LEVEL_NAMES, build_detector_and_backbone, build_head
+from mnasfpn.train.proxy_config import ProxyBudget, backbone_cache_dir
+from mnasfpn.train.schedule import Schedule
 
-LEVEL_NAMES = ("c3", "c4", "c5")
 EVAL_BATCH = 64
-LOG_EVERY = 50
 
 
-# ---- building Keras models from a slice of the IR ------------------------------------------
-
-
-def tap_ops(graph: OpGraph) -> list[int]:
-    """Op ids of the backbone's C3, C4, C5 outputs."""
-    by_name = {op.name: op.id for op in graph.ops}
-    out = []
-    for block in sorted(TAP_BLOCKS):
-        name = f"backbone/block{block}"
-        out.append(by_name.get(f"{name}/add", by_name.get(f"{name}/project", -1)))
-    if -1 in out:
-        raise RuntimeError("backbone taps not found in the IR (op names changed?)")
-    return out
-
-
-def is_frozen_backbone(op: Op) -> bool:
-    """Backbone ops up to C5; C6 (a max-pool and a 1×1 conv to C) belongs to the child."""
-    return op.part == "backbone" and not op.name.startswith("backbone/c6/")
-
-
-def build_ops(ops: list[Op], inputs: dict[int, Any], outputs: list[int], name: str) -> Any:
-    """A Keras model of `ops` (in execution order) fed by `inputs` (op id → keras.Input):
-    one layer per op, weight groups shared, as the IR's own builder does."""
-    import keras
-
-    from mnasfpn.model.keras_builder import layer_name
-    from mnasfpn.model.layers import make_layer
-
-    tensors = dict(inputs)
-    shared: dict[str, Any] = {}
-    for op in ops:
-        layer = shared.get(op.weight_group) if op.weight_group else None
-        if layer is None:
-            layer = make_layer(
-                op.type, in_shapes=op.in_shapes, out_shape=op.out_shape, kernel=op.kernel,
-                stride=op.stride, act=op.act, batchnorm=op.batchnorm, bias=op.bias,
-                name=layer_name(op.weight_group or op.name),
-            )  # fmt: skip
-            if op.weight_group:
-                shared[op.weight_group] = layer
-        args = [tensors[i] for i in op.inputs]
-        tensors[op.id] = layer(args if len(args) > 1 else args[0])
-    return keras.Model(list(inputs.values()), [tensors[i] for i in outputs], name=name)
-
-
-def build_detector_and_backbone(graph: OpGraph) -> tuple[Any, Any]:
-    """(whole detector image → [codes, logits], its backbone image → [C3, C4, C5]) sharing
-    layers; free batch dimension."""
-    import keras
-
-    image = keras.Input(shape=graph.input_shape, name="image")
-    detector = build_ops(graph.live_ops(), {MODEL_INPUT: image}, list(graph.outputs), "reference")
-    taps = [detector.get_layer(_layer_of(graph, i)).output for i in tap_ops(graph)]
-    return detector, keras.Model(image, taps, name="backbone")
-
-
-def _layer_of(graph: OpGraph, op_id: int) -> str:
-    from mnasfpn.model.keras_builder import layer_name
-
-    op = graph.ops[op_id]
-    return layer_name(op.weight_group or op.name)
-
-
-def build_head(graph: OpGraph) -> tuple[Any, list[int]]:
-    """The child's trainable part (C6, cells, predictor) fed by the cached taps it reads;
-    returns the model and which of C3, C4, C5 (0, 1, 2) it takes, in order."""
-    import keras
-
-    ops = [op for op in graph.live_ops() if not is_frozen_backbone(op)]
-    used = {i for op in ops for i in op.inputs}
-    taps = tap_ops(graph)
-    inputs, levels = {}, []
-    for level, op_id in enumerate(taps):
-        if op_id in used:
-            shape = graph.ops[op_id].out_shape
-            inputs[op_id] = keras.Input(shape=shape, name=LEVEL_NAMES[level])
-            levels.append(level)
-    known = set(inputs) | {op.id for op in ops}
-    if not used <= known:
-        raise RuntimeError("the head reads backbone ops other than C3..C5")
-    return build_ops(ops, inputs, list(graph.outputs), "proxy_head"), levels
-
-
-# ---- SSD training steps -------------------------------------------------------------------
-
-
-def _set_bn_momentum(model: Any, momentum: float) -> None:
-    import keras
-
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-
-
-def _set_class_prior(model: Any) -> None:
-    from mnasfpn.train.detector import set_class_prior
-
-    set_class_prior(model)
-
-
-def _train_loop(
-    model: Any,
-    batches: Iterator[tuple[Any, Any, Any]],
-    *,
-    steps: int,
-    lr: float,
-    warmup_frac: float,
-    weight_decay: float,
-    input_size: int,
-    num_classes: int,
+def _train(
+    model: Any, batches: Iterator[tuple[Any, Any, Any]], *, steps: int, lr: float,
+    warmup_frac: float, weight_decay: float, input_size: int, num_classes: int,
     preprocess: bool,
-) -> float:
-    """Momentum SGD with the paper's schedule shape on the SSD loss; returns the mean loss
-    of the last 10% of steps."""
-    tf = load_tensorflow()
-    import keras
+) -> float:  # fmt: skip
+    """The shared training step (mnasfpn.train.step) on the paper's schedule shape for a
+    fixed number of steps; the mean loss of the last 10% of them."""
+    from mnasfpn.train.step import StepConfig, make_step_fn, run_steps, sgd
 
-    from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
-    from mnasfpn.train.boxes import targets
-    from mnasfpn.train.detector import preprocess as to_unit_range
-    from mnasfpn.train.objective import decayed_indices, training_loss
-    from mnasfpn.train.schedule import Schedule
-
-    anchors = tf.constant(anchor_centers_sizes(input_size))
-    corners = tf.constant(anchor_corners(input_size))
-    variables = model.trainable_variables
-    kernels = [variables[i] for i in decayed_indices(variables)]
-    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    optimizer.build(variables)
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step_fn(x: Any, boxes: Any, classes: Any) -> Any:
-        box_t, onehot, positive = targets(anchors, corners, boxes, classes, num_classes)
-        with tf.GradientTape() as tape:
-            codes, logits = model(to_unit_range(x) if preprocess else x, training=True)
-            loss = training_loss(codes, logits, box_t, onehot, positive, kernels,
-                                 weight_decay)["loss"]  # fmt: skip
-        grads = tape.gradient(loss, variables)
-        grads, _ = tf.clip_by_global_norm(grads, 10.0)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return loss
-
+    optimizer = sgd(lr, model.trainable_variables)
+    config = StepConfig(input_size, num_classes, weight_decay=weight_decay, preprocess=preprocess)
+    step_fn = make_step_fn(model, optimizer, config)
     schedule = Schedule(lr, steps, max(1, round(warmup_frac * steps)))
-    tail: list[float] = []
-    for step in range(steps):
-        x, boxes, classes = next(batches)
-        optimizer.learning_rate.assign(schedule(step))
-        loss = float(step_fn(x, boxes, classes))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}")
-        if step >= steps - max(1, steps // 10):
-            tail.append(loss)
-    return float(np.mean(tail))
+    return run_steps(step_fn, optimizer, batches, schedule, steps)
 
 
 # ---- the shared backbone and its feature cache -------------------------------------------
@@ -286,6 +144,7 @@ def _make_backbone_cache(out: Path, train: CocoSet, val: CocoSet, budget: ProxyB
     import keras
 
     from mnasfpn.data.pipeline import make_dataset
+    from mnasfpn.train.detector import set_bn_momentum, set_class_prior
     from mnasfpn.train.schedule import bn_momentum
 
     keras.utils.set_random_seed(budget.backbone_seed)
@@ -293,13 +152,13 @@ def _make_backbone_cache(out: Path, train: CocoSet, val: CocoSet, budget: ProxyB
     config = DetectorConfig(budget.input_size, train.num_classes, budget.alpha, budget.depth)
     graph = config.opgraph(reference)
     detector, backbone = build_detector_and_backbone(graph)
-    _set_bn_momentum(detector, bn_momentum(budget.backbone_steps))
-    _set_class_prior(detector)
+    set_bn_momentum(detector, bn_momentum(budget.backbone_steps))
+    set_class_prior(detector)
     max_boxes = _max_boxes(train, val)
     ds = make_dataset(train, budget.input_size, budget.backbone_batch_size, training=True,
                       seed=budget.backbone_seed, max_boxes=max_boxes)  # fmt: skip
     batches = ((b["image"], b["boxes"], b["classes"]) for b in ds)
-    loss = _train_loop(
+    loss = _train(
         detector, batches, steps=budget.backbone_steps, lr=budget.backbone_lr,
         warmup_frac=0.05, weight_decay=4e-5, input_size=budget.input_size,
         num_classes=train.num_classes, preprocess=True,
@@ -342,35 +201,19 @@ def _feature_batches(
 def _evaluate(
     head: Any, levels: list[int], val: Features, coco: CocoSet, input_size: int
 ) -> dict[str, float]:
+    """The NMS and COCO evaluation of `mnasfpn eval`, on the cached val features."""
     tf = load_tensorflow()
-
-    from mnasfpn.train.anchors import anchor_centers_sizes
-    from mnasfpn.train.boxes import decode
     from mnasfpn.train.coco_metrics import coco_metrics
-    from mnasfpn.train.evaluate import NmsConfig, detections_to_coco
+    from mnasfpn.train.evaluate import coco_results, make_predict_fn
 
-    nms = NmsConfig()
-    anchors = tf.constant(anchor_centers_sizes(input_size))
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def predict(x: Any) -> Any:
-        codes, logits = head(x, training=False)
-        out = tf.image.combined_non_max_suppression(
-            decode(codes, anchors)[:, :, None, :], tf.sigmoid(logits),
-            max_output_size_per_class=nms.max_detections, max_total_size=nms.max_detections,
-            iou_threshold=nms.iou, score_threshold=nms.score_threshold, clip_boxes=True,
-        )  # fmt: skip
-        return out.nmsed_boxes, out.nmsed_scores, out.nmsed_classes, out.valid_detections
-
-    results: list[dict[str, Any]] = []
-    cats = list(coco.class_index.coco_ids)
-    for s in range(0, len(val), EVAL_BATCH):
-        sl = slice(s, s + EVAL_BATCH)
-        x = [tf.constant(val.maps[lv][sl], dtype=tf.float32) for lv in levels]
-        boxes, scores, classes, counts = (t.numpy() for t in predict(x))
-        results += detections_to_coco(boxes, scores, classes, counts, val.image_id[sl],
-                                      val.scale[sl], input_size, cats)  # fmt: skip
-    return coco_metrics(coco.ground_truth(), results, [int(i) for i in val.image_id])
+    predict = make_predict_fn(head, input_size, preprocess_images=False)
+    batches = (
+        ([tf.constant(val.maps[lv][s : s + EVAL_BATCH], dtype=tf.float32) for lv in levels],
+         val.image_id[s : s + EVAL_BATCH], val.scale[s : s + EVAL_BATCH])
+        for s in range(0, len(val), EVAL_BATCH)
+    )  # fmt: skip
+    results, seen = coco_results(predict, batches, input_size, list(coco.class_index.coco_ids))
+    return coco_metrics(coco.ground_truth(), results, seen)
 
 
 def run_proxy(
@@ -383,6 +226,8 @@ def run_proxy(
     """One child, start to finish (in the spawned process); ProxyResult's fields.
     `on_ready()` is called once the shared backbone cache exists (the time limit starts)."""
     import warnings
+
+    from mnasfpn.train.detector import set_bn_momentum, set_class_prior
 
     tf = load_tensorflow()
     if budget.threads:
@@ -408,10 +253,10 @@ def run_proxy(
     keras.utils.set_random_seed(budget.seed)
     config = DetectorConfig(budget.input_size, train.num_classes, budget.alpha, budget.depth)
     head, levels = build_head(config.opgraph(genotype))
-    _set_bn_momentum(head, 0.99)
-    _set_class_prior(head)
+    set_bn_momentum(head, 0.99)
+    set_class_prior(head)
     t0 = time.perf_counter()
-    loss = _train_loop(
+    loss = _train(
         head, _feature_batches(views, levels, budget.batch_size, budget.seed),
         steps=budget.steps, lr=budget.lr, warmup_frac=budget.warmup_frac,
         weight_decay=budget.weight_decay, input_size=budget.input_size,

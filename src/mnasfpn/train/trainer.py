@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.tfenv import load_tensorflow
-from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
 from mnasfpn.train.checkpoint import (
     EmaWeights,
     read_latest,
     restore_checkpoint,
     save_checkpoint,
 )
-from mnasfpn.train.detector import build_detector, preprocess, set_class_prior
+from mnasfpn.train.detector import build_detector, set_class_prior
 from mnasfpn.train.run import METRICS_FILE, RunInfo
 from mnasfpn.train.schedule import Schedule
+from mnasfpn.train.step import StepConfig, sgd
+from mnasfpn.train.step import make_step_fn as build_step_fn
 
 # One pass over the training data for epoch e (seeded by e): a tf.data.Dataset of batches
 # as mnasfpn.data.make_dataset yields them (image, boxes, classes, ...).
@@ -41,35 +42,12 @@ class TrainResult:
     last: dict[str, float]
 
 
-def _make_step_fn(model: Any, info: RunInfo, optimizer: Any, ema: EmaWeights | None) -> Any:
-    tf = load_tensorflow()
-    from mnasfpn.train.boxes import targets
-    from mnasfpn.train.objective import decayed_indices, training_loss
-
+def make_step_fn(model: Any, info: RunInfo, optimizer: Any, ema: EmaWeights | None) -> Any:
+    """The run's training step (mnasfpn.train.step) for its detector and settings."""
     hp = info.hparams
-    num_classes = info.detector.num_classes
-    anchors = tf.constant(anchor_centers_sizes(info.detector.input_size))
-    corners = tf.constant(anchor_corners(info.detector.input_size))
-    variables = model.trainable_variables
-    kernels = [variables[i] for i in decayed_indices(variables)]
-
-    @tf.function(reduce_retracing=True)
-    def step_fn(images: Any, boxes: Any, classes: Any) -> dict[str, Any]:
-        box_t, onehot, positive = targets(anchors, corners, boxes, classes, num_classes)
-        with tf.GradientTape() as tape:
-            codes, logits = model(preprocess(images), training=True)
-            out = training_loss(codes, logits, box_t, onehot, positive, kernels,
-                                hp.weight_decay)  # fmt: skip
-        grads = tape.gradient(out["loss"], variables)
-        grads, norm = tf.clip_by_global_norm(grads, hp.clip_norm)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        if ema is not None:
-            ema.update(optimizer.iterations)
-        batch = tf.cast(tf.shape(images)[0], tf.float32)
-        matched = out.pop("matched")
-        return {**out, "grad_norm": norm, "matched_per_image": matched / batch}
-
-    return step_fn
+    config = StepConfig(info.detector.input_size, info.detector.num_classes,
+                        weight_decay=hp.weight_decay, clip_norm=hp.clip_norm)  # fmt: skip
+    return build_step_fn(model, optimizer, config, ema)
 
 
 class _MetricsLog:
@@ -130,8 +108,7 @@ def train(
     model = build_detector(
         info.genotype, info.detector, batch_size=None, bn_momentum=hp.bn_momentum, seed=hp.seed
     )
-    optimizer = keras.optimizers.SGD(learning_rate=hp.lr, momentum=hp.momentum)
-    optimizer.build(model.trainable_variables)
+    optimizer = sgd(hp.lr, model.trainable_variables, hp.momentum)
     ema = EmaWeights(model, hp.ema_decay) if hp.ema_decay else None
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done this epoch
@@ -167,7 +144,7 @@ def train(
             iterator = iter(batches(int(epoch_var.numpy())).skip(int(batch_var.numpy())))
         echo(f"resuming {run_dir} from step {start} (checkpoint {latest.prefix})")
 
-    step_fn = _make_step_fn(model, info, optimizer, ema)
+    step_fn = make_step_fn(model, info, optimizer, ema)
     schedule = Schedule(hp.lr, hp.steps, hp.warmup_steps)
     log = _MetricsLog(run_dir / METRICS_FILE, keep_until=start)
     end = hp.steps if stop_after is None else min(hp.steps, stop_after)
