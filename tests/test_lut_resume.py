@@ -3,6 +3,7 @@ measures, which identity a table accepts, and when a build may report success.""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import SCRIPTED_CONFIG as CONFIG
 from conftest import SCRIPTED_SPACE as SPACE
-from conftest import ScriptedOptions
+from conftest import ScriptedOptions, make_table
 from mnasfpn.cli import lut_main
 from mnasfpn.devices.profiles import load_profile
 from mnasfpn.lut import build as lut_build
@@ -147,10 +148,6 @@ def test_the_run_policy_is_recorded_and_a_table_from_before_it_counts_as_fixed(
 def test_missing_op_hint_is_a_command_that_works(
     tmp_path: Path, fake_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shlex
-
-    from test_lut_predict import make_table
-
     out = tmp_path / "my tables" / "t.sqlite"
     out.parent.mkdir()
     key = next(k for k in required_keys([SPACE], CONFIG) if k.startswith("conv2d"))
@@ -205,10 +202,6 @@ def test_a_second_build_into_one_table_is_refused(tmp_path: Path, fake_models: P
 def test_input_size_hint_is_a_command_that_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shlex
-
-    from test_lut_predict import make_table
-
     table = tmp_path / "t.sqlite"
     make_table(table)
     res = CliRunner().invoke(
