@@ -361,7 +361,7 @@ def prepare(
 
     if trials < 1:
         raise MnasfpnError(f"--trials must be at least 1, got {trials}")
-    STRATEGIES.get(strategy)
+    STRATEGIES.get(strategy)  # an unknown name fails here, before the table loads
     space = SEARCHABLE.get(space_name)
     if not lut_path.exists():
         raise MnasfpnError(f"--lut {lut_path}: no such table; build one with mnasfpn-lut build")
