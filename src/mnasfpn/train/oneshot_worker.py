@@ -365,7 +365,7 @@ class Scorer:
 
         results, seen = coco_results(predict, self.val, self.shape.detector.input_size,
                                      list(self.coco.class_index.coco_ids))  # fmt: skip
-        metrics = coco_metrics(self.coco.ground_truth(), results, seen)
+        metrics = coco_metrics(self.coco.ground_truth(), results, seen, engine="faster")
         t2 = time.perf_counter()
         clean = {k: (v if np.isfinite(v) else -1.0) for k, v in metrics.items()}
         return {

@@ -301,6 +301,12 @@ class Child:
 def _weighted(tf: Any, op: Op, s: _Step, kernel: Any, weights: Mapping[str, Any], x: Any,
               mode: str, stats: BnStats | None) -> Any:  # fmt: skip
     width = op.out_shape[2]
+    if mode == "infer" and op.batchnorm and op.type == "conv2d":
+        # BN folded into the conv, as the converter folds it: one conv and one add per op
+        assert stats is not None
+        folded, offset = stats.folded(s, kernel, weights, width)
+        y = tf.nn.conv2d(x, folded, op.stride, "SAME") + offset
+        return tf.nn.relu6(y) if op.act == "relu6" else y
     if op.type == "conv2d":
         y = tf.nn.conv2d(x, kernel, op.stride, "SAME")
     else:
@@ -356,6 +362,22 @@ class BnStats:
     def __init__(self) -> None:
         self.sums: dict[str, list[Any]] = {}
         self.frozen: dict[str, tuple[Any, Any]] = {}
+        self._folded: dict[str, tuple[Any, Any]] = {}
+
+    def folded(
+        self, s: Any, kernel: Any, weights: Mapping[str, Any], width: int
+    ) -> tuple[Any, Any]:
+        """A BN conv's kernel scaled by γ/√(σ²+ε) and its offset β − μ·γ/√(σ²+ε), made once
+        per layer (a child scores many batches with the same statistics)."""
+        got = self._folded.get(s.layer)
+        if got is None:
+            tf = load_tensorflow()
+            mean, var = self.get(s.layer, width)
+            gamma = _take(tf, weights[f"{s.key}/gamma"], (0,), (width,))
+            beta = _take(tf, weights[f"{s.key}/beta"], (0,), (width,))
+            scale = gamma * tf.math.rsqrt(var + BN_EPSILON)
+            got = self._folded[s.layer] = (kernel * scale, beta - mean * scale)
+        return got
 
     def add(self, layer: str, mean: Any, var: Any) -> None:
         entry = self.sums.get(layer)
@@ -366,6 +388,7 @@ class BnStats:
             entry[1] = entry[1] + var
             entry[2] += 1
         self.frozen.pop(layer, None)
+        self._folded.pop(layer, None)
 
     def get(self, layer: str, width: int) -> tuple[Any, Any]:
         got = self.frozen.get(layer)
