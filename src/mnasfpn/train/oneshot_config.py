@@ -46,7 +46,7 @@ class OneShotBudget:
     seed: int = 0
     # Scoring: BN statistics re-estimated on this many train batches of this size (the same
     # images for every child), then COCO mAP on the val split (its first `val_images`).
-    bn_batches: int = 4
+    bn_batches: int = 2
     bn_batch_size: int = 32
     val_images: int | None = None
     # How it runs, not what it computes: checkpoint interval of the supernet's training.
