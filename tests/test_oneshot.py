@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -290,16 +289,6 @@ _RESUMABLE = textwrap.dedent(
 )
 
 
-def _finished(folder: Path) -> int:
-    try:
-        con = sqlite3.connect(folder / "trials.sqlite", timeout=5)
-        n = con.execute("SELECT COUNT(*) FROM trials WHERE status != 'running'").fetchone()[0]
-        con.close()
-        return int(n)
-    except sqlite3.Error:
-        return 0
-
-
 def _stored(folder: Path) -> list[tuple[object, ...]]:
     with TrialStore.open(folder, readonly=True) as store:
         return [(t.id, t.status, t.decisions, t.map, t.reward) for t in store.trials()]
@@ -310,6 +299,9 @@ def test_oneshot_search_resumes_after_sigkill(tiny_data: Path, cache: Path, tabl
                                               tmp_path: Path) -> None:  # fmt: skip
     pytest.importorskip("tensorflow")
     from mnasfpn.train.oneshot_worker import ensure_supernet
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_search import _finished
 
     ensure_supernet(_key(tiny_data), cache)
     script = tmp_path / "search.py"
