@@ -364,3 +364,19 @@ def test_killed_supernet_training_resumes_from_its_checkpoint(tiny_data: Path, c
     resumed = json.loads(out.stdout.strip().splitlines()[-1])["resumed_from"]
     assert resumed > 0 and resumed % 5 == 0  # from a checkpoint: at most one interval lost
     assert (key.folder(cache) / "done.json").exists()
+
+
+def test_driver_side_does_not_load_tensorflow() -> None:
+    """The search's driver builds the one-shot evaluator, its identity and its finalists
+    without TensorFlow (it loads in the workers and the supernet's spawned trainer)."""
+    code = (
+        "import sys\n"
+        "from mnasfpn.search.evaluators import OneShotEvaluator\n"
+        "from mnasfpn.search.finalists import FinalistSpec\n"
+        "from mnasfpn.train.oneshot import OneShotBudget, check_child\n"
+        "from mnasfpn.searchspace.named import get_architecture\n"
+        "check_child('mnasfpn', 4, get_architecture('paper-mnasfpn'))\n"
+        "OneShotEvaluator('d', OneShotBudget(), 'mnasfpn', 4).budget.scoring_fields()\n"
+        "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())

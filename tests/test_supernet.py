@@ -50,7 +50,7 @@ def _weights(shape: SupernetShape, seed: int = 0) -> dict[str, object]:
 
 def _genotypes(space: str) -> list:
     rng = random.Random(space)
-    out = [get_space(space).sample(rng).with_repeats(1 + i % REPEATS) for i in range(3)]
+    out = [get_space(space).sample(rng).with_repeats(1 + i % REPEATS) for i in range(2)]
     named = {"mnasfpn": [get_architecture("paper-mnasfpn", REPEATS), weak_head()],
              "conn-search": [get_architecture("paper-mnasfpn", 1)],
              "nasfpnlite-s": [nasfpnlite(REPEATS)]}  # fmt: skip
