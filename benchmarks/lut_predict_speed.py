@@ -1,25 +1,23 @@
-"""Throughput of table predictions: Genotype objects vs decision rows, batch and single.
+"""Speed of table predictions: in a process (batch, batches of 64, one genotype per call)
+and as a user runs them (`mnasfpn-lut predict` of one named architecture and of a .jsonl
+file of sampled genotypes, process start included).
 
     python benchmarks/lut_predict_speed.py [--lut FILE] [--n 20000] [--space mnasfpn]
-        [--baseline GIT-REV]
+        [--jsonl 10000] [--baseline GIT-REV]
 
 Without --lut, a table with every key of the space (latencies derived from the keys) is
 written to a temporary file, so the figure needs no device. Sampling genotypes is not
-timed. Each figure is the best of --repeat runs on a warm table (components are memoized
-on first use; the cold first call is reported too), as this process's CPU time
-(time.process_time: steadier than wall when other jobs share the cores; wall is shown
-too), with the load average before and after.
+timed. Each in-process figure is the best of --repeat runs on a warm table (components
+are memoized on first use; the cold first call is reported too), as this process's CPU
+time (time.process_time: steadier than wall when other jobs share the cores; wall is shown
+too), with the load average before and after. The commands are timed by wall clock and
+by their CPU time (user + system), best of three.
 
-Two ways in: Genotype objects (`LatencyTable.predict`), and decision rows of the space
-(`encode_batch`, then `LatencyTable.predict_encoded`: what the search hands the table,
-its proposals being rows already). Encoding is timed on its own and together with the
-prediction. "Fresh objects" predicts genotypes the predictor has never seen (new Python
-objects each run).
-
---baseline REV also times `LatencyTable.predict` of that git revision (its whole package,
-from `git archive`, in a worker process) on the same genotypes: the baseline, this tree's
-Genotype path and its encoded path alternate run by run, so a loaded machine slows all
-alike; each figure and its ratio to the baseline are printed.
+--baseline REV also times the predictor of that git revision (its whole package, from
+`git archive`): `LatencyTable.predict` in a worker process on the same genotypes, and
+`mnasfpn-lut predict` of the same .jsonl file. The baseline's runs and this tree's
+alternate, so a loaded machine slows both alike; each figure and its ratio to the
+baseline are printed.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import argparse
 import hashlib
 import io
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,8 +41,7 @@ from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.batch import encode_batch
-from mnasfpn.searchspace.spaces import get_space, sample_genotypes
+from mnasfpn.searchspace.spaces import sample_genotypes
 
 # Genotypes timed one per call against the baseline.
 FEW = 500
@@ -66,7 +64,10 @@ def synthetic_table(path: Path, space: str, input_size: int) -> None:
         sid = store.start_session("build", {"note": "synthetic benchmark table"})
         for k in keys:
             v = 0.001 + int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 2**32
-            store.add_op(k, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0, session=sid)
+            store.add_op_pass(
+                k, 0, passes=1, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0,
+                session=sid,
+            )  # fmt: skip
 
 
 # The baseline: another revision's whole package in a process of its own, which times its
@@ -135,53 +136,65 @@ class Baseline:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def compare(base: Baseline, table: LatencyTable, space: str, gs: list, rounds: int) -> None:
-    """The baseline's Genotype path, this tree's Genotype path and this tree's encoded path
-    (with and without encoding) on the same genotypes, alternating run by run after a
-    warm-up of each: one whole batch, batches of 64, and one genotype per call."""
-    sp = get_space(space)
-    codes = encode_batch(sp, gs)
+def run_cli(args: list[str], pythonpath: Path | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `mnasfpn-lut` command in its own process, output
+    discarded; `pythonpath`: the package to run (default: this tree's)."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    cmd = [sys.executable, "-c", "from mnasfpn.cli import lut_main; lut_main()", *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def compare(
+    base: Baseline, table: LatencyTable, gs: list, rounds: int, cli_args: list[str]
+) -> None:
+    """The baseline's predictor and this tree's on the same genotypes, alternating run by
+    run after a warm-up of each: one whole batch, batches of 64, one genotype per call,
+    and `mnasfpn-lut predict` of the .jsonl file."""
     want = base.predictions
-    got = [table.predict(gs, calibrated=False), table.predict_encoded(codes, sp, calibrated=False)]
-    worst = max(float(np.max(np.abs(v - want) / np.maximum(np.abs(want), 1e-12))) for v in got)
-    ways = {
-        "Genotype objects": lambda b: table.predict(b[0], calibrated=False),
-        "rows": lambda b: table.predict_encoded(b[1], sp, calibrated=False),
-        "encode + rows": lambda b: table.predict_encoded(
-            encode_batch(sp, b[0]), sp, calibrated=False
-        ),
+    got = table.predict(gs, calibrated=False)
+    worst = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-12)))
+    batches = {
+        "batch": [gs],
+        "64": [gs[i : i + 64] for i in range(0, len(gs), 64)],
+        "one": [gs[i : i + 1] for i in range(FEW)],
     }
-    workloads = (
-        ("batch", f"one batch of {len(gs)}", len(gs), [(gs, codes)]),
-        (
-            "64",
-            "batches of 64",
-            len(gs),
-            [(gs[i : i + 64], codes[i : i + 64]) for i in range(0, len(gs), 64)],
-        ),
-        (
-            "one",
-            "one genotype per call",
-            FEW,
-            [(gs[i : i + 1], codes[i : i + 1]) for i in range(FEW)],
-        ),
-    )
+    labels = {
+        "batch": (f"one batch of {len(gs)}", len(gs)),
+        "64": ("batches of 64", len(gs)),
+        "one": ("one genotype per call", FEW),
+    }
     print(
         f"alternating the baseline and this tree, {rounds} rounds (best of each; CPU time; "
         "architectures/s, and the median speed-up over the baseline run by run):"
     )
-    print(f"  {'workload':<22}{'baseline':>26}" + "".join(f"{name:>26}" for name in ways))
-    for key, label, n, batches in workloads:
-        cpu: dict[str, list[float]] = {name: [] for name in ("baseline", *ways)}
+    print(f"  {'workload':<34}{'baseline':>22}{'this tree':>22}")
+    for key, bs in batches.items():
+        base_cpu, cpu = [], []
         for _ in range(rounds):
-            cpu["baseline"].append(base.cpu_seconds(key))
-            for name, fn in ways.items():
-                cpu[name].append(_timed(lambda f=fn, bs=batches: [f(b) for b in bs])[1])  # type: ignore[misc]
-        cells = []
-        for name in cpu:
-            ratios = [b / t for b, t in zip(cpu["baseline"], cpu[name], strict=True)]
-            cells.append(f"{n / min(cpu[name]):,.0f} ({np.median(ratios):.2f}x)")
-        print(f"  {label:<22}" + "".join(f"{c:>26}" for c in cells))
+            base_cpu.append(base.cpu_seconds(key))
+            cpu.append(
+                _timed(lambda bs=bs: [table.predict(b, calibrated=False) for b in bs])[1]  # type: ignore[misc]
+            )
+        label, n = labels[key]
+        ratio = np.median([b / t for b, t in zip(base_cpu, cpu, strict=True)])
+        print(f"  {label:<34}{n / min(base_cpu):>22,.0f}{n / min(cpu):>13,.0f} ({ratio:.2f}x)")
+    walls: dict[str, list[tuple[float, float]]] = {"baseline": [], "this tree": []}
+    for _ in range(rounds):
+        walls["baseline"].append(run_cli(cli_args, base.folder / "src"))
+        walls["this tree"].append(run_cli(cli_args))
+    (bw, bc), (tw, tc) = (_best(walls["baseline"]), _best(walls["this tree"]))
+    print(
+        f"  {'mnasfpn-lut predict, .jsonl':<34}{f'{bw:.2f} s ({bc:.2f} CPU)':>22}"
+        f"{f'{tw:.2f} s ({tc:.2f} CPU)':>22}  wall, best of {rounds}"
+    )
     print(f"  largest relative difference from the baseline's predictions: {worst:.1e}")
 
 
@@ -190,6 +203,7 @@ def main() -> None:
     ap.add_argument("--lut", type=Path, default=None)
     ap.add_argument("--space", default="mnasfpn")
     ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--jsonl", type=int, default=10000, help="genotypes in the .jsonl file")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline", default=None, help="git revision to compare against")
@@ -199,62 +213,39 @@ def main() -> None:
     if lut is None:
         lut = Path(tmp.name) / "synthetic.sqlite"
         synthetic_table(lut, args.space, 320)
+    jsonl = Path(tmp.name) / "sampled.jsonl"
+    sampled = sample_genotypes(args.space, args.jsonl, args.seed + 100)
+    jsonl.write_text("".join(g.to_json(indent=None) + "\n" for g in sampled))
+    cli_args = ["predict", "--lut", str(lut), "--arch", str(jsonl)]
     t0 = time.perf_counter()
     table = LatencyTable.open(lut)
     open_s = time.perf_counter() - t0
     gs = sample_genotypes(args.space, args.n, args.seed)
-    sp = get_space(args.space)
     load_before = os.getloadavg()
     rows = []
     rows.append(
-        ("predict, first call (builds component memo)", args.n, _timed(lambda: table.predict(gs)))
+        ("predict, first call (makes the components)", args.n, _timed(lambda: table.predict(gs)))
     )
     fresh = [sample_genotypes(args.space, args.n, args.seed + 1 + i) for i in range(args.repeat)]
     runs = [_timed(lambda batch=batch: table.predict(batch)) for batch in fresh]
     rows.append(("predict, fresh objects each run", args.n, _best(runs)))
     del fresh
-    codes = encode_batch(sp, gs)
-    few, few_codes = gs[:2000], codes[:2000]
+    few = gs[:2000]
     for label, fn in (
         ("predict (connectivity, calibrated if fitted)", lambda: table.predict(gs)),
-        ("predict_naive (all blocks)", lambda: table.predict_naive(gs)),
+        ("predict naive (all blocks)", lambda: table.predict(gs, naive=True)),
         ("breakdown (backbone/head/predictor)", lambda: table.breakdown(gs)),
         (
             "predict, batches of 64",
             lambda: [table.predict(gs[i : i + 64]) for i in range(0, len(gs), 64)],
         ),
         ("predict, one genotype per call (first 2000)", lambda: [table.predict([g]) for g in few]),
-        ("encode_batch (Genotype objects -> rows)", lambda: encode_batch(sp, gs)),
-        ("predict_encoded (rows -> ms)", lambda: table.predict_encoded(codes, sp)),
-        ("encode_batch + predict_encoded", lambda: table.predict_encoded(encode_batch(sp, gs), sp)),
-        ("breakdown_encoded", lambda: table.breakdown_encoded(codes, sp)),
-        (
-            "predict_encoded, batches of 64",
-            lambda: [table.predict_encoded(codes[i : i + 64], sp) for i in range(0, len(gs), 64)],
-        ),
-        (
-            "predict_encoded, one row per call (first 2000)",
-            lambda: [table.predict_encoded(few_codes[i : i + 1], sp) for i in range(len(few))],
-        ),
     ):
         n = len(few) if "first 2000" in label else args.n
         runs = [_timed(fn) for _ in range(args.repeat)]
         rows.append((label, n, _best(runs)))
-    cmd = [
-        sys.executable,
-        "-c",
-        "from mnasfpn.cli import lut_main; lut_main()",
-        "predict",
-        "--lut",
-        str(lut),
-        "--arch",
-        "paper-mnasfpn",
-    ]
-    walls = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        walls.append(time.perf_counter() - t0)
+    named = [run_cli(["predict", "--lut", str(lut), "--arch", "paper-mnasfpn"]) for _ in range(3)]
+    from_file = [run_cli(cli_args) for _ in range(3)]
     load_after = os.getloadavg()
     print(
         f"table: {lut} ({len(table.latencies)} ops, opened in {1000 * open_s:.1f} ms); "
@@ -271,15 +262,20 @@ def main() -> None:
             f"{label:<48} {n:>7} {cpu:>8.4f} {n / cpu:>12,.0f} {1e6 * cpu / n:>12.2f} "
             f"{n / wall:>13,.0f}"
         )
-    print(
-        f"{'mnasfpn-lut predict --arch paper-mnasfpn (wall)':<48} {1:>7} {min(walls):>9.3f} "
-        f"{'':>11} {'':>8}  (best of 3, process start included)"
-    )
+    for label, n, runs in (
+        ("mnasfpn-lut predict --arch paper-mnasfpn", 1, named),
+        ("mnasfpn-lut predict --arch FILE.jsonl", args.jsonl, from_file),
+    ):
+        wall, cpu = _best(runs)
+        print(
+            f"{label:<48} {n:>7} {cpu:>8.3f} {'':>12} {'':>12} {f'{wall:.3f} s wall':>13}"
+            "  (best of 3, process start included)"
+        )
     if args.baseline:
         print()
         base = Baseline(args.baseline, lut, args.space, args.n, args.seed, FEW)
         try:
-            compare(base, table, args.space, gs, max(args.repeat, 3))
+            compare(base, table, gs, max(args.repeat, 3), cli_args)
         finally:
             base.close()
     tmp.cleanup()

@@ -1,15 +1,163 @@
-"""Fixtures shared by the test modules: the small TFLite models the device tests time
-(converted once per test session), and a way to run a command on a read-only folder."""
+"""Fixtures and helpers shared by the test modules (they import the helpers from here):
+tables of the real schema with a deterministic latency per key, a scripted device for
+builds without timing, the small TFLite models the device tests time (converted once per
+test session), and a way to run a command on a read-only folder."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from mnasfpn.devices.profiles import Profile, load_profile
+from mnasfpn.devices.results import DeviceInfo, TimingResult
+from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut.build import DeviceOptions, required_keys
+from mnasfpn.lut.store import TableStore
+from mnasfpn.profiler import micromodel
+
+# The input size of the test tables (small: fast to enumerate and to build graphs for).
+SIZE = 64
+
+# -- tables ------------------------------------------------------------------------------
+
+
+def key_latency(key: str) -> float:
+    """A deterministic, distinct latency per key (so sums identify the keys summed)."""
+    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return 0.001 + h / 2**32
+
+
+def record_op(store: TableStore, key: str, ms: float, session: str) -> None:
+    """One op measured in one pass, as a build records it."""
+    store.add_op_pass(
+        key, 0, passes=1, median_ms=ms, min_ms=ms, std_ms=0.0, runs=1, dispersion=0.0,
+        session=session,
+    )  # fmt: skip
+
+
+def make_table(
+    path: Path,
+    spaces: Sequence[str] = ("nasfpnlite-s",),
+    *,
+    input_size: int = SIZE,
+    drop: tuple[str, ...] = (),
+    profile: str = "host",
+) -> dict[str, float]:
+    """A table file of the real schema with `key_latency` for every key of `spaces` (less
+    `drop`), as a host build would write it; returns the latencies."""
+    config = DetectorConfig(input_size=input_size)
+    keys = [k for k in required_keys(spaces, config) if k not in drop]
+    lat = {k: key_latency(k) for k in keys}
+    with TableStore.open(path, create=True) as store:
+        store.set_meta(
+            {
+                "device": "host",
+                "profile": profile,
+                "device_model": "test cpu",
+                "abi": "x86_64",
+                "runtime": "ai-edge-litert",
+                "runtime_version": "2.3.0",
+                "converter_version": "2.21.0",
+                "input_size": input_size,
+                "num_classes": 90,
+                "alpha": 1.0,
+                "depth": 64,
+                "spaces": list(spaces),
+            }
+        )
+        sid = store.start_session("build", {"model": "test cpu"})
+        for k, v in lat.items():
+            record_op(store, k, v, sid)
+    return lat
+
+
+# -- a scripted device: builds without TensorFlow or timing --------------------------------
+
+SCRIPTED_SPACE = "nasfpnlite-s"
+SCRIPTED_CONFIG = DetectorConfig(input_size=SIZE)
+
+
+class ScriptedDevice:
+    """Times a model as a fixed function of its file name (and of the pass, by call count);
+    `fail_after` timings, it raises as a phone that went away would."""
+
+    timing_statistic = "median-wall"
+
+    def load_summary(self) -> dict[str, Any]:
+        return {"remeasured": 0}
+
+    def __init__(self, profile: Profile, *, fail_after: int | None = None) -> None:
+        self.profile = profile
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(
+            profile=self.profile.name, kind="host", model="scripted cpu", abi="x86_64",
+            core=1, runtime="ai-edge-litert", runtime_version="2.3.0",
+            binary_version="numpy 2",
+        )  # fmt: skip
+
+    def time_models(
+        self, paths: Sequence[Path], progress: Callable[[int, int, TimingResult], None]
+    ) -> list[TimingResult]:
+        out = []
+        for i, p in enumerate(paths):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise ConnectionError("device went away")
+            self.calls += 1
+            base = 0.01 + int(hashlib.sha1(Path(p).name.encode()).hexdigest()[:6], 16) / 2**24
+            ms = base * (1 + (self.calls % 3) / 10)
+            res = TimingResult(
+                model=str(p), ok=True, median_ms=ms, min_ms=ms * 0.9, std_ms=ms / 50, runs=5,
+                dispersion=0.01, latency_ms=ms, statistic="median", clock="wall",
+            )  # fmt: skip
+            out.append(res)
+            progress(i, len(paths), res)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedOptions(DeviceOptions):
+    fail_after: int | None = None
+
+    def open_all(self) -> list[Any]:
+        profile = load_profile(self.name)
+        if self.overrides:
+            profile = profile.replace(**self.overrides)
+        return [ScriptedDevice(profile, fail_after=self.fail_after)]
+
+
+@pytest.fixture
+def fake_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Micro-models are empty files named by key (the scripted device never reads them)."""
+    cache = tmp_path / "cache"
+
+    def paths(keys: Sequence[str], cache_dir: Path, **kw: Any) -> dict[str, Path]:
+        out = {}
+        for k in keys:
+            p = micromodel.cache_path(k, cache_dir)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+            out[k] = p
+        if kw.get("progress"):
+            kw["progress"](len(out))
+        return out
+
+    monkeypatch.setattr(micromodel, "micromodel_paths", paths)
+    return cache
+
+
+# -- device models and read-only folders ---------------------------------------------------
 
 ReadOnlyRunner = Callable[[Path, Sequence[str]], subprocess.CompletedProcess[str]]
 

@@ -367,7 +367,8 @@ _json = st.recursive(
 def _mutated_paper_doc(draw: st.DrawFn) -> dict[str, Any]:
     doc = copy.deepcopy(paper_mnasfpn().to_dict())
     for _ in range(draw(st.integers(0, 3))):
-        blocks = [b for b in doc.get("blocks") or () if isinstance(b, dict)]
+        have = doc.get("blocks")  # a mutation may have made it any JSON value
+        blocks = [b for b in have if isinstance(b, dict)] if isinstance(have, list) else []
         target = draw(st.sampled_from(blocks)) if blocks and draw(st.booleans()) else doc
         target[draw(_keys)] = draw(_json)
     return doc

@@ -1,8 +1,7 @@
-"""The fast table predictor against the OpGraph it shortcuts, on hand-checked tables."""
+"""The table predictor against the OpGraph it shortcuts, on hand-checked tables."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import subprocess
@@ -14,61 +13,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import SIZE, make_table
 from mnasfpn.cli import lut_main
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut import predictor
-from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.calibration import Calibration, feature_columns
-from mnasfpn.lut.predictor import CostModel, Settings
+from mnasfpn.lut.predictor import CostModel
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.batch import encode_batch
-from mnasfpn.searchspace.genotype import Block, Genotype, GenotypeError, genotype_from_dict
+from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
-from mnasfpn.searchspace.spaces import SPACES, get_space, pruned, sample_genotypes
-
-SIZE = 64
-
-
-def key_latency(key: str) -> float:
-    """A deterministic, distinct latency per key (so sums identify the keys summed)."""
-    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return 0.001 + h / 2**32
-
-
-def make_table(
-    path: Path,
-    spaces: tuple[str, ...] = ("nasfpnlite-s",),
-    *,
-    input_size: int = SIZE,
-    drop: tuple[str, ...] = (),
-    profile: str = "host",
-) -> dict[str, float]:
-    config = DetectorConfig(input_size=input_size)
-    keys = [k for k in required_keys(spaces, config) if k not in drop]
-    lat = {k: key_latency(k) for k in keys}
-    with TableStore.open(path, create=True) as store:
-        store.set_meta(
-            {
-                "device": "host",
-                "profile": profile,
-                "device_model": "test cpu",
-                "abi": "x86_64",
-                "runtime": "ai-edge-litert",
-                "runtime_version": "2.3.0",
-                "converter_version": "2.21.0",
-                "input_size": input_size,
-                "num_classes": 90,
-                "alpha": 1.0,
-                "depth": 64,
-                "spaces": list(spaces),
-            }
-        )
-        sid = store.start_session("build", {"model": "test cpu"})
-        for k, v in lat.items():
-            store.add_op(k, median_ms=v, min_ms=v, std_ms=0.0, runs=1, dispersion=0.0, session=sid)
-    return lat
+from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 
 
 def manual_sum(lat: dict[str, float], g: Genotype, *, live: bool = True) -> float:
@@ -79,7 +34,7 @@ def manual_sum(lat: dict[str, float], g: Genotype, *, live: bool = True) -> floa
 
 @pytest.mark.parametrize("space", sorted(SPACES))
 def test_fast_path_equals_live_ops_of_the_graph(space: str) -> None:
-    model = CostModel({}, Settings(input_size=SIZE))
+    model = CostModel({}, DetectorConfig(input_size=SIZE))
     rng = random.Random(7)
     gs = [g.with_repeats(rng.choice((1, 2, 3, 4))) for g in sample_genotypes(space, 25, 3)]
     for g in gs:
@@ -89,7 +44,7 @@ def test_fast_path_equals_live_ops_of_the_graph(space: str) -> None:
 
 
 def test_fast_path_at_320_and_named_architectures() -> None:
-    model = CostModel({}, Settings())
+    model = CostModel({}, DetectorConfig())
     gs = sample_genotypes("mnasfpn", 15, 11) + sample_genotypes("conn-search", 10, 12)
     gs += [get_architecture(n, r) for n in ("paper-mnasfpn", "paper-mnasfpn-nosdo") for r in (3, 5)]
     for g in gs:
@@ -107,7 +62,9 @@ def test_batch_prediction_equals_manual_sum(tmp_path: Path) -> None:
     want = np.array([manual_sum(lat, g) for g in gs])
     np.testing.assert_allclose(pred, want, rtol=1e-12)
     np.testing.assert_allclose(
-        table.predict_naive(gs), [manual_sum(lat, g, live=False) for g in gs], rtol=1e-12
+        table.predict(gs, calibrated=False, naive=True),
+        [manual_sum(lat, g, live=False) for g in gs],
+        rtol=1e-12,
     )
     # Batch and one-by-one agree; the breakdown adds up to the total.
     np.testing.assert_allclose([table.predict([g])[0] for g in gs[:5]], pred[:5], rtol=1e-12)
@@ -147,7 +104,7 @@ def test_dead_block_does_not_count_but_naive_does(tmp_path: Path) -> None:
     assert p_dead == pytest.approx(manual_sum(lat, g_dead), rel=1e-12)
     dead_ops = [o for o in graph.ops if o.name.startswith("head/") and "/block0/" in o.name]
     assert dead_ops and not any(graph.live[o.id] for o in dead_ops)
-    naive = table.predict_naive([g_dead])[0]
+    naive = table.predict([g_dead], calibrated=False, naive=True)[0]
     assert naive == pytest.approx(p_dead + sum(lat[o.key] for o in dead_ops), rel=1e-12)
     assert naive > p_dead
 
@@ -343,100 +300,6 @@ def test_a_batch_of_genotype_copies_predicts_the_same(tmp_path: Path) -> None:
     np.testing.assert_allclose(table.predict(gs[50:60]), first[50:60], rtol=1e-12)
 
 
-# -- decision rows (the integer-coded path) ---------------------------------------------
-
-
-@pytest.mark.parametrize("space", sorted(SPACES))
-def test_encoded_rows_equal_the_opgraph_per_part(tmp_path: Path, space: str) -> None:
-    """Rows of seeded random genotypes (and of pruned ones), with a repeat count per row:
-    per part and in total, the sums of the live ops' table entries of each OpGraph."""
-    lat = make_table(tmp_path / "t.sqlite", (space,))
-    table = LatencyTable.open(tmp_path / "t.sqlite")
-    sp = get_space(space)
-    gs = sample_genotypes(space, 10, 29)
-    gs += [pruned(g) for g in sample_genotypes(space, 4, 30)]
-    rng = random.Random(31)
-    reps = [rng.choice((1, 2, 3, 5)) for _ in gs]
-    gs = [g.with_repeats(r) for g, r in zip(gs, reps, strict=True)]
-    codes = encode_batch(sp, gs)
-    want = np.array([_graph_features(lat, g) for g in gs])
-    part_of = np.array([p for _, p in feature_columns()])
-    parts = table.breakdown_encoded(codes, sp, repeats=reps, calibrated=False)
-    for name in ("backbone", "head", "predictor"):
-        np.testing.assert_allclose(parts[name], want[:, part_of == name].sum(axis=1), rtol=1e-9)
-    got = table.predict_encoded(codes, space, repeats=np.array(reps), calibrated=False)
-    np.testing.assert_allclose(got, want.sum(axis=1), rtol=1e-9)
-    np.testing.assert_allclose(parts["total"], got, rtol=1e-12)
-    # The Genotype path agrees, and one repeat count for all rows is the same as many.
-    np.testing.assert_allclose(table.predict(gs, calibrated=False), got, rtol=1e-12)
-    three = table.predict_encoded(codes, sp, repeats=3, calibrated=False)
-    np.testing.assert_allclose(
-        three, table.predict([g.with_repeats(3) for g in gs], calibrated=False), rtol=1e-12
-    )
-
-
-def test_the_searchs_decision_indices_predict_like_their_genotypes(tmp_path: Path) -> None:
-    """What a search proposes (ragged index lists in conn-search), calibrated (op-type
-    scales and the cold-weight term)."""
-    make_table(tmp_path / "t.sqlite", ("conn-search",))
-    cal = Calibration(
-        2.0, {"conv2d": 0.8, "add": 1.5}, "type", {"n_train": 3}, {"weight_mib": 0.25}
-    )
-    with TableStore.open(tmp_path / "t.sqlite") as store:
-        store.set_calibration_doc(cal.to_dict())
-    table = LatencyTable.open(tmp_path / "t.sqlite")
-    sp = get_space("conn-search")
-    rows = [sp.encode(g) for g in sample_genotypes(sp, 40, 41)]
-    assert len({len(r) for r in rows}) > 1
-    canonical = [sp.canonical(r, repeats=2) for r in rows]
-    got = table.predict_encoded(rows, sp, repeats=2)
-    np.testing.assert_allclose(got, table.predict(canonical), rtol=1e-12)
-    want = (
-        2.0
-        + table.features(canonical) @ cal.column_scales()
-        + 0.25 * table.structure(canonical)[:, 0]
-    )
-    np.testing.assert_allclose(got, want, rtol=1e-9)
-    parts = table.breakdown_encoded(rows, "conn-search", repeats=2)
-    np.testing.assert_allclose(parts["total"], got, rtol=1e-12)
-    assert np.all(parts["overhead"] == 2.0)
-
-
-def test_encoded_batches_run_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_table(tmp_path / "t.sqlite", ("mnasfpn",))
-    table = LatencyTable.open(tmp_path / "t.sqlite")
-    sp = get_space("mnasfpn")
-    gs = sample_genotypes(sp, 50, 43)
-    codes = encode_batch(sp, gs)
-    whole = table.predict_encoded(codes, sp)
-    monkeypatch.setattr(predictor, "_CHUNK", 7)
-    np.testing.assert_allclose(table.predict_encoded(codes, sp), whole, rtol=1e-12)
-    np.testing.assert_allclose(table.predict(gs), whole, rtol=1e-12)
-    bad = codes.copy()
-    bad[23, 0] = 99
-    with pytest.raises(GenotypeError, match=r"^decision sequence #23: channels: index 99"):
-        table.predict_encoded(bad, sp)
-
-
-def test_encoded_batches_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
-    make_table(tmp_path / "t.sqlite", ("nasfpnlite-s",))
-    table = LatencyTable.open(tmp_path / "t.sqlite")
-    sp = get_space("mnasfpn")
-    codes = encode_batch(sp, sample_genotypes(sp, 3, 47))
-    # A table without the space's ops says how to add them.
-    with pytest.raises(TableError, match=r"--space mnasfpn") as info:
-        table.predict_encoded(codes, sp)
-    assert "genotype #0 (space mnasfpn)" in str(info.value)
-    with pytest.raises(TableError, match="unknown search space 'nope'"):
-        table.predict_encoded(codes, "nope")
-    with pytest.raises(GenotypeError, match="3 decision rows but 2 repeat counts"):
-        table.predict_encoded(codes, sp, repeats=[2, 3])
-    with pytest.raises(GenotypeError, match="repeats must be at least 1"):
-        table.predict_encoded(codes, sp, repeats=0)
-    with pytest.raises(GenotypeError, match="2-D"):
-        table.predict_encoded(codes[0], sp)
-
-
 @pytest.mark.slow
 def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None:
     """benchmarks/lut_predict_speed.py end to end on a small batch, against HEAD."""
@@ -447,6 +310,8 @@ def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None
             str(root / "benchmarks" / "lut_predict_speed.py"),
             "--n",
             "300",
+            "--jsonl",
+            "200",
             "--repeat",
             "1",
             "--baseline",
@@ -458,6 +323,6 @@ def test_the_predict_speed_benchmark_runs_and_agrees_with_its_baseline() -> None
         cwd=root,
     )
     assert res.returncode == 0, res.stderr
-    assert "predict_encoded (rows -> ms)" in res.stdout
+    assert "mnasfpn-lut predict --arch FILE.jsonl" in res.stdout
     worst = float(res.stdout.rsplit("baseline's predictions:", 1)[1].split()[0])
     assert worst < 1e-9

@@ -3,99 +3,22 @@ measures, which identity a table accepts, and when a build may report success.""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import SCRIPTED_CONFIG as CONFIG
+from conftest import SCRIPTED_SPACE as SPACE
+from conftest import ScriptedOptions, make_table
 from mnasfpn.cli import lut_main
-from mnasfpn.devices.profiles import Profile, load_profile
-from mnasfpn.devices.results import DeviceInfo, TimingResult
-from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.devices.profiles import load_profile
 from mnasfpn.lut import build as lut_build
 from mnasfpn.lut.build import DeviceOptions, build_table, plan_passes, required_keys
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.profiler import micromodel
-
-SPACE = "nasfpnlite-s"
-CONFIG = DetectorConfig(input_size=64)
-
-
-class ScriptedDevice:
-    """Times a model as a fixed function of its file name (and of the pass, by call count);
-    `fail_after` timings, it raises as a phone that went away would."""
-
-    timing_statistic = "median-wall"
-
-    def load_summary(self) -> dict[str, Any]:
-        return {"remeasured": 0}
-
-    def __init__(self, profile: Profile, *, fail_after: int | None = None) -> None:
-        self.profile = profile
-        self.calls = 0
-        self.fail_after = fail_after
-
-    def info(self) -> DeviceInfo:
-        return DeviceInfo(
-            profile=self.profile.name, kind="host", model="scripted cpu", abi="x86_64",
-            core=1, runtime="ai-edge-litert", runtime_version="2.3.0",
-            binary_version="numpy 2",
-        )  # fmt: skip
-
-    def time_models(
-        self, paths: Sequence[Path], progress: Callable[[int, int, TimingResult], None]
-    ) -> list[TimingResult]:
-        out = []
-        for i, p in enumerate(paths):
-            if self.fail_after is not None and self.calls >= self.fail_after:
-                raise ConnectionError("device went away")
-            self.calls += 1
-            base = 0.01 + int(hashlib.sha1(Path(p).name.encode()).hexdigest()[:6], 16) / 2**24
-            ms = base * (1 + (self.calls % 3) / 10)
-            res = TimingResult(
-                model=str(p), ok=True, median_ms=ms, min_ms=ms * 0.9, std_ms=ms / 50, runs=5,
-                dispersion=0.01, latency_ms=ms, statistic="median", clock="wall",
-            )  # fmt: skip
-            out.append(res)
-            progress(i, len(paths), res)
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedOptions(DeviceOptions):
-    fail_after: int | None = None
-
-    def open_all(self) -> list[Any]:
-        profile = load_profile(self.name)
-        if self.overrides:
-            profile = profile.replace(**self.overrides)
-        return [ScriptedDevice(profile, fail_after=self.fail_after)]
-
-
-@pytest.fixture
-def fake_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Micro-models are empty files named by key (the scripted device never reads them)."""
-    cache = tmp_path / "cache"
-
-    def paths(keys: Sequence[str], cache_dir: Path, **kw: Any) -> dict[str, Path]:
-        out = {}
-        for k in keys:
-            p = micromodel.cache_path(k, cache_dir)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.touch()
-            out[k] = p
-        if kw.get("progress"):
-            kw["progress"](len(out))
-        return out
-
-    monkeypatch.setattr(micromodel, "micromodel_paths", paths)
-    return cache
 
 
 def _build(out: Path, cache: Path, passes: int, **opts: Any) -> lut_build.BuildReport:
@@ -225,10 +148,6 @@ def test_the_run_policy_is_recorded_and_a_table_from_before_it_counts_as_fixed(
 def test_missing_op_hint_is_a_command_that_works(
     tmp_path: Path, fake_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shlex
-
-    from test_lut_predict import make_table
-
     out = tmp_path / "my tables" / "t.sqlite"
     out.parent.mkdir()
     key = next(k for k in required_keys([SPACE], CONFIG) if k.startswith("conv2d"))
@@ -283,10 +202,6 @@ def test_a_second_build_into_one_table_is_refused(tmp_path: Path, fake_models: P
 def test_input_size_hint_is_a_command_that_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shlex
-
-    from test_lut_predict import make_table
-
     table = tmp_path / "t.sqlite"
     make_table(table)
     res = CliRunner().invoke(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_table
 from mnasfpn.cli import lut_main
 from mnasfpn.lut.build import open_table_for
 from mnasfpn.lut.store import SCHEMA_VERSION, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from test_lut_predict import make_table
 
 IDENTITY = {
     "device": "host",
@@ -115,8 +115,10 @@ def test_rows_are_atomic(tmp_path: Path) -> None:
     path = tmp_path / "t.sqlite"
     with TableStore.open(path, create=True) as store:
         sid = store.start_session("build", {})
-        store.add_op(
+        store.add_op_pass(
             "add/8x8x64/act=none",
+            0,
+            passes=1,
             median_ms=0.01,
             min_ms=0.01,
             std_ms=0.0,
@@ -126,8 +128,10 @@ def test_rows_are_atomic(tmp_path: Path) -> None:
         )
         # A duplicate insert fails as a whole: neither row nor log entry is added.
         with pytest.raises(sqlite3.IntegrityError):
-            store.add_op(
+            store.add_op_pass(
                 "add/8x8x64/act=none",
+                0,
+                passes=1,
                 median_ms=0.02,
                 min_ms=0.02,
                 std_ms=0.0,
@@ -136,8 +140,10 @@ def test_rows_are_atomic(tmp_path: Path) -> None:
                 session=sid,
             )
         with pytest.raises(ValueError):
-            store.add_op(
+            store.add_op_pass(
                 "add/4x4x64/act=none",
+                0,
+                passes=1,
                 median_ms=float("nan"),
                 min_ms=None,
                 std_ms=None,

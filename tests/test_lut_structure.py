@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SIZE, make_table
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.lut.calibration import STRUCTURE_FEATURES, Calibration
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.spaces import sample_genotypes
-from test_lut_predict import SIZE, make_table
 
 
 def _structure(g: Genotype, *, live: bool = True) -> list[float]:

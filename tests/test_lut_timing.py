@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
+from conftest import SCRIPTED_CONFIG as CONFIG
+from conftest import SCRIPTED_SPACE as SPACE
+from conftest import ScriptedDevice, ScriptedOptions
 from mnasfpn.devices.profiles import load_profile
 from mnasfpn.devices.results import TimingResult
 from mnasfpn.lut import validate as lut_validate
 from mnasfpn.lut.build import build_table
 from mnasfpn.lut.fidelity import end_to_end_latency
 from mnasfpn.lut.store import TableError, TableStore
-from test_lut_resume import CONFIG, SPACE, ScriptedDevice, ScriptedOptions, fake_models
-
-__all__ = ["fake_models"]  # a fixture, used by name
 
 
 class DriftingDevice(ScriptedDevice):

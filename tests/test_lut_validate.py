@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_table
 from mnasfpn.cli import lut_main
 from mnasfpn.lut.calibration import (
     FEATURE_SETS,
@@ -28,7 +29,6 @@ from mnasfpn.lut.fidelity import (
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate import sample_architectures
-from test_lut_predict import make_table
 
 
 def test_samples_spread_over_the_predicted_range(tmp_path: Path) -> None:
@@ -39,9 +39,10 @@ def test_samples_spread_over_the_predicted_range(tmp_path: Path) -> None:
     assert set(names) == {"paper-mnasfpn", "paper-mnasfpn-nosdo", "nasfpnlite"}
     sampled = [g for g in picked if not g.name]
     assert len(sampled) == 12
-    raw = table.predict_raw(sampled)
-    pool = table.predict_raw(
-        [g for g in sample_architectures(table, ["mnasfpn"], 60, seed=4) if not g.name]
+    raw = table.predict(sampled, calibrated=False)
+    pool = table.predict(
+        [g for g in sample_architectures(table, ["mnasfpn"], 60, seed=4) if not g.name],
+        calibrated=False,
     )
     # One pick per quantile bin: the picks reach both tails of the pool's range.
     assert raw.min() < np.quantile(pool, 0.1) and raw.max() > np.quantile(pool, 0.9)

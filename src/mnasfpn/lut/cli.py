@@ -202,11 +202,12 @@ def predict_command(
     calibrated = table.calibration is not None and not raw
     parts = table.breakdown(genotypes, calibrated=calibrated)
     method = "calibrated" if calibrated else "raw table sum"
+    lines = []  # echoed at once: one write per line costs more than the prediction
     for i, g in enumerate(genotypes):
         name = g.name or f"{archs[0] if len(archs) == 1 else 'arch'}#{i}"
         row = {p: float(parts[p][i]) for p in (*PARTS, "overhead", "total")}
         if as_json:
-            click.echo(
+            lines.append(
                 json.dumps(
                     {
                         "arch": name,
@@ -222,12 +223,14 @@ def predict_command(
             )
             continue
         total = row["total"]
-        click.echo(f"{name} (repeats {g.repeats}, {table.input_size}px): {total:.2f} ms [{method}]")
+        size = table.input_size
+        lines.append(f"{name} (repeats {g.repeats}, {size}px): {total:.2f} ms [{method}]")
         for p in (*PARTS, "overhead"):
             if p == "overhead" and not calibrated:
                 continue
             share = 100 * row[p] / total if total else 0.0
-            click.echo(f"  {p:<10} {row[p]:8.2f} ms  {share:5.1f}%")
+            lines.append(f"  {p:<10} {row[p]:8.2f} ms  {share:5.1f}%")
+    click.echo("\n".join(lines))
 
 
 @click.command("show")

@@ -312,24 +312,6 @@ class TableStore:
     def count_ops(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM ops")[0][0])
 
-    def add_op(
-        self,
-        key: str,
-        *,
-        median_ms: float,
-        min_ms: float | None,
-        std_ms: float | None,
-        runs: int,
-        dispersion: float | None,
-        session: str,
-        worker: str | None = None,
-    ) -> None:
-        """Insert one op measured in a single pass (entry and log in one transaction)."""
-        self.add_op_pass(
-            key, 0, passes=1, median_ms=median_ms, min_ms=min_ms, std_ms=std_ms, runs=runs,
-            dispersion=dispersion, session=session, worker=worker,
-        )  # fmt: skip
-
     def add_op_pass(
         self,
         key: str,

@@ -16,10 +16,9 @@ import numpy as np
 from mnasfpn.ir.config import ConfigError, DetectorConfig
 from mnasfpn.ir.ops import PARTS
 from mnasfpn.lut.calibration import Calibration, CalibrationError, feature_columns
-from mnasfpn.lut.predictor import CostModel, EncodedBatch, MissingOpError
+from mnasfpn.lut.predictor import CostModel, MissingOpError
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.searchspace.genotype import Genotype
-from mnasfpn.searchspace.spaces import SearchSpace, get_space
 
 
 def config_from_meta(meta: dict[str, Any], path: Path) -> DetectorConfig:
@@ -87,7 +86,7 @@ class LatencyTable:
     def spaces(self) -> list[str]:
         return list(self.meta.get("spaces", []))
 
-    def _guard(self, fn: Any, genotypes: Sequence[Genotype] | EncodedBatch, **kw: Any) -> Any:
+    def _guard(self, fn: Any, genotypes: Sequence[Genotype], **kw: Any) -> Any:
         try:
             return fn(genotypes, **kw)
         except MissingOpError as exc:
@@ -125,47 +124,12 @@ class LatencyTable:
         cal = self.calibration if calibrated else None
         return self._guard(self.model.predict, genotypes, calibration=cal, naive=naive)
 
-    def predict_raw(self, genotypes: Sequence[Genotype]) -> np.ndarray:
-        return self.predict(genotypes, calibrated=False)
-
-    def predict_naive(self, genotypes: Sequence[Genotype]) -> np.ndarray:
-        return self.predict(genotypes, calibrated=False, naive=True)
-
     def breakdown(
         self, genotypes: Sequence[Genotype], *, calibrated: bool = True
     ) -> dict[str, np.ndarray]:
         """{backbone, head, predictor, overhead, total} in ms per genotype (paper Fig. 5)."""
         cal = self.calibration if calibrated else None
         return self._guard(self.model.breakdown, genotypes, calibration=cal)
-
-    def predict_encoded(
-        self,
-        codes: np.ndarray | Sequence[Sequence[int]],
-        space: str | SearchSpace,
-        *,
-        repeats: int | Sequence[int] | np.ndarray | None = None,
-        calibrated: bool = True,
-    ) -> np.ndarray:
-        """`predict` for genotypes given as decision rows of `space` (one row per genotype,
-        `encode_batch`'s layout or the search's decision indices), with `repeats` (one, or
-        one per row; the space's default when None) and the space's SDO setting: the fast
-        path, no Genotype objects."""
-        batch = _encoded(codes, space, repeats)
-        cal = self.calibration if calibrated else None
-        return self._guard(self.model.predict, batch, calibration=cal)
-
-    def breakdown_encoded(
-        self,
-        codes: np.ndarray | Sequence[Sequence[int]],
-        space: str | SearchSpace,
-        *,
-        repeats: int | Sequence[int] | np.ndarray | None = None,
-        calibrated: bool = True,
-    ) -> dict[str, np.ndarray]:
-        """`breakdown` for decision rows, as `predict_encoded` takes them."""
-        batch = _encoded(codes, space, repeats)
-        cal = self.calibration if calibrated else None
-        return self._guard(self.model.breakdown, batch, calibration=cal)
 
     def features(self, genotypes: Sequence[Genotype], *, naive: bool = False) -> np.ndarray:
         """Summed raw table latency per (op type, part) column, see `feature_columns()`."""
@@ -175,21 +139,6 @@ class LatencyTable:
         """Structural quantities of the live ops per `STRUCTURE_FEATURES` column (the
         calibration's cold-weight term: fp32 weight MiB)."""
         return self._guard(self.model.structure, genotypes, naive=naive)
-
-    def key_counts(self, genotype: Genotype) -> dict[str, int]:
-        return dict(self.model.key_counts(genotype))
-
-
-def _encoded(
-    codes: np.ndarray | Sequence[Sequence[int]],
-    space: str | SearchSpace,
-    repeats: int | Sequence[int] | np.ndarray | None,
-) -> EncodedBatch:
-    try:
-        sp = get_space(space) if isinstance(space, str) else space
-    except KeyError as exc:
-        raise TableError(str(exc.args[0])) from None
-    return EncodedBatch.of(sp, codes, repeats)
 
 
 __all__ = ["PARTS", "LatencyTable", "TableError", "feature_columns"]

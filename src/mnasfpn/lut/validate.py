@@ -132,7 +132,7 @@ def sample_architectures(
     # Distinct genotypes only.
     uniq = {arch_id(g, table.input_size): g for g in pool}
     pool = list(uniq.values())
-    raw = table.predict_raw(pool)
+    raw = table.predict(pool, calibrated=False)
     order = np.argsort(raw, kind="stable")
     picked: list[Genotype] = []
     edges = np.linspace(0, len(order), samples + 1).astype(int)
@@ -142,7 +142,7 @@ def sample_architectures(
     for name in ARCHITECTURES:
         g = get_architecture(name)
         try:
-            table.predict_raw([g])
+            table.predict([g], calibrated=False)
         except TableError:
             continue
         picked.append(g)

@@ -297,11 +297,7 @@ class Search:
             seed.info["seed"] = True
             proposals.append(seed)
         proposals += self.strategy.propose(n - len(proposals))
-        # Latency straight from the decision rows (each proposal's genotype is their
-        # canonical cell, with the same latency): no Genotype objects read on this path.
-        breakdown = self.table.breakdown_encoded(
-            [p.indices for p in proposals], self.space, repeats=self.strategy.repeats
-        )
+        breakdown = self.table.breakdown([p.genotype for p in proposals])
         rows: list[dict[str, Any]] = []
         submit: list[int] = []
         learned: list[Outcome] = []

@@ -90,12 +90,6 @@ class Strategy(ABC):
         self.space.walk(pick)
         return tuple(out)
 
-    def save(self) -> bytes:
-        return pack_state(self.get_state())
-
-    def restore(self, blob: bytes) -> None:
-        self.set_state(unpack_state(blob))
-
     def arrays_version(self) -> str | None:
         """Changes whenever the state's numpy arrays change (None: at any time). Lets the
         store rewrite the large arrays (PPO's weights) only after they changed."""

@@ -64,6 +64,18 @@ class Genotype:
     def is_output(self, block_index: int) -> bool:
         return block_index >= self.num_intermediate
 
+    def live(self) -> list[bool]:
+        """Per block, whether an output block reaches it; the others build no live op
+        (paper §3.4). Blocks read earlier nodes only, so one sweep from the last block back
+        marks them."""
+        live = [False] * self.num_intermediate + [True] * NUM_CELL_INPUTS
+        for b in range(len(self.blocks) - 1, -1, -1):
+            if live[b]:
+                for i in self.blocks[b].inputs:
+                    if NUM_CELL_INPUTS <= i < NUM_CELL_INPUTS + b:
+                        live[i - NUM_CELL_INPUTS] = True
+        return live
+
     def with_repeats(self, repeats: int) -> Genotype:
         return Genotype(self.space, self.channels, self.blocks, repeats, self.sdo, self.name)
 

@@ -1,6 +1,6 @@
 """The named search spaces (paper §4.1, Table 2) as data, plus one decision walker.
 
-A genotype is a sequence of decisions. `_walk` visits those decisions in order and asks a
+A genotype is a sequence of decisions. `walk` visits those decisions in order and asks a
 `pick` callback for each; sampling, encoding (genotype → indices) and decoding (indices →
 genotype) are the same walk with different callbacks, so they cannot disagree.
 """
@@ -52,9 +52,10 @@ class SearchSpace:
 
     # -- decisions ------------------------------------------------------------------
 
-    def _steps(self) -> Generator[Decision, int | str, Genotype]:
-        """The decisions in order, as a coroutine: it yields each decision and is sent the
-        value chosen, so several walks can advance in lockstep (the controller's batches)."""
+    def walker(self) -> Generator[Decision, int | str, Genotype]:
+        """The decisions in order, as a coroutine: `next()` gives the first decision,
+        `send(value)` the next one, and StopIteration carries the genotype (not pruned).
+        Several walks can advance in lockstep (the controller's batches)."""
         if self.fixed is not None:
             return self.fixed
         channels = int((yield Decision("channels", self.channels)))
@@ -85,18 +86,15 @@ class SearchSpace:
             blocks.append(Block(tuple(inputs), level, expansion, kernel, merge))
         return Genotype(self.name, channels, tuple(blocks), self.repeats, self.sdo)
 
-    def _walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
-        steps = self._steps()
+    def walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
+        """Run the decisions, asking `pick` for each value (the genotype is not pruned)."""
+        steps = self.walker()
         try:
             decision = next(steps)
             while True:
                 decision = steps.send(pick(decision))
         except StopIteration as done:
             return done.value
-
-    def walk(self, pick: Callable[[Decision], int | str]) -> Genotype:
-        """Run the decisions, asking `pick` for each value (the genotype is not pruned)."""
-        return self._walk(pick)
 
     def decode_decisions(self, indices: Sequence[int]) -> list[Decision]:
         """The decisions a sequence of choice indices meets (the schema of `decode`)."""
@@ -110,13 +108,8 @@ class SearchSpace:
                 raise GenotypeError(f"{d.name}: no valid choice index in the sequence")
             return d.choices[i]
 
-        self._walk(pick)
+        self.walk(pick)
         return seen
-
-    def walker(self) -> Generator[Decision, int | str, Genotype]:
-        """A fresh decision coroutine: `next()` gives the first decision, `send(value)` the
-        next one; StopIteration carries the genotype (not pruned)."""
-        return self._steps()
 
     def decision_slots(self) -> list[Decision]:
         """Every decision any walk of this space can meet, in walk order, each with every
@@ -136,23 +129,11 @@ class SearchSpace:
             slots.append(d)
             return d.choices[0]
 
-        self._walk(pick)
+        self.walk(pick)
         return slots
 
-    def decisions(self, genotype: Genotype) -> list[Decision]:
-        """The decision schema that `genotype` walks through (controller vocabulary)."""
-        seen: list[Decision] = []
-        values = iter(self.encode(genotype))
-
-        def pick(d: Decision) -> int | str:
-            seen.append(d)
-            return d.choices[next(values)]
-
-        self._walk(pick)
-        return seen
-
     def sample(self, rng: random.Random) -> Genotype:
-        return self._walk(lambda d: rng.choice(d.choices))
+        return self.walk(lambda d: rng.choice(d.choices))
 
     def encode(self, genotype: Genotype) -> list[int]:
         """Genotype → choice indices, one per decision."""
@@ -173,7 +154,7 @@ class SearchSpace:
             out.append(d.choices.index(value))
             return value
 
-        rebuilt = self._walk(pick)
+        rebuilt = self.walk(pick)
         if rebuilt.blocks != genotype.blocks or rebuilt.channels != genotype.channels:
             raise GenotypeError(f"genotype does not fit the decisions of space {self.name!r}")
         return out
@@ -216,7 +197,7 @@ class SearchSpace:
                 raise GenotypeError(f"{d.name}: index {i} out of range 0..{len(d.choices) - 1}")
             return d.choices[i]
 
-        genotype = self._walk(pick)
+        genotype = self.walk(pick)
         if next(it, None) is not None:
             raise GenotypeError("decision sequence is longer than the space's decisions")
         return genotype if repeats is None else genotype.with_repeats(repeats)
@@ -317,13 +298,7 @@ def pruned(genotype: Genotype) -> Genotype:
     renumbered. They build no live op (paper §3.4; the table and the IR drop them too), so
     the pruned genotype has the same latency and trains the same model: it is the one form
     a search stores, compares and trains."""
-    n_mid = genotype.num_intermediate
-    live = [False] * n_mid + [True] * NUM_CELL_INPUTS
-    for b in range(len(genotype.blocks) - 1, -1, -1):
-        if live[b]:
-            for i in genotype.blocks[b].inputs:
-                if i >= NUM_CELL_INPUTS:
-                    live[i - NUM_CELL_INPUTS] = True
+    live = genotype.live()
     if all(live):
         return genotype
     node = list(range(NUM_CELL_INPUTS))
