@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_table
 from mnasfpn.cli import main
 from mnasfpn.data import SynthSpec, write_synthetic
 from mnasfpn.errors import MnasfpnError
@@ -32,6 +33,7 @@ from mnasfpn.search.pareto import frontier, frontier_points, frontier_table, loa
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import ChildResult, TrialStore
 from mnasfpn.searchspace.named import get_architecture
+from mnasfpn.searchspace.spaces import SPACES
 from mnasfpn.train.oneshot_config import OneShotBudget, OneShotError, SupernetKey
 from mnasfpn.train.proxy_config import ProxyBudget
 
@@ -132,10 +134,9 @@ def test_scoring_is_repeatable_and_leaves_the_supernet_as_it_was(tiny_data: Path
 
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_search import make_table
-
-    return make_table(tmp_path_factory.mktemp("lut") / "t.sqlite")
+    path = tmp_path_factory.mktemp("lut") / "t.sqlite"
+    make_table(path, [n for n, s in SPACES.items() if s.fixed is None])
+    return path
 
 
 @pytest.mark.parametrize(
@@ -149,6 +150,7 @@ def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "ties it to channels"),
         (["--evaluator", "nope"], "Invalid value for '--evaluator'"),
     ],
+    ids=["without-oneshot", "sampling", "steps", "seed-arch", "evaluator"],
 )  # fmt: skip
 def test_search_cli_oneshot_bad_input_is_one_line(
     tmp_path: Path, table_path: Path, args: list[str], message: str
@@ -167,10 +169,8 @@ def test_search_cli_oneshot_refuses_a_table_lacking_the_space(tmp_path: Path,
                                                               tiny_data: Path) -> None:  # fmt: skip
     """As for the proxy: a table that does not cover the space (made for another one, or
     at another input size) is refused before a supernet trains."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_search import make_table
-
-    small = make_table(tmp_path / "small.sqlite", ("nasfpnlite-s",))
+    small = tmp_path / "small.sqlite"
+    make_table(small, ("nasfpnlite-s",))
     result = CliRunner().invoke(main, [
         "search", "--lut", str(small), "--data", str(tiny_data), "--out", str(tmp_path / "o"),
         "--evaluator", "oneshot", "--cache-dir", str(tmp_path / "c")])  # fmt: skip
@@ -299,8 +299,6 @@ def test_oneshot_search_resumes_after_sigkill(tiny_data: Path, cache: Path, tabl
                                               tmp_path: Path) -> None:  # fmt: skip
     pytest.importorskip("tensorflow")
     from mnasfpn.train.oneshot_worker import ensure_supernet
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_search import _finished
 
     ensure_supernet(_key(tiny_data), cache)
