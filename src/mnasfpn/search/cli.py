@@ -18,6 +18,7 @@ import click
 
 from mnasfpn.cli_common import NameChoice
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.search.evaluators import SEARCH_EVALUATORS
 from mnasfpn.search.strategies import STRATEGIES
 from mnasfpn.searchspace.spaces import SEARCHABLE
 
@@ -242,6 +243,50 @@ def _check_data(data: Path) -> None:
     help="Proxy cache of the shared backbone and its features, reused by every search on "
     "the same data [default: ~/.cache/mnasfpn/proxy].",
 )
+@click.option(
+    "--evaluator",
+    "evaluator_kind",
+    type=NameChoice(SEARCH_EVALUATORS),
+    default="proxy",
+    show_default=True,
+    help="How children are scored: proxy (each trained stand-alone on the proxy task) or "
+    "oneshot (weights inherited from a supernet trained once per data, space and budget).",
+)
+@click.option("--oneshot-steps", type=int, default=None, help="Supernet training steps.")
+@click.option("--oneshot-batch-size", type=int, default=None, help="Supernet training batch.")
+@click.option("--oneshot-lr", type=float, default=None, help="Supernet peak learning rate.")
+@click.option(
+    "--oneshot-sampling",
+    default=None,
+    help="Children each supernet step trains: uniform, sandwich or distill [default: uniform].",
+)
+@click.option(
+    "--oneshot-bn-batches",
+    type=int,
+    default=None,
+    help="Train batches a one-shot child re-estimates its batch-norm statistics on.",
+)
+@click.option(
+    "--oneshot-val-images",
+    type=int,
+    default=None,
+    help="Score one-shot children on the first N val images [default: all].",
+)
+@click.option(
+    "--finalists",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="After the search, retrain its K best frontier points stand-alone with the proxy "
+    "(--proxy-* settings); the frontier reported is then theirs.",
+)
+@click.option(
+    "--finalist-seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Seeds each finalist is retrained with (the proxy seed, +1, ...).",
+)
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def search_cmd(
     lut_path: Path,
@@ -268,6 +313,15 @@ def search_cmd(
     proxy_threads: int | None,
     proxy_timeout: float | None,
     cache_dir: Path | None,
+    evaluator_kind: str,
+    oneshot_steps: int | None,
+    oneshot_batch_size: int | None,
+    oneshot_lr: float | None,
+    oneshot_sampling: str | None,
+    oneshot_bn_batches: int | None,
+    oneshot_val_images: int | None,
+    finalists: int,
+    finalist_seeds: int,
     quiet: bool,
 ) -> None:
     """Latency-aware search: children proposed by a strategy, LAT(m) from the table,
@@ -298,17 +352,57 @@ def search_cmd(
             "timeout_s": proxy_timeout,
         }
     )
-    _check_data(data)
-    evaluator = ProxyEvaluator(
-        str(data.resolve()), budget, None if cache_dir is None else str(cache_dir.resolve())
+    oneshot = _oneshot_budget(
+        {
+            "steps": oneshot_steps,
+            "batch_size": oneshot_batch_size,
+            "lr": oneshot_lr,
+            "sampling": oneshot_sampling,
+            "bn_batches": oneshot_bn_batches,
+            "val_images": oneshot_val_images,
+        },
+        budget,
+        given=evaluator_kind == "oneshot",
     )
+    _check_data(data)
+    cache = None if cache_dir is None else str(cache_dir.resolve())
+    proxy = ProxyEvaluator(str(data.resolve()), budget, cache)
+    evaluator: Any = proxy
+    if evaluator_kind == "oneshot":
+        from mnasfpn.search.evaluators import OneShotEvaluator
+
+        evaluator = OneShotEvaluator(str(data.resolve()), oneshot, setup.space,
+                                     setup.repeats, cache)  # fmt: skip
+        if setup.seed_arch is not None:
+            evaluator.check(setup.seed_arch)
+    spec = None
+    if finalists:
+        from mnasfpn.search.finalists import FinalistSpec
+
+        seeds = tuple(budget.seed + i for i in range(finalist_seeds))
+        spec = FinalistSpec(finalists, seeds, proxy)
 
     def ray_executor(ev: Any) -> Executor:
         from mnasfpn.search.executors import RayExecutor
 
         return RayExecutor(ev, workers=n_workers, address=ray_address)
 
-    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet)
+    run_cli_search(setup, evaluator, out, trials, ray_executor, force_new, quiet, spec)
+
+
+def _oneshot_budget(options: dict[str, Any], proxy: Any, *, given: bool) -> Any:
+    """The one-shot budget from the --oneshot-* options (refused when given without
+    --evaluator oneshot: they would silently do nothing)."""
+    chosen = {k: v for k, v in options.items() if v is not None}
+    if chosen and not given:
+        names = ", ".join("--oneshot-" + k.replace("_", "-") for k in chosen)
+        raise MnasfpnError(f"{names}: these apply only with --evaluator oneshot")
+    from mnasfpn.train.oneshot_config import OneShotBudget
+
+    try:
+        return OneShotBudget(proxy=proxy, **chosen)
+    except (TypeError, ValueError) as exc:
+        raise MnasfpnError(f"bad one-shot settings: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -397,31 +491,79 @@ def run_cli_search(
     make_executor: Callable[[Any], Executor],
     force_new: bool,
     quiet: bool,
+    finalists: Any = None,
 ) -> None:
-    """Run (or resume) the search, showing progress, then print its frontier."""
+    """Run (or resume) the search, showing progress; with `finalists` (a FinalistSpec)
+    retrain its best frontier points stand-alone; then print its frontier."""
     from mnasfpn.search.driver import Search, open_store
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
+    from mnasfpn.search.store import TrialStore
 
     settings = setup.settings(evaluator)
-    # Refuse a folder with other settings before starting any worker.
+    # Refuse a folder with other settings before starting any worker or training anything.
     store = open_store(out, settings, force_new=force_new)
-    finished = sum(n for status, n in store.counts().items() if status != "running")
-    store.close()
+    try:
+        finished = sum(n for status, n in store.counts().items() if status != "running")
+        if finalists is not None:
+            from mnasfpn.search.finalists import check_settings
+
+            check_settings(store, finalists)
+    finally:
+        store.close()
     start = time.perf_counter()
-    if finished < trials:  # else a rerun of a finished search: no workers to start
-        executor = make_executor(evaluator)
-        progress = None if quiet else ProgressLine()
-        search = Search(out, settings, setup.table, executor, trials=trials, on_progress=progress)
-        try:
-            search.run()
-        except KeyboardInterrupt:
-            raise MnasfpnError(
-                f"interrupted; {out} keeps every finished trial: run the same command to resume"
-            ) from None
-        finally:
-            if progress is not None:
-                progress.end()
-            search.close()
+    executor: Executor | None = None
+
+    def get_executor() -> Executor:
+        nonlocal executor
+        if executor is None:
+            executor = make_executor(evaluator)
+        return executor
+
+    try:
+        if finished < trials:  # else a rerun of a finished search: no workers to start
+            prepare = getattr(evaluator, "prepare", None)
+            if prepare is not None:  # the one-shot supernet: trained once, then cached
+                click.echo("one-shot evaluator: training the supernet if it is not cached "
+                           "(once per data, space and budget; resumable)", err=True)  # fmt: skip
+                record = prepare(progress=not quiet)
+                click.echo(f"supernet ready: {record['folder']} (trained in "
+                           f"{record['seconds']:.0f} s)", err=True)  # fmt: skip
+            progress = None if quiet else ProgressLine()
+            search = Search(
+                out, settings, setup.table, get_executor(), trials=trials, on_progress=progress
+            )
+            try:
+                search.run()
+            except KeyboardInterrupt:
+                raise MnasfpnError(
+                    f"interrupted; {out} keeps every finished trial: run the same command to "
+                    "resume"
+                ) from None
+            finally:
+                if progress is not None:
+                    progress.end()
+                search.store.close()
+        if finalists is not None and finalists.k > 0:
+            from mnasfpn.search.finalists import run_finalists
+
+            shown = [-1]
+
+            def show(done: int, total: int) -> None:
+                if not quiet and done != shown[0]:
+                    shown[0] = done
+                    click.echo(f"finalists: {done}/{total} retrained", err=True)
+
+            with TrialStore.open(out) as store:
+                try:
+                    run_finalists(store, finalists, get_executor, on_progress=show)
+                except KeyboardInterrupt:
+                    raise MnasfpnError(
+                        f"interrupted; {out} keeps every finished finalist: run the same "
+                        "command to resume"
+                    ) from None
+    finally:
+        if executor is not None:
+            executor.close()
     click.echo(f"search finished in {time.perf_counter() - start:.0f}s: {out}")
     points = write_genotypes(frontier_points(load_run(out)))
     click.echo(frontier_table(points))

@@ -1,7 +1,10 @@
 """Evaluators: picklable callables genotype → ChildResult that run inside workers.
 
 `ProxyEvaluator` trains and evaluates a child with the training package's proxy task
-(TensorFlow loads in the worker that runs it, never in the driver). `SurrogateEvaluator`
+(TensorFlow loads in the worker that runs it, never in the driver). `OneShotEvaluator`
+scores a child with the weights it inherits from a supernet trained once (the training
+package's one-shot evaluator: `prepare()` trains the supernet in a spawned process before
+any worker starts, each worker loads it once). `SurrogateEvaluator`
 is a fixed synthetic accuracy function for benchmarking strategies without training; its
 numbers are not measurements of anything and are labelled as such in the store."""
 
@@ -42,6 +45,56 @@ class ProxyEvaluator:
             map75=float(r.map75),
             metrics={k: float(v) for k, v in dict(r.metrics).items()},
             train_seconds=float(r.train_seconds),
+            eval_seconds=float(r.eval_seconds),
+            total_seconds=float(r.total_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class OneShotEvaluator:
+    """One-shot scores from the supernet of (data, space, repeats, budget)."""
+
+    kind: ClassVar[str] = "oneshot"
+    data: str
+    budget: Any  # mnasfpn.train.oneshot.OneShotBudget
+    space: str
+    repeats: int
+    cache_dir: str | None = None
+
+    def key(self) -> Any:
+        from mnasfpn.train.oneshot_config import SupernetKey
+
+        return SupernetKey(self.data, self.space, self.repeats, self.budget)
+
+    def identity(self) -> dict[str, Any]:
+        # the supernet (data fingerprint, space, repeats, training) and how children are
+        # scored; not the threads or the checkpoint interval
+        return {"kind": self.kind, "data": self.data, "supernet": self.key().identity(),
+                "scoring": self.budget.scoring_fields()}  # fmt: skip
+
+    def check(self, genotype: Genotype) -> None:
+        """One line (OneShotError) when `genotype` is outside the supernet."""
+        from mnasfpn.train.oneshot_config import check_child
+
+        check_child(self.space, self.repeats, genotype)
+
+    def prepare(self, progress: bool = True) -> dict[str, Any]:
+        """Train the supernet if it is not stored yet (a spawned process; resumes a killed
+        training); its record."""
+        from mnasfpn.train.oneshot import prepare_supernet
+
+        return prepare_supernet(self.key(), self.cache_dir, progress=progress)
+
+    def __call__(self, genotype: Genotype) -> ChildResult:
+        from mnasfpn.train.oneshot import oneshot_score
+
+        r = oneshot_score(genotype, self.key(), self.cache_dir)
+        return ChildResult(
+            map=float(r.map),
+            map50=float(r.map50),
+            map75=float(r.map75),
+            metrics={k: float(v) for k, v in dict(r.metrics).items()},
+            train_seconds=float(r.bn_seconds),  # no training: the BN re-estimation
             eval_seconds=float(r.eval_seconds),
             total_seconds=float(r.total_seconds),
         )
@@ -103,6 +156,17 @@ class SurrogateEvaluator:
 
 
 # Evaluator classes by the kind their identity records (a search folder's settings).
-EVALUATORS: Registry[type[ProxyEvaluator] | type[SurrogateEvaluator]] = Registry(
-    "evaluator", {e.kind: e for e in (ProxyEvaluator, SurrogateEvaluator)}
+EVALUATORS: Registry[type[ProxyEvaluator] | type[OneShotEvaluator] | type[SurrogateEvaluator]] = (
+    Registry(
+        "evaluator",
+        {e.kind: e for e in (ProxyEvaluator, OneShotEvaluator, SurrogateEvaluator)},
+    )
+)
+# What `mnasfpn search --evaluator` offers: the surrogate is not a measurement of anything.
+SEARCH_EVALUATORS = EVALUATORS.subset(
+    lambda e: e is not SurrogateEvaluator,
+    refuse=lambda name, _: (
+        f"evaluator {name!r} is a synthetic stand-in for benchmarks, not a score; "
+        "use proxy or oneshot"
+    ),
 )

@@ -46,7 +46,8 @@ class Executor(ABC):
     capacity: int = 1
 
     @abstractmethod
-    def submit(self, trial_id: int, genotype: Genotype) -> None: ...
+    def submit(self, trial_id: int, genotype: Genotype, evaluator: Evaluator | None = None) -> None:
+        """Run one child (with `evaluator` instead of the executor's own, if given)."""
 
     @abstractmethod
     def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:
@@ -64,16 +65,16 @@ class InlineExecutor(Executor):
 
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
-        self.queue: list[tuple[int, Genotype]] = []
+        self.queue: list[tuple[int, Genotype, Evaluator]] = []
 
-    def submit(self, trial_id: int, genotype: Genotype) -> None:
-        self.queue.append((trial_id, genotype))
+    def submit(self, trial_id: int, genotype: Genotype, evaluator: Evaluator | None = None) -> None:
+        self.queue.append((trial_id, genotype, evaluator or self.evaluator))
 
     def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:
         if not self.queue:
             return []
-        trial_id, genotype = self.queue.pop(0)
-        return [(trial_id, run_child(self.evaluator, genotype))]
+        trial_id, genotype, evaluator = self.queue.pop(0)
+        return [(trial_id, run_child(evaluator, genotype))]
 
     def in_flight(self) -> int:
         return len(self.queue)
@@ -130,10 +131,16 @@ class RayExecutor(Executor):
             raise MnasfpnError(f"cannot start {where}: {msg}") from None
         self._task = ray.remote(num_cpus=1, max_retries=0)(run_child)
         self._evaluator_ref = ray.put(evaluator)
+        self._other_refs: dict[Any, Any] = {}  # other evaluators (finalists), put once each
         self.refs: dict[Any, int] = {}
 
-    def submit(self, trial_id: int, genotype: Genotype) -> None:
-        ref = self._task.remote(self._evaluator_ref, genotype)
+    def submit(self, trial_id: int, genotype: Genotype, evaluator: Evaluator | None = None) -> None:
+        ev_ref = self._evaluator_ref
+        if evaluator is not None:
+            ev_ref = self._other_refs.get(evaluator)
+            if ev_ref is None:
+                ev_ref = self._other_refs[evaluator] = self.ray.put(evaluator)
+        ref = self._task.remote(ev_ref, genotype)
         self.refs[ref] = trial_id
 
     def wait(self, timeout: float) -> list[tuple[int, ChildResult]]:

@@ -2,13 +2,15 @@
 
 A trial is on the frontier when no other finished trial of its search is at least as fast
 and strictly more accurate (or as accurate and strictly faster); cached repeats of an
-architecture count once.
+architecture count once. A search with finalists (`--finalists`: frontier trials retrained
+stand-alone) reports the finalists' frontier, by their mean mAP over seeds, each point
+beside its search (one-shot) score.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.search.evaluators import SurrogateEvaluator
-from mnasfpn.search.store import STORE_NAME, Trial, TrialStore, genotype_key
+from mnasfpn.search.store import STORE_NAME, Finalist, Trial, TrialStore, genotype_key
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 
@@ -28,15 +30,36 @@ class SearchRun:
     settings: dict[str, Any]
     table: dict[str, Any]
     trials: list[Trial]
+    finalists: list[Finalist] = field(default_factory=list)
+
+    def finalist_trials(self) -> list[Trial]:
+        """The retrained trials with their finalists' mean mAP (and the reward of it) in
+        place of their search score."""
+        from mnasfpn.search.finalists import summarize
+        from mnasfpn.search.reward import RewardSpec
+
+        scores = summarize(self.finalists)
+        spec = RewardSpec(w=float(self.settings.get("w", -0.3)),
+                          target_ms=float(self.settings.get("target_ms") or 1.0))  # fmt: skip
+        out = []
+        for t in self.trials:
+            s = scores.get(t.id)
+            if s is not None and t.latency_ms is not None:
+                out.append(replace(t, map=s.mean, map50=None, reward=spec.reward(s.mean,
+                                                                                t.latency_ms)))
+        return out
 
 
 @dataclass(frozen=True)
 class FrontierPoint:
     run: SearchRun
-    trial: Trial
+    trial: Trial  # with finalists: its mean mAP over their seeds in place of the search's
     params: int
     madds: int
     file: Path | None = None
+    search_map: float | None = None  # the search's own (one-shot) score, beside finalists'
+    finalist_std: float | None = None
+    finalist_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         t = self.trial
@@ -47,6 +70,9 @@ class FrontierPoint:
             "map": t.map,
             "map50": t.map50,
             "reward": t.reward,
+            "search_map": self.search_map,
+            "finalist_std": self.finalist_std,
+            "finalist_seeds": self.finalist_seeds,
             "params": self.params,
             "madds": self.madds,
             "genotype_file": None if self.file is None else str(self.file),
@@ -61,9 +87,10 @@ def load_run(folder: str | Path) -> SearchRun:
     with TrialStore.open(folder, readonly=True) as store:
         meta = store.meta()
         trials = store.trials()
+        finalists = store.finalists()
     settings = meta.get("settings") or {}
     label = f"{folder.name} ({settings.get('space', '?')}, {settings.get('strategy', '?')})"
-    return SearchRun(folder, label, settings, meta.get("table") or {}, trials)
+    return SearchRun(folder, label, settings, meta.get("table") or {}, trials, finalists)
 
 
 def frontier(trials: list[Trial]) -> list[Trial]:
@@ -100,11 +127,23 @@ def detector_config(run: SearchRun) -> DetectorConfig:
 
 
 def frontier_points(run: SearchRun) -> list[FrontierPoint]:
+    """The search's frontier; with finalists, theirs (by mean mAP), each point with its
+    search score beside it."""
+    from mnasfpn.search.finalists import summarize
+
     cfg = detector_config(run)
+    scores = summarize(run.finalists)
+    by_id = {t.id: t for t in run.trials}
+    trials = run.finalist_trials() if scores else run.trials
     out = []
-    for t in frontier(run.trials):
+    for t in frontier(trials):
         graph = cfg.opgraph(t.genotype)
-        out.append(FrontierPoint(run, t, graph.keras_params(), graph.madds()))
+        s = scores.get(t.id)
+        out.append(FrontierPoint(
+            run, t, graph.keras_params(), graph.madds(),
+            search_map=by_id[t.id].map if s else None,
+            finalist_std=s.std if s else None, finalist_seeds=s.n if s else 0,
+        ))  # fmt: skip
     return out
 
 
@@ -126,7 +165,7 @@ def write_genotypes(points: list[FrontierPoint]) -> list[FrontierPoint]:
             name,
         )
         write_atomic(path, (g.to_json() + "\n").encode())
-        out.append(FrontierPoint(p.run, p.trial, p.params, p.madds, path))
+        out.append(replace(p, file=path))
     return out
 
 
@@ -169,7 +208,20 @@ def plot(runs: list[SearchRun], path: Path) -> None:
                 lw=1.5,
                 marker="o",
                 ms=4,
+                ls="--" if run.finalists else "-",
             )
+        if run.finalists:  # the retrained frontier points, mean ± std over seeds
+            from mnasfpn.search.finalists import summarize
+
+            scores = summarize(run.finalists)
+            finals = run.finalist_trials()
+            ax.errorbar([t.latency_ms for t in finals], [t.map for t in finals],
+                        yerr=[scores[t.id].std for t in finals], fmt="D", ms=5, color=color,
+                        mec="k", capsize=3,
+                        label=f"{run.label}: finalists (stand-alone)")  # fmt: skip
+            front = frontier(finals)
+            ax.step([t.latency_ms for t in front], [t.map for t in front], where="post",
+                    color=color, lw=2)  # fmt: skip
         for t in done:
             name = named_match(t.genotype)
             if name is not None or t.info.get("seed"):
@@ -184,8 +236,9 @@ def plot(runs: list[SearchRun], path: Path) -> None:
     ax.set_xlabel("predicted latency (ms, from the table)")
     kinds = {run.settings.get("evaluator", {}).get("kind") for run in runs}
     # a benchmark's surrogate is not a measurement: say so on the axis
-    synthetic = kinds == {SurrogateEvaluator.kind}
-    ax.set_ylabel("synthetic accuracy (surrogate)" if synthetic else "proxy mAP")
+    ylabel = {frozenset({SurrogateEvaluator.kind}): "synthetic accuracy (surrogate)",
+              frozenset({"oneshot"}): "mAP (one-shot; finalists: stand-alone proxy)"}  # fmt: skip
+    ax.set_ylabel(ylabel.get(frozenset(kinds), "proxy mAP"))
     ax.set_title("Search trials and frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -198,18 +251,29 @@ def plot(runs: list[SearchRun], path: Path) -> None:
 
 
 def frontier_table(points: list[FrontierPoint]) -> str:
+    """The frontier; with finalists, their mean mAP ± std (over n seeds) beside the
+    search's own score of each point."""
+    finals = any(p.finalist_seeds for p in points)
+    extra = f" {'± std':>7} {'n':>2} {'search':>7}" if finals else ""
     head = (
-        f"{'search':<28} {'trial':>5} {'lat ms':>8} {'mAP':>7} {'reward':>7} "
+        f"{'search':<28} {'trial':>5} {'lat ms':>8} {'mAP':>7}{extra} {'reward':>7} "
         f"{'params':>8} {'MAdds':>8}  genotype"
     )
     lines = [head]
     for p in points:
         t = p.trial
+        more = ""
+        if finals:
+            searched = p.search_map if p.search_map is not None else float("nan")
+            more = f" {p.finalist_std or 0:>7.4f} {p.finalist_seeds:>2} {searched:>7.4f}"
         lines.append(
-            f"{p.run.folder.name[:28]:<28} {t.id:>5} {t.latency_ms or 0:>8.2f} {t.map or 0:>7.4f} "
-            f"{t.reward or 0:>7.4f} {p.params / 1e6:>7.2f}M {p.madds / 1e9:>7.3f}B  "
+            f"{p.run.folder.name[:28]:<28} {t.id:>5} {t.latency_ms or 0:>8.2f} {t.map or 0:>7.4f}"
+            f"{more} {t.reward or 0:>7.4f} {p.params / 1e6:>7.2f}M {p.madds / 1e9:>7.3f}B  "
             f"{p.file or ''}"
         )
+    if finals:
+        lines.append("mAP: the finalists' mean over their seeds (stand-alone proxy); search: "
+                     "the search's own score of the point")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -73,6 +73,30 @@ CREATE TABLE IF NOT EXISTS checkpoint_arrays (
 """
 
 
+# Finalists (--finalists): frontier trials of a one-shot search retrained stand-alone, one
+# row per (trial, seed). Made on first use, so stores from before keep opening as they are.
+_FINALISTS_DDL = """
+CREATE TABLE IF NOT EXISTS finalists (
+    trial_id INTEGER NOT NULL REFERENCES trials(id),
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    map REAL,
+    map50 REAL,
+    map75 REAL,
+    metrics TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    train_seconds REAL,
+    eval_seconds REAL,
+    total_seconds REAL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    PRIMARY KEY (trial_id, seed)
+)
+"""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -107,6 +131,23 @@ class Trial:
     total_seconds: float | None
     proposed_at: str
     finished_at: str | None
+
+
+@dataclass
+class Finalist:
+    """One stand-alone retraining of a frontier trial (one seed)."""
+
+    trial_id: int
+    seed: int
+    status: str  # running, done, failed
+    map: float | None
+    map50: float | None
+    map75: float | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    worker: str | None
+    total_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -347,6 +388,54 @@ class TrialStore:
             (key,),
         )
         return _trial(dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
+
+
+    # -- finalists --------------------------------------------------------------------
+
+    def _has_finalists(self) -> bool:
+        rows = self.db.query("SELECT name FROM sqlite_master WHERE type='table' AND "
+                             "name='finalists'")  # fmt: skip
+        return bool(rows)
+
+    def start_finalists(self, pairs: list[tuple[int, int]]) -> None:
+        """Mark (trial, seed) retrainings as running (new ones inserted, interrupted ones
+        counted as another attempt), in one transaction."""
+        with self.transaction() as tx:
+            tx.execute(_FINALISTS_DDL)
+            for trial_id, seed in pairs:
+                tx.execute(
+                    "INSERT INTO finalists(trial_id, seed, status, attempts, started_at) "
+                    "VALUES (?, ?, 'running', 1, ?) ON CONFLICT(trial_id, seed) DO UPDATE SET "
+                    "attempts = attempts + 1, status = 'running'",
+                    (trial_id, seed, now()),
+                )
+
+    def finish_finalist(self, trial_id: int, seed: int, result: ChildResult) -> None:
+        status = "failed" if result.error is not None else "done"
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE finalists SET status=?, map=?, map50=?, map75=?, metrics=?, error=?, "
+                "worker=?, train_seconds=?, eval_seconds=?, total_seconds=?, finished_at=? "
+                "WHERE trial_id=? AND seed=? AND status='running'",
+                (status, result.map, result.map50, result.map75, json.dumps(result.metrics),
+                 result.error, result.worker, result.train_seconds, result.eval_seconds,
+                 result.total_seconds, now(), trial_id, seed),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                raise StoreError(f"finalist {trial_id} seed {seed} is not running")
+
+    def fail_finalist(self, trial_id: int, seed: int, error: str) -> None:
+        self.finish_finalist(trial_id, seed, ChildResult(map=None, error=error))
+
+    def finalists(self) -> list[Finalist]:
+        if not self._has_finalists():
+            return []
+        rows = self.db.query(
+            "SELECT trial_id, seed, status, map, map50, map75, metrics, error, attempts, "
+            "worker, total_seconds FROM finalists ORDER BY trial_id, seed"
+        )
+        return [Finalist(int(r[0]), int(r[1]), str(r[2]), r[3], r[4], r[5], _loads(r[6]), r[7],
+                         int(r[8]), r[9], r[10]) for r in rows]  # fmt: skip
 
 
 def _loads(text: str | None) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mnasfpn.train.boxes import ops, ssd_loss
+from mnasfpn.train.boxes import ops, sigmoid_cross_entropy, smooth_l1, ssd_loss
 
 # Conv weights take weight decay; biases, BN scales and offsets do not.
 DECAYED_WEIGHTS = ("kernel", "depthwise_kernel")
@@ -42,3 +42,19 @@ def training_loss(
     l2 = l2_penalty(kernels, weight_decay)
     return {"loss": cls + box + l2, "cls_loss": cls, "box_loss": box, "l2_loss": l2,
             "matched": matched}  # fmt: skip
+
+
+def distillation_loss(
+    codes: Any, logits: Any, teacher_codes: Any, teacher_probs: Any, positive: Any
+) -> Any:
+    """In-place distillation (a supernet child learning from the widest child of its
+    step): the class outputs by the quality focal loss (Li et al., GFL 2020) against the
+    teacher's probabilities, |t − p|² · BCE(t, logits), which vanishes as the student meets
+    the teacher on the many easy anchors; the box codes by smooth-L1 to the teacher's on
+    the matched anchors; both over the number of matched anchors, as the SSD loss."""
+    norm = ops.maximum(ops.sum(ops.cast(positive, "float32")), 1.0)
+    p = ops.sigmoid(logits)
+    weight = ops.square(teacher_probs - p)
+    cls = ops.sum(weight * sigmoid_cross_entropy(teacher_probs, logits)) / norm
+    box = ops.sum(smooth_l1(codes, teacher_codes, positive)) / norm
+    return cls + box

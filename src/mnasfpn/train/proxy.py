@@ -30,16 +30,12 @@ strong head from a weak one by more than its seed-to-seed spread.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.errors import MnasfpnError
-from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
+from mnasfpn.searchspace.genotype import Block, Genotype
 from mnasfpn.train.proxy_config import (
     CACHE_VERSION,
     ProxyBudget,
@@ -119,109 +115,23 @@ def proxy_evaluate(
     trains and caches the shared backbone and its features (minutes); later ones reuse them.
 
     Raises DataError for unusable data, ProxyError when the child fails."""
-    from mnasfpn.data.coco import DataError
+
+    from mnasfpn.train.spawn import run_spawned
 
     data = Path(data)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data_fingerprint(data)  # missing annotation files: fail here, before spawning
-    ctx = mp.get_context("spawn")  # TensorFlow is not fork-safe
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_child_main,
-        args=(send, genotype.to_dict(), str(data), budget.to_dict(), str(cache), os.getpid()),
-        name=f"proxy-{genotype.name or 'child'}",
-        daemon=True,
-    )
     t0 = time.perf_counter()
-    proc.start()
-    send.close()
-    message: tuple[str, Any] | None = None
-    ready_at: float | None = None  # the shared backbone is there: the time limit starts
-    try:
-        while True:
-            wait = None
-            if ready_at is not None and budget.timeout_s is not None:
-                wait = max(0.0, budget.timeout_s - (time.perf_counter() - ready_at))
-            if not recv.poll(wait):
-                proc.kill()
-                proc.join()
-                raise ProxyError(
-                    f"proxy child for {_label(genotype)} ran past its {budget.timeout_s:g} s "
-                    "limit and was stopped"
-                )
-            try:
-                message = recv.recv()
-            except EOFError:
-                message = None
-                break
-            if message[0] != "ready":
-                break
-            ready_at = time.perf_counter()
-    finally:
-        recv.close()
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if message is None:
-        code = proc.exitcode
-        why = "killed by the system, likely out of memory" if code == -9 else f"exit code {code}"
-        raise ProxyError(f"proxy child for {_label(genotype)} died without a result ({why})")
-    kind, payload = message
-    if kind == "ok":
-        payload["total_seconds"] = time.perf_counter() - t0
-        return ProxyResult(**payload)
-    if kind == "data":
-        raise DataError(payload)
-    raise ProxyError(f"proxy child for {_label(genotype)} failed: {payload}")
+    payload = run_spawned(
+        "mnasfpn.train.proxy_worker:run_proxy_child",
+        {"genotype_doc": genotype.to_dict(), "data": str(data), "budget_doc": budget.to_dict(),
+         "cache": str(cache)},
+        what=f"proxy child for {_label(genotype)}", error=ProxyError,
+        timeout_s=budget.timeout_s, name=f"proxy-{genotype.name or 'child'}",
+    )  # fmt: skip
+    payload["total_seconds"] = time.perf_counter() - t0
+    return ProxyResult(**payload)
 
 
 def _label(genotype: Genotype) -> str:
     return genotype.name or f"a C={genotype.channels} genotype"
-
-
-def _exit_with_parent(parent: int) -> None:
-    """End this process when the caller (pid `parent`, passed in: it may be gone before this
-    runs) is gone: an orphaned child would otherwise keep training for nobody."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(2.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="proxy-parent-watch").start()
-
-
-def _child_main(
-    conn: Any,
-    genotype_doc: dict[str, Any],
-    data: str,
-    budget_doc: dict[str, Any],
-    cache: str,
-    parent: int,
-) -> None:
-    """Entry point of the spawned process: run the proxy, send ('ok', result fields),
-    ('data', message) or ('error', one line)."""
-    from mnasfpn.data.coco import DataError
-
-    _exit_with_parent(parent)
-    try:
-        from mnasfpn.train.proxy_worker import run_proxy
-
-        genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
-        result = run_proxy(
-            genotype, Path(data), ProxyBudget(**budget_doc), Path(cache),
-            on_ready=lambda: conn.send(("ready", None)),
-        )  # fmt: skip
-        conn.send(("ok", result))
-    except DataError as exc:
-        conn.send(("data", str(exc)))
-    except MnasfpnError as exc:
-        conn.send(("error", str(exc)))
-    except BaseException as exc:  # a bug or a resource failure: keep where it happened
-        last = traceback.extract_tb(exc.__traceback__)[-1:]
-        where = f" at {Path(last[0].filename).name}:{last[0].lineno}" if last else ""
-        conn.send(("error", f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")))
-    finally:
-        conn.close()

@@ -75,7 +75,7 @@ class Features:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -124,7 +124,7 @@ def ensure_backbone_cache(
     done = folder / "done.json"
     if done.exists():
         return folder, 0.0
-    with _locked(cache_dir / f"{folder.name}.lock"):
+    with locked(cache_dir / f"{folder.name}.lock"):
         if done.exists():  # another child made it while we waited
             return folder, 0.0
         t0 = time.perf_counter()
@@ -281,3 +281,14 @@ def run_proxy(
         "val_images": len(val_features),
         "budget": budget.to_dict(),
     }
+
+
+def run_proxy_child(
+    genotype_doc: dict[str, Any], data: str, budget_doc: dict[str, Any], cache: str,
+    on_ready: Callable[[], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """`run_proxy` from plain arguments: the entry point of `proxy_evaluate`'s process."""
+    from mnasfpn.searchspace.genotype import genotype_from_dict
+
+    genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
+    return run_proxy(genotype, Path(data), ProxyBudget(**budget_doc), Path(cache), on_ready)
