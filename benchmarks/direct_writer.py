@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import required_keys
 from mnasfpn.model.convert import detector_tflite
@@ -80,7 +81,7 @@ def main() -> None:
     files: list[tuple[str, Path, Path]] = []
     direct_all, tf_all = [], []
     for i, g in enumerate(genotypes):
-        graph = config.opgraph(g)
+        graph = build_opgraph(g, config)
         name = g.name or f"mnasfpn-sample{i}"
         direct_s = [_timed(detector_tflite, graph, "direct")[1] for _ in range(3)]
         data_direct = detector_tflite(graph, "direct")

@@ -39,6 +39,7 @@ import numpy as np
 
 from mnasfpn.devices import load_profile
 from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import TFLITE_OP, op_type_of
 from mnasfpn.lut.build import build_table
@@ -168,7 +169,7 @@ def explain_miss(lut: Path, cache: Path, skipped: set[str], xnnpack: bool) -> di
             }
         )
     # Candidates for what the per-type fit leaves over.
-    graphs = [table.config.opgraph(g) for g in genotypes]
+    graphs = [build_opgraph(g, table.config) for g in genotypes]
     live = [gr.live_ops() for gr in graphs]
     n_ops = np.array([len(ops) for ops in live], dtype=float)
     not_taken = np.array([sum(1 for op in ops if op.key in skipped) for ops in live], dtype=float)

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.ir.build import build_opgraph
+
 OPS = {
     "add 20x20x48": "add/20x20x48/act=none",
     "conv1x1 20x20 48>128": "conv2d/in20x20x48/out20x20x128/k1s1/act=none",
@@ -68,7 +70,7 @@ def build_models(directory: Path, quick: bool) -> dict[str, tuple[Path, bool]]:
     for name, size in DETECTORS.items():
         if quick and size > 192:
             continue
-        graph = DetectorConfig(input_size=size).opgraph(get_architecture("paper-mnasfpn"))
+        graph = build_opgraph(get_architecture("paper-mnasfpn"), DetectorConfig(input_size=size))
         path = directory / f"det{size}.tflite"
         write_atomic(path, detector_tflite(graph))
         out[name] = (path, True)

@@ -15,9 +15,10 @@ from click.testing import CliRunner, Result
 
 from mnasfpn.arch_cli import register
 from mnasfpn.cli_common import ErrorHandlingGroup
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
+from mnasfpn.ir.build import build_opgraph
+from mnasfpn.ir.config import BackboneConfig, PredictorConfig
 from mnasfpn.ir.enumerate import space_keys
-from mnasfpn.searchspace.genotype import genotype_from_dict
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import paper_mnasfpn
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 

@@ -6,7 +6,16 @@ import itertools
 
 import pytest
 
-from mnasfpn.devices import PROFILES, DeviceError, load_profile, match_profile, open_device
+from mnasfpn.devices import (
+    DEVICE_KINDS,
+    PROFILES,
+    DeviceError,
+    DeviceOptions,
+    Profile,
+    load_profile,
+    match_profile,
+    open_device,
+)
 from mnasfpn.devices.stats import dispersion, repeat_until_stable, summarize
 from mnasfpn.devices.sysinfo import parse_cpu_count, parse_temperature_c
 
@@ -35,6 +44,16 @@ def test_shipped_profiles() -> None:
         p = load_profile(name)
         assert p.threads == 1 or name == "host-xnnpack-2t"
         assert 1 <= p.min_repeats <= p.max_repeats
+        assert p.kind in DEVICE_KINDS  # checked where a device is opened, so here for all
+
+
+def test_a_profile_of_an_unknown_kind_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = Profile(name="quantum", kind="qpu")
+    monkeypatch.setattr(DeviceOptions, "profile", lambda self: fake)
+    with pytest.raises(DeviceError, match=r"^unknown device kind 'qpu'; known: host, adb$"):
+        DeviceOptions("quantum").open()
 
 
 @pytest.mark.parametrize(

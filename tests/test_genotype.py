@@ -14,13 +14,10 @@ from hypothesis import strategies as st
 
 from mnasfpn.archs import load_jsonl, resolve_archs
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.searchspace.genotype import (
+from mnasfpn.searchspace.genotype import FORMAT, FORMAT_VERSION, Genotype, GenotypeError
+from mnasfpn.searchspace.genotype_json import (
     BLOCK_FIELDS,
     DOC_FIELDS,
-    FORMAT,
-    FORMAT_VERSION,
-    Genotype,
-    GenotypeError,
     genotype_from_bytes,
     genotype_from_dict,
     genotype_from_json,

@@ -7,13 +7,8 @@ from collections import Counter
 
 import pytest
 
-from mnasfpn.ir.build import (
-    BackboneConfig,
-    PredictorConfig,
-    build_opgraph,
-    check_input_size,
-    make_divisible,
-)
+from mnasfpn.ir.build import build_opgraph, make_divisible
+from mnasfpn.ir.config import BackboneConfig, PredictorConfig, check_input_size
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS, TFLITE_OP, Op, op_key, parse_key

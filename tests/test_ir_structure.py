@@ -65,7 +65,7 @@ def test_op_type_of_every_key() -> None:
 def test_detector_config_is_the_one_set_of_defaults() -> None:
     g = sample_genotypes("mnasfpn", 1, seed=2)[0]
     default = build_opgraph(g)
-    assert default.keys(live_only=False) == DetectorConfig().opgraph(g).keys(live_only=False)
+    assert default.keys(live_only=False) == build_opgraph(g, DetectorConfig()).keys(live_only=False)
     meta = default.meta
     d = DetectorConfig()
     assert (meta["input_size"], meta["num_classes"]) == (d.input_size, d.num_classes)
@@ -74,7 +74,7 @@ def test_detector_config_is_the_one_set_of_defaults() -> None:
     graph = build_opgraph(g, small)
     assert graph.meta["input_size"] == 128 and graph.meta["num_classes"] == 3
     assert graph.meta["backbone"]["alpha"] == 0.5 and graph.meta["predictor"]["depth"] == 16
-    assert graph.keys() == small.opgraph(g).keys()
+    assert graph.keys() == build_opgraph(g, small).keys()
     space = SPACES["nasfpnlite-s"]
     assert space_keys(space, small) == space_keys(
         space, input_size=128, backbone=small.backbone, predictor=small.predictor,

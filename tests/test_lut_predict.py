@@ -21,7 +21,8 @@ from mnasfpn.lut.calibration import Calibration, feature_columns
 from mnasfpn.lut.predictor import CostModel
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
-from mnasfpn.searchspace.genotype import Block, Genotype, genotype_from_dict
+from mnasfpn.searchspace.genotype import Block, Genotype
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
 

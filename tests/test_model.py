@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mnasfpn.ir.build import BackboneConfig, PredictorConfig, build_opgraph
+from mnasfpn.ir.build import build_opgraph
+from mnasfpn.ir.config import BackboneConfig, PredictorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.ir.ops import TFLITE_OP, parse_key
 from mnasfpn.searchspace.named import get_architecture

@@ -29,7 +29,8 @@ from mnasfpn.search.driver import Search, SearchSettings, table_identity
 from mnasfpn.search.evaluators import SurrogateEvaluator, surrogate_accuracy
 from mnasfpn.search.executors import InlineExecutor
 from mnasfpn.search.finalists import FinalistSpec, choose, run_finalists
-from mnasfpn.search.pareto import frontier, frontier_points, frontier_table, load_run
+from mnasfpn.search.frontier import frontier
+from mnasfpn.search.pareto import frontier_points, frontier_table, load_run
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import ChildResult, TrialStore
 from mnasfpn.searchspace.named import get_architecture

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from mnasfpn.data import DataError, SynthSpec, write_synthetic
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.searchspace.genotype import genotype_from_dict
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.train.proxy import (
     ProxyBudget,
@@ -100,7 +101,7 @@ def test_head_reads_only_cached_taps() -> None:
 
     config = DetectorConfig(input_size=64, num_classes=3, alpha=0.35, depth=16)
     for genotype in (get_architecture("paper-mnasfpn", 1), weak_head()):
-        graph = config.opgraph(genotype)
+        graph = build_opgraph(genotype, config)
         head, levels = build_head(graph)
         taps = tap_ops(graph)
         assert [graph.ops[t].out_shape[0] for t in taps] == [8, 4, 2]

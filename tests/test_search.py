@@ -31,14 +31,16 @@ from mnasfpn.search.driver import (
 )
 from mnasfpn.search.evaluators import SurrogateEvaluator, surrogate_accuracy
 from mnasfpn.search.executors import InlineExecutor
-from mnasfpn.search.pareto import frontier, load_run
+from mnasfpn.search.frontier import frontier
+from mnasfpn.search.pareto import load_run
 from mnasfpn.search.ppo import PPO, PPOConfig
 from mnasfpn.search.random_search import RandomSearch
 from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import ChildResult, TrialStore
 from mnasfpn.search.strategies import STRATEGIES, make_strategy
 from mnasfpn.search.strategy import Outcome, Proposal, unpack_state
-from mnasfpn.searchspace.genotype import Genotype, load_genotype
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.genotype_json import load_genotype
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SPACES, SearchSpace, get_space, pruned
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import build_opgraph
-from mnasfpn.searchspace.genotype import LEVELS, Genotype, GenotypeError, genotype_from_json
+from mnasfpn.searchspace.genotype import LEVELS, Genotype, GenotypeError
+from mnasfpn.searchspace.genotype_json import genotype_from_json
 from mnasfpn.searchspace.named import get_architecture, paper_mnasfpn
 from mnasfpn.searchspace.spaces import (
     CHANNELS,

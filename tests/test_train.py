@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners, num_anchors
@@ -22,8 +23,8 @@ from train_fixtures import coco_ground_truth, shapes_set
 def test_anchor_count_is_nine_per_feature_cell(size: int) -> None:
     cells = sum((size // 2**level) ** 2 for level in (3, 4, 5, 6))
     assert num_anchors(size) == 9 * cells == len(anchor_centers_sizes(size))
-    graph = DetectorConfig(input_size=size, num_classes=3).opgraph(
-        get_architecture("paper-mnasfpn", 1)
+    graph = build_opgraph(
+        get_architecture("paper-mnasfpn", 1), DetectorConfig(input_size=size, num_classes=3)
     )
     box_out = graph.ops[graph.outputs[0]].out_shape
     assert box_out == (9 * cells, 4)  # the predictor emits one box per anchor

@@ -20,8 +20,8 @@ from mnasfpn.archs import resolve_archs
 from mnasfpn.atomic import check_output, write_atomic
 from mnasfpn.cli_common import NameChoice, converter_option, model_options, repeats_option
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.ir.build import check_input_size
-from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.ir.build import build_opgraph
+from mnasfpn.ir.config import DetectorConfig, check_input_size
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
 from mnasfpn.searchspace.genotype import Genotype
@@ -142,7 +142,7 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
     genotypes = resolve_archs(arch, repeats)
     chunks = []
     for i, genotype in enumerate(genotypes):
-        graph = config.opgraph(genotype)
+        graph = build_opgraph(genotype, config)
         if as_json:
             chunks.append(json.dumps(graph.summary(), separators=(",", ":")))
         else:
@@ -195,7 +195,7 @@ def export(
     check_output(out, inputs=[] if arch in ARCHITECTURES else [arch], force=force)
     if not out.parent.is_dir():
         raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
-    graph = config.opgraph(genotypes[0])
+    graph = build_opgraph(genotypes[0], config)
     # TensorFlow loads only with --converter tf: the other commands must stay instant.
     from mnasfpn.model.convert import detector_tflite
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnasfpn.searchspace.genotype import (
-    Genotype,
-    GenotypeError,
+from mnasfpn.searchspace.genotype import Genotype, GenotypeError
+from mnasfpn.searchspace.genotype_json import (
     genotype_from_dict,
     load_genotype,
     parse_json,

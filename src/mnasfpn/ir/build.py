@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from mnasfpn.ir.config import (
-    MAX_LEVEL,
     MIN_LEVEL,
     BackboneConfig,
     DetectorConfig,
@@ -15,25 +14,6 @@ from mnasfpn.ir.config import (
 from mnasfpn.ir.graph import GraphBuilder, OpGraph, Tensor
 from mnasfpn.ir.ops import input_role
 from mnasfpn.searchspace.genotype import LEVELS, Block, Genotype
-
-# The configs live in ir.config (with the defaults); importers of this module keep them.
-__all__ = [
-    "MAX_LEVEL",
-    "MIN_LEVEL",
-    "BackboneConfig",
-    "DetectorConfig",
-    "PredictorConfig",
-    "build_opgraph",
-    "check_input_size",
-    "level_size",
-    "live_blocks",
-    "merge",
-    "mnasfpn_block",
-    "mnasfpn_cell",
-    "mobilenet_v2",
-    "resample",
-    "ssd_predictor",
-]
 
 # MobileNetV2 inverted-residual stages: (expansion t, channels c, repeats n, stride s).
 MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (

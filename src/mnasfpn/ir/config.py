@@ -4,13 +4,10 @@ IR, the table, validation, training and search all share."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.searchspace.genotype import LEVELS, Genotype
-
-if TYPE_CHECKING:
-    from mnasfpn.ir.graph import OpGraph
+from mnasfpn.searchspace.genotype import LEVELS
 
 MIN_LEVEL, MAX_LEVEL = LEVELS[0], LEVELS[-1]
 
@@ -70,12 +67,6 @@ class DetectorConfig:
     @property
     def predictor(self) -> PredictorConfig:
         return PredictorConfig(depth=self.depth)
-
-    def opgraph(self, genotype: Genotype) -> OpGraph:
-        """The whole detector's OpGraph for `genotype` under this configuration."""
-        from mnasfpn.ir.build import build_opgraph  # build.py imports this module
-
-        return build_opgraph(genotype, self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

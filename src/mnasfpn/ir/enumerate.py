@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import itertools
 
-from mnasfpn.ir.build import (
+from mnasfpn.ir.build import build_opgraph, level_size, merge, mobilenet_v2, resample, ssd_predictor
+from mnasfpn.ir.config import (
     MIN_LEVEL,
     BackboneConfig,
     DetectorConfig,
     PredictorConfig,
-    build_opgraph,
     check_input_size,
-    level_size,
-    merge,
-    mobilenet_v2,
-    resample,
-    ssd_predictor,
 )
 from mnasfpn.ir.graph import GraphBuilder, Tensor
 from mnasfpn.ir.ops import MODEL_INPUT

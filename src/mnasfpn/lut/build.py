@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.enumerate import space_keys
 from mnasfpn.lut.store import (
@@ -63,7 +64,7 @@ def required_keys(spaces: Sequence[str], config: DetectorConfig) -> list[str]:
         )
     for arch in ARCHITECTURES:
         for r in NAMED_REPEATS:
-            keys |= set(config.opgraph(get_architecture(arch, r)).keys(live_only=False))
+            keys |= set(build_opgraph(get_architecture(arch, r), config).keys(live_only=False))
     return sorted(keys)
 
 

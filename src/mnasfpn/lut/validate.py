@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.devices.options import DeviceOptions
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.lut.build import default_cache_dir, identity_of, record_load
 from mnasfpn.lut.fidelity import (
@@ -44,7 +45,8 @@ from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
 from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id
 from mnasfpn.parallel import spawn_map
-from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
 
@@ -91,7 +93,7 @@ def fit_inputs(
     """What the fit and its baselines see of `genotypes`: table features, naive-table
     features, MAdds (millions), structure and naive structure (`cross_validate` takes
     them in this order, the end-to-end targets and seed after the MAdds)."""
-    madds = np.array([table.config.opgraph(g).madds() / 1e6 for g in genotypes])
+    madds = np.array([build_opgraph(g, table.config).madds() / 1e6 for g in genotypes])
     return (
         table.features(genotypes),
         table.features(genotypes, naive=True),
@@ -157,7 +159,7 @@ def _export_one(
     from mnasfpn.model.convert import detector_tflite
 
     t0 = time.perf_counter()
-    graph = DetectorConfig(**config).opgraph(genotype_from_dict(doc))
+    graph = build_opgraph(genotype_from_dict(doc), DetectorConfig(**config))
     write_atomic(out, detector_tflite(graph, converter))
     return out, time.perf_counter() - t0
 
@@ -235,7 +237,7 @@ def validate(
     measured_new = 0
     with TableStore.open(lut_path) as store:
         for g, a in zip(genotypes, ids, strict=True):
-            graph = config.opgraph(g)
+            graph = build_opgraph(g, config)
             store.add_e2e_arch(
                 a,
                 name=g.name,

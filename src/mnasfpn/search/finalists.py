@@ -43,7 +43,7 @@ class FinalistSpec:
 
 def choose(trials: list[Trial], k: int) -> list[Trial]:
     """The `k` best frontier points by reward (all of the frontier when it is smaller)."""
-    from mnasfpn.search.pareto import frontier
+    from mnasfpn.search.frontier import frontier
 
     front = frontier(trials)
     front.sort(key=lambda t: (-(t.reward if t.reward is not None else -math.inf), t.id))

@@ -16,9 +16,11 @@ from typing import Any
 
 from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.search.evaluators import SurrogateEvaluator
-from mnasfpn.search.store import STORE_NAME, Finalist, Trial, TrialStore, genotype_key
+from mnasfpn.search.frontier import frontier
+from mnasfpn.search.store import STORE_NAME, Finalist, Trial, TrialStore
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 
@@ -93,29 +95,6 @@ def load_run(folder: str | Path) -> SearchRun:
     return SearchRun(folder, label, settings, meta.get("table") or {}, trials, finalists)
 
 
-def frontier(trials: list[Trial]) -> list[Trial]:
-    """Pareto-optimal finished trials (low latency, high mAP), fastest first."""
-    seen: set[str] = set()
-    done = []
-    for t in sorted(trials, key=lambda t: t.id):
-        if t.status != "done" or t.map is None or t.latency_ms is None:
-            continue
-        key = genotype_key(t.genotype)
-        if key in seen:
-            continue
-        seen.add(key)
-        done.append(t)
-    done.sort(key=lambda t: (t.latency_ms, -(t.map or 0.0)))
-    out: list[Trial] = []
-    best = float("-inf")
-    for t in done:
-        assert t.map is not None
-        if t.map > best:
-            out.append(t)
-            best = t.map
-    return out
-
-
 def detector_config(run: SearchRun) -> DetectorConfig:
     t = run.table
     return DetectorConfig(
@@ -137,7 +116,7 @@ def frontier_points(run: SearchRun) -> list[FrontierPoint]:
     trials = run.finalist_trials() if scores else run.trials
     out = []
     for t in frontier(trials):
-        graph = cfg.opgraph(t.genotype)
+        graph = build_opgraph(t.genotype, cfg)
         s = scores.get(t.id)
         out.append(FrontierPoint(
             run, t, graph.keras_params(), graph.madds(),

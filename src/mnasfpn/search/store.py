@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.searchspace.genotype import Genotype, genotype_from_dict
+from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.sqlite_db import Database, DatabaseError, Schema
 
 STORE_NAME = "trials.sqlite"

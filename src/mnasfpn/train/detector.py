@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.tfenv import load_keras
@@ -33,7 +34,7 @@ def build_detector(
     load_keras()  # TensorFlow only on its backend: a JAX training step builds this too
     from mnasfpn.model.keras_builder import build_keras_model
 
-    model = build_keras_model(detector.opgraph(genotype), seed=seed, batch_size=batch_size)
+    model = build_keras_model(build_opgraph(genotype, detector), seed=seed, batch_size=batch_size)
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)
     return model

@@ -56,7 +56,7 @@ class ProxyBudget:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        from mnasfpn.ir.build import check_input_size
+        from mnasfpn.ir.config import check_input_size
 
         try:
             check_input_size(self.input_size)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.data.coco import CocoSet, DataError, load_coco
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import get_architecture
@@ -150,7 +151,7 @@ def _make_backbone_cache(out: Path, train: CocoSet, val: CocoSet, budget: ProxyB
     keras.utils.set_random_seed(budget.backbone_seed)
     reference = get_architecture(budget.backbone_head, budget.backbone_head_repeats)
     config = DetectorConfig(budget.input_size, train.num_classes, budget.alpha, budget.depth)
-    graph = config.opgraph(reference)
+    graph = build_opgraph(reference, config)
     detector, backbone = build_detector_and_backbone(graph)
     set_bn_momentum(detector, bn_momentum(budget.backbone_steps))
     set_class_prior(detector)
@@ -252,7 +253,7 @@ def run_proxy(
 
     keras.utils.set_random_seed(budget.seed)
     config = DetectorConfig(budget.input_size, train.num_classes, budget.alpha, budget.depth)
-    head, levels = build_head(config.opgraph(genotype))
+    head, levels = build_head(build_opgraph(genotype, config))
     set_bn_momentum(head, 0.99)
     set_class_prior(head)
     t0 = time.perf_counter()
@@ -288,7 +289,7 @@ def run_proxy_child(
     on_ready: Callable[[], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """`run_proxy` from plain arguments: the entry point of `proxy_evaluate`'s process."""
-    from mnasfpn.searchspace.genotype import genotype_from_dict
+    from mnasfpn.searchspace.genotype_json import genotype_from_dict
 
     genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
     return run_proxy(genotype, Path(data), ProxyBudget(**budget_doc), Path(cache), on_ready)

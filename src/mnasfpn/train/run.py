@@ -11,7 +11,8 @@ from typing import Any
 from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import ConfigError, DetectorConfig
-from mnasfpn.searchspace.genotype import Genotype, GenotypeError, genotype_from_dict
+from mnasfpn.searchspace.genotype import Genotype, GenotypeError
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"

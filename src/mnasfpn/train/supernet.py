@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.ir.ops import Op
 from mnasfpn.model.keras_builder import layer_name
@@ -80,7 +81,7 @@ class SupernetShape:
         return self.search_space.num_intermediate + NUM_CELL_INPUTS
 
     def tap_channels(self) -> tuple[int, int, int]:
-        graph = self.detector.opgraph(_any_genotype(self.search_space))
+        graph = build_opgraph(_any_genotype(self.search_space), self.detector)
         c3, c4, c5 = (graph.ops[i].out_shape[2] for i in tap_ops(graph))
         return c3, c4, c5
 
@@ -239,7 +240,7 @@ class Child:
     def __init__(self, shape: SupernetShape, genotype: Genotype) -> None:
         self.shape = shape
         self.genotype = canonical_child(shape, genotype)
-        graph = shape.detector.opgraph(self.genotype)
+        graph = build_opgraph(self.genotype, shape.detector)
         ops, self.levels = head_ops(graph)
         taps = tap_ops(graph)
         self.inputs = [taps[lv] for lv in self.levels]
