@@ -31,7 +31,7 @@ from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import get_space
 from mnasfpn.train.oneshot_config import OneShotBudget, OneShotError, SupernetKey, check_child
-from mnasfpn.train.proxy import ProxyBudget
+from mnasfpn.train.proxy_config import ProxyBudget
 
 
 def main() -> None:

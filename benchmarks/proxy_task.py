@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from mnasfpn.searchspace.named import get_architecture
-from mnasfpn.train.proxy import ProxyBudget, proxy_evaluate, weak_head
+from mnasfpn.train.proxy import proxy_evaluate, weak_head
+from mnasfpn.train.proxy_config import ProxyBudget
 
 
 def main() -> None:

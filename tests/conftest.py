@@ -19,6 +19,7 @@ from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.devices.profiles import Profile, load_profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut import build as lut_build
 from mnasfpn.lut.build import required_keys
 from mnasfpn.lut.store import TableStore
 from mnasfpn.profiler import micromodel
@@ -154,7 +155,7 @@ def fake_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             kw["progress"](len(out))
         return out
 
-    monkeypatch.setattr(micromodel, "micromodel_paths", paths)
+    monkeypatch.setattr(lut_build, "micromodel_paths", paths)  # where the build looks it up
     return cache
 
 

@@ -98,9 +98,15 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> Iterator[Impo
                 yield Import(name, target, node.lineno, local)
 
 
+# Functions that import a library: called at a module's top, they import it there.
+LOADERS = {"load_tensorflow": "tensorflow", "load_keras": "keras"}
+
+
 def external_imports(path: Path) -> Iterator[tuple[str, int, bool]]:
-    """(top-level package, line, inside a function) of each import from outside mnasfpn."""
-    for node, local in _import_nodes(ast.parse(path.read_text(), str(path))):
+    """(top-level package, line, inside a function) of each import from outside mnasfpn,
+    with a `LOADERS` call outside any function counted as the import it makes."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node, local in _import_nodes(tree):
         if isinstance(node, ast.ImportFrom):
             names = [] if node.level else [node.module or ""]
         else:
@@ -108,6 +114,22 @@ def external_imports(path: Path) -> Iterator[tuple[str, int, bool]]:
         for name in names:
             if name.split(".")[0] != "mnasfpn":
                 yield name.split(".")[0], node.lineno, local
+    for call in _top_level_calls(tree):
+        name = getattr(call.func, "id", getattr(call.func, "attr", None))
+        if name in LOADERS:
+            yield LOADERS[name], call.lineno, False
+
+
+def _top_level_calls(node: ast.AST) -> Iterator[ast.Call]:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            # Its decorators and defaults run at import; its body does not.
+            for part in [*getattr(child, "decorator_list", []), child.args]:
+                yield from _top_level_calls(part)
+            continue
+        if isinstance(child, ast.Call):
+            yield child
+        yield from _top_level_calls(child)
 
 
 @cache
@@ -176,49 +198,56 @@ def describe(circle: list[Import]) -> str:
 
 
 def layer(module: str) -> str:
-    """The layer a module belongs to: its subpackage, or the top-level module itself."""
+    """A module's layer: its subpackage (`lut`), a top-level module's own name (`archs`),
+    `base` for the shared helpers, and `commands` for the click modules, which sit on top
+    of everything (each package's `cli.py`, `arch_cli`, `cli_common`, `export_cli`)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else parts[0]
+    if parts[-1] == "cli" or parts[-1].endswith("_cli") or parts[-1] == "cli_common":
+        return "commands"
+    if len(parts) == 1 or parts[1] in BASE:
+        return "base"
+    return parts[1]
 
 
-# Which layers each layer may import (the design's layering: each imports only those
-# below it). Shared helpers that import nothing of the project are open to all.
+# Shared helpers every layer may use; they import nothing of the project above them.
 BASE = {"errors", "atomic", "registry", "sqlite_db", "parallel", "tfenv"}
+# The layers each layer may import (besides itself and base): each only those below it.
+# Devices stand apart (only the table uses them); data and train build on the model; the
+# search builds on the spaces and the table and reaches training only inside the methods
+# of its evaluators (`TRAINING_DOOR`), whose training runs in worker processes.
 ALLOWED: dict[str, set[str]] = {
-    "mnasfpn": set(),
-    "errors": set(),
-    "atomic": set(),
-    "parallel": set(),
-    "tfenv": {"errors"},
-    "registry": {"errors"},
-    "sqlite_db": {"errors", "atomic"},
-    "searchspace": BASE,
-    "ir": BASE | {"searchspace"},
-    "archs": BASE | {"searchspace", "ir"},
-    "tflite": BASE | {"searchspace", "ir"},
-    "model": BASE | {"searchspace", "ir", "tflite"},
-    "profiler": BASE | {"searchspace", "ir", "tflite", "model"},
-    "devices": BASE,
-    "cli_common": BASE | {"searchspace", "ir", "archs", "devices", "model"},
-    "lut": BASE
-    | {
-        "searchspace",
-        "ir",
-        "archs",
-        "tflite",
-        "model",
-        "profiler",
-        "devices",
-        "cli_common",
-    },  # fmt: skip
-    "data": BASE | {"cli_common"},
-    "train": BASE | {"searchspace", "ir", "archs", "tflite", "model", "data", "cli_common"},
-    # The search reaches training only through an evaluator (train.proxy / train.oneshot
-    # run the child in a worker); the test below keeps TensorFlow out of its driver.
-    "search": BASE | {"searchspace", "ir", "archs", "lut", "cli_common", "data", "train"},
-    "arch_cli": BASE
-    | {"searchspace", "ir", "archs", "tflite", "model", "train", "cli_common"},  # fmt: skip
-    "cli": {"arch_cli", "cli_common", "data", "devices", "lut", "search", "train", *BASE},
+    "base": set(),
+    "searchspace": set(),
+    "archs": {"searchspace"},
+    "ir": {"searchspace"},
+    "tflite": {"searchspace", "ir"},
+    "model": {"searchspace", "ir", "tflite"},
+    "profiler": {"searchspace", "ir", "tflite", "model"},
+    "devices": set(),
+    "lut": {"searchspace", "archs", "ir", "tflite", "model", "profiler", "devices"},
+    "data": set(),
+    "train": {"searchspace", "archs", "ir", "tflite", "model", "data"},
+    "search": {"searchspace", "archs", "ir", "lut"},
+}
+ALLOWED["commands"] = set(ALLOWED) - {"commands"}  # every layer
+TRAINING_DOOR = "mnasfpn.search.evaluators"
+
+# Libraries that cost a start-up its "instant": none of them may load when the package's
+# light modules are imported (`--help`, a table's predict, the search driver).
+HEAVY = {
+    "tensorflow", "keras", "tf_keras", "ai_edge_litert", "ray", "matplotlib", "adbutils",
+    "adb_shell", "sklearn", "scipy", "pandas", "pycocotools", "faster_coco_eval",
+}  # fmt: skip
+# Modules whose job is one of those libraries; the others import them only inside a
+# function (with the reason beside it) or not at all.
+HEAVY_MODULES = {
+    "mnasfpn.model.keras_builder",  # Keras
+    "mnasfpn.model.layers",  # Keras
+    "mnasfpn.tflite.reader",  # LiteRT's flatbuffer schema
+    "mnasfpn.tflite.writer",  # LiteRT's flatbuffer schema
+    "mnasfpn.train.boxes",  # Keras, through load_keras() at its top
+    "mnasfpn.train.objective",  # train.boxes
+    "mnasfpn.train.supernet",  # Keras
 }
 
 
@@ -249,10 +278,39 @@ def test_no_import_circles() -> None:
 def test_each_layer_imports_only_those_below_it() -> None:
     graph = import_graph()
     assert {layer(m) for m in graph} <= set(ALLOWED), "a new layer needs a row in ALLOWED"
-    wrong = [
-        f"{e.source}:{e.line} imports {e.target} ({layer(e.source)} → {layer(e.target)})"
-        for edges in graph.values()
-        for e in edges
-        if layer(e.target) != layer(e.source) and layer(e.target) not in ALLOWED[layer(e.source)]
-    ]
+    wrong = []
+    for edges in graph.values():
+        for e in edges:
+            source, target = layer(e.source), layer(e.target)
+            if target in (source, "base") or target in ALLOWED[source]:
+                continue
+            if (source, target) == ("search", "train") and e.source == TRAINING_DOOR and e.local:
+                continue  # inside the evaluator's methods: never with the search's modules
+            wrong.append(f"{e.source}:{e.line} imports {e.target} ({source} → {target})")
     assert not wrong, "\n".join(wrong)
+
+
+def _top_closure(graph: dict[str, list[Import]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(e.target for e in graph[module] if not e.local)
+    return seen
+
+
+def test_heavy_libraries_load_only_inside_functions_of_light_modules() -> None:
+    """Importing `mnasfpn.cli` (every command's module) loads no heavy library and no
+    module whose job is one: they come in inside the function that needs them."""
+    graph = import_graph()
+    modules = _modules()
+    direct = {
+        m for m, path in modules.items() if any(not local and name in HEAVY
+                                                for name, _, local in external_imports(path))
+    }  # fmt: skip
+    heavy_at_top = {m for m in modules if _top_closure(graph, m) & direct}
+    assert heavy_at_top == HEAVY_MODULES, "which modules load a heavy library changed"
+    loaded = _top_closure(graph, "mnasfpn.cli")
+    assert {e.target for e in graph["mnasfpn.cli"]} <= loaded  # every package's commands
+    assert not loaded & HEAVY_MODULES, sorted(loaded & HEAVY_MODULES)

@@ -18,9 +18,11 @@ from click.testing import CliRunner
 from mnasfpn.cli import lut_main
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut import build as lut_build
 from mnasfpn.lut.build import build_table, required_keys
 from mnasfpn.lut.store import TableStore
 from mnasfpn.lut.table import LatencyTable
+from mnasfpn.profiler import micromodel
 
 SPACE = "nasfpnlite-s"
 SIZE = 64
@@ -248,8 +250,6 @@ def test_build_sharded_across_two_phones(
 def test_a_failed_conversion_leaves_only_that_op_unmeasured(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnasfpn.profiler import micromodel
-
     real = micromodel.micromodel_paths
     expected = required_keys((SPACE,), DetectorConfig(input_size=SIZE))
     bad = expected[len(expected) // 2]
@@ -258,7 +258,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
         real([k for k in keys if k != bad], cache, **kw)
         raise micromodel.MicromodelError(f"1 op(s) failed to convert, first {bad!r}: boom")
 
-    monkeypatch.setattr(micromodel, "micromodel_paths", failing)
+    monkeypatch.setattr(lut_build, "micromodel_paths", failing)  # where the build looks it up
     # A copy of the shared cache (conversions already made) without `bad`'s micro-model.
     cache = tmp_path / "cache"
     if (cache_dir / "micromodels").is_dir():
@@ -279,7 +279,7 @@ def test_a_failed_conversion_leaves_only_that_op_unmeasured(
     with TableStore.open(out) as store:
         assert store.measured_keys() == set(expected) - {bad}
     # The next build (conversions working again) measures just that op.
-    monkeypatch.setattr(micromodel, "micromodel_paths", real)
+    monkeypatch.setattr(lut_build, "micromodel_paths", real)
     report = build_table(
         out,
         [SPACE],

@@ -373,7 +373,7 @@ def test_driver_side_does_not_load_tensorflow() -> None:
         "import sys\n"
         "from mnasfpn.search.evaluators import OneShotEvaluator\n"
         "from mnasfpn.search.finalists import FinalistSpec\n"
-        "from mnasfpn.train.oneshot import OneShotBudget, check_child\n"
+        "from mnasfpn.train.oneshot_config import OneShotBudget, check_child\n"
         "from mnasfpn.searchspace.named import get_architecture\n"
         "check_child('mnasfpn', 4, get_architecture('paper-mnasfpn'))\n"
         "OneShotEvaluator('d', OneShotBudget(), 'mnasfpn', 4).budget.scoring_fields()\n"

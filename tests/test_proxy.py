@@ -19,13 +19,8 @@ from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
-from mnasfpn.train.proxy import (
-    ProxyBudget,
-    ProxyBudgetError,
-    ProxyError,
-    proxy_evaluate,
-    weak_head,
-)
+from mnasfpn.train.proxy import proxy_evaluate, weak_head
+from mnasfpn.train.proxy_config import ProxyBudget, ProxyBudgetError, ProxyError
 
 TINY_BUDGET = ProxyBudget(input_size=64, steps=3, batch_size=4, backbone_steps=3,
                           backbone_batch_size=4, threads=1)  # fmt: skip
@@ -40,7 +35,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_import_does_not_load_tensorflow() -> None:
     code = (
-        "import sys, mnasfpn.train.proxy as p; p.ProxyBudget(); p.weak_head();"
+        "import sys, mnasfpn.train.proxy as p, mnasfpn.train.proxy_config as c;"
+        "c.ProxyBudget(); p.weak_head();"
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())

@@ -24,6 +24,7 @@ from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig, check_input_size
 from mnasfpn.ir.graph import OpGraph
 from mnasfpn.ir.ops import PARTS
+from mnasfpn.model.convert import detector_tflite
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES
 from mnasfpn.searchspace.spaces import SPACES, sample_genotypes
@@ -180,6 +181,7 @@ def export(
 ) -> None:
     """Build the detector (untrained weights, or a run's trained ones) as a .tflite file."""
     if run_dir is not None or with_postprocess:
+        # the command's machinery loads when it runs: --help stays instant
         from mnasfpn.train.export_cli import export_run_command
 
         export_run_command(run_dir, out, with_postprocess=with_postprocess, arch=arch, force=force)
@@ -196,9 +198,6 @@ def export(
     if not out.parent.is_dir():
         raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     graph = build_opgraph(genotypes[0], config)
-    # TensorFlow loads only with --converter tf: the other commands must stay instant.
-    from mnasfpn.model.convert import detector_tflite
-
     data = detector_tflite(graph, converter, seed=seed)
     try:
         # Without --force, a file that appeared during the conversion is not replaced either.
@@ -218,6 +217,7 @@ def _output_shapes(path: Path, graph: OpGraph) -> list[tuple[str, list[int]]]:
         (label, [1, *graph.ops[o].out_shape])
         for label, o in zip(("box encodings", "class logits"), graph.outputs, strict=True)
     ]
+    # LiteRT: only when a model is run
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -281,6 +281,7 @@ def sample(
 )
 def spaces(input_size: int) -> None:
     """List the search spaces: size and how many op keys a latency table needs."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.ir.enumerate import space_keys
 
     rows = [("space", "genotypes", f"op keys @{input_size}", "description")]

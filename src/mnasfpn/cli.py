@@ -6,7 +6,13 @@ from __future__ import annotations
 import click
 
 from mnasfpn import __version__
+from mnasfpn.arch_cli import register as register_arch
 from mnasfpn.cli_common import ErrorHandlingGroup
+from mnasfpn.data.cli import register as register_data
+from mnasfpn.devices.cli import register as register_devices
+from mnasfpn.lut.cli import register as register_lut
+from mnasfpn.search.cli import register as register_search
+from mnasfpn.train.cli import register as register_train
 
 
 @click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,13 +28,6 @@ def lut_main() -> None:
 
 
 def _register() -> None:
-    from mnasfpn.arch_cli import register as register_arch
-    from mnasfpn.data.cli import register as register_data
-    from mnasfpn.devices.cli import register as register_devices
-    from mnasfpn.lut.cli import register as register_lut
-    from mnasfpn.search.cli import register as register_search
-    from mnasfpn.train.cli import register as register_train
-
     register_arch(main)
     register_data(main)
     register_train(main)

@@ -19,6 +19,7 @@ from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.devices.profiles import PROFILES, parse_overrides
 from mnasfpn.devices.transport import TRANSPORTS
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.config import ConfigError, DetectorConfig
 from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converters_help
 from mnasfpn.registry import Registry, Subset
 
@@ -199,7 +200,6 @@ def model_options(func: F | None = None, *, classes: bool = True) -> Any:
     its data and replaces the default the config carries)."""
     if func is None:
         return functools.partial(model_options, classes=classes)
-    from mnasfpn.ir.config import ConfigError, DetectorConfig
 
     defaults = DetectorConfig()
     fields = ("input_size", "num_classes", "alpha", "depth")

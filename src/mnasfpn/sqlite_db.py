@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mnasfpn.errors import MnasfpnError
 
@@ -327,8 +328,6 @@ def _remake(schema: Schema) -> str:
 
 def _uri(path: Path) -> str:
     # A URI, so special characters in the path must be escaped.
-    from urllib.parse import quote
-
     return "file:" + quote(str(path.resolve()))
 
 

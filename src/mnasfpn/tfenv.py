@@ -37,6 +37,7 @@ def load_tensorflow() -> Any:
     missing: ModuleNotFoundError | None = None
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
+        # TensorFlow: imported here and only here, when a command or worker needs it
         try:
             import tensorflow as tf
         except BaseException as exc:
@@ -80,6 +81,7 @@ def load_keras() -> Any:
     never imported there."""
     if keras_backend() == "tensorflow":
         load_tensorflow()
+    # Keras: only when asked for, after TensorFlow (its usual backend) is set up
     import keras
 
     return keras

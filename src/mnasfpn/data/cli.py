@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
+
+from mnasfpn.data.coco import load_coco
+from mnasfpn.data.split import split_coco
+from mnasfpn.data.synth import SynthSpec, check_target, write_synthetic
 
 
 @click.group("data")
@@ -24,9 +29,8 @@ def synth_cmd(
     out: Path, n_train: int, n_val: int, size: int, classes: int, seed: int, force: bool
 ) -> None:
     """Write a synthetic shapes detection set (COCO format, splits train and val)."""
+    # tqdm (~30 ms): this module loads with `--help`, tqdm only when a bar shows
     from tqdm import tqdm
-
-    from mnasfpn.data.synth import SynthSpec, check_target, write_synthetic
 
     spec = SynthSpec(train=n_train, val=n_val, size=size, classes=classes, seed=seed)
     spec.check()
@@ -55,8 +59,6 @@ def split_cmd(
     force: bool,
 ) -> None:
     """Carve search-train / search-val splits (named train, val) out of one split."""
-    from mnasfpn.data.split import split_coco
-
     counts = split_coco(
         root, split, out, val_count=val_count, val_fraction=val_fraction, seed=seed,
         force=force,
@@ -69,10 +71,6 @@ def split_cmd(
 @click.option("--split", default="val", show_default=True)
 def show_cmd(root: Path, split: str) -> None:
     """Check one split and summarize it (images, boxes, classes, skipped annotations)."""
-    import warnings
-
-    from mnasfpn.data.coco import load_coco
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary reports the skipped counts
         coco = load_coco(root, split)

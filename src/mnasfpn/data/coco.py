@@ -250,6 +250,7 @@ def _image_path(entry_name: str, image_dir: Path, root: Path) -> Path:
 def _images(
     doc: dict[str, Any], path: Path, image_dir: Path, root: Path, check: str
 ) -> list[ImageRecord]:
+    # Pillow (~40 ms): this module loads with `--help`, Pillow only when images are read
     from PIL import Image, UnidentifiedImageError
 
     records: list[ImageRecord] = []

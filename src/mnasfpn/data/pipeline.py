@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.data.coco import CocoSet, DataError
+from mnasfpn.tfenv import load_tensorflow
 
 # Training scale jitter: the image is resized so that its longer side is S * U(lo, hi), then
 # a random S×S window of it is taken (zoom in: crop; zoom out: more padding).
@@ -54,8 +55,6 @@ def make_dataset(
     max_boxes: int = 100,
 ) -> Any:
     """The batched `tf.data.Dataset` of `coco` at `input_size` (see `mnasfpn.data`)."""
-    from mnasfpn.tfenv import load_tensorflow
-
     tf = load_tensorflow()
     if input_size < 1 or batch_size < 1 or max_boxes < 1:
         raise DataError(

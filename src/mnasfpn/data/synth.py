@@ -125,6 +125,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    # Pillow (~40 ms): this module loads with `--help`, Pillow only when images are read
     from PIL import Image
 
     # Smooth colour field: a coarse random grid upsampled bicubically.
@@ -174,6 +175,7 @@ def _paint(
     canvas: np.ndarray, outlines: list[np.ndarray], rng: np.random.Generator
 ) -> tuple[float, float, float, float] | None:
     """Fill the polygon (outside minus holes) on `canvas`; return its clipped x,y,w,h box."""
+    # Pillow (~40 ms): this module loads with `--help`, Pillow only when images are read
     from PIL import Image, ImageDraw
 
     h, w = canvas.shape[:2]
@@ -202,6 +204,7 @@ def _iou_xywh(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]
 
 
 def _distractors(canvas: np.ndarray, rng: np.random.Generator) -> None:
+    # Pillow (~40 ms): this module loads with `--help`, Pillow only when images are read
     from PIL import Image, ImageDraw
 
     h, w = canvas.shape[:2]
@@ -288,6 +291,7 @@ def write_synthetic(
     """Write `spec`'s images and COCO annotations under `out`; return boxes per split.
     The annotation files are written last, so an interrupted run leaves no usable-looking
     half set. `progress(n)` is called after every n images."""
+    # Pillow (~40 ms): this module loads with `--help`, Pillow only when images are read
     from PIL import Image
 
     spec.check()

@@ -31,8 +31,9 @@ def order_statistic_ranks(n: int, q: float, confidence: float) -> tuple[int, int
     few for such an interval to exist."""
     if n < 1 or not (0 < q < 1) or not (0 < confidence < 1):
         return None
+    # numpy and scipy only when timing: the devices package imports without them
     import numpy as np
-    from scipy.special import bdtr  # the binomial CDF; scipy loads only when timing
+    from scipy.special import bdtr  # the binomial CDF
 
     tail = (1.0 - confidence) / 2.0
     # cdf[r - 1] = P(B <= r - 1) = P(x_(r) > quantile), for ranks r = 1..n.
@@ -86,7 +87,7 @@ def mean_half_width(samples: Sequence[float], confidence: float) -> float:
     mean = math.fsum(samples) / n if n else 0.0
     if n < 2 or mean <= 0:
         return math.inf
-    from scipy.special import stdtrit  # Student's t quantile
+    from scipy.special import stdtrit  # Student's t quantile; scipy only when timing
 
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in samples) / (n - 1))
     return float(stdtrit(n - 1, 1.0 - (1.0 - confidence) / 2.0)) * sd / math.sqrt(n) / mean

@@ -63,6 +63,7 @@ def format_info(info: DeviceInfo) -> str:
 @click.command("devices")
 def devices_command() -> None:
     """List the host and every phone attached to the adb server, with its profile."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.devices.discovery import attached_phones
     from mnasfpn.devices.sysinfo import local_cpu_model
 

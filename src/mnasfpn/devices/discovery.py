@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mnasfpn.devices.errors import DeviceError
 from mnasfpn.devices.profiles import match_profile
+from mnasfpn.devices.transport import adb_server_address, attached_serials
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,11 @@ class AttachedDevice:
 
 def attached_phones() -> tuple[list[AttachedDevice], str | None]:
     """Phones known to the adb server, and why none could be listed (or None)."""
-    from mnasfpn.devices.transport import adb_server_address, attached_serials
-
     try:
         serials = attached_serials()
     except DeviceError as e:
         return [], str(e)
+    # adb libraries: only when a phone is reached
     import adbutils
 
     host, port = adb_server_address()

@@ -25,6 +25,8 @@ import time
 import traceback
 from typing import Any
 
+import numpy as np
+
 
 def _reply_stream() -> Any:
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -80,7 +82,7 @@ class Worker:
         """Load and warm up: ``warmup`` invocations (at least two), ending early once
         ``warmup_s`` seconds have passed (when > 0): a 90 ms detector needs fewer than a
         5 µs op."""
-        import numpy as np
+        # LiteRT: only when a model is run
         from ai_edge_litert import interpreter as lite
 
         self.interp = None
@@ -137,8 +139,6 @@ class Worker:
         """The drift reference: a fixed compute + memory kernel (a 128² matmul and a 2 MB
         copy, ~0.3 ms), its median over ``reps`` on both clocks. Its latency changes only
         when the machine does, so it tells a slow phase from a slow model."""
-        import numpy as np
-
         if self._ref is None:
             rng = np.random.default_rng(1)
             a = rng.random((128, 128), dtype=np.float32)
@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     proto = _reply_stream()
     cores = {int(c) for c in argv[1].split(",")}
     os.sched_setaffinity(0, cores)
-    import numpy as np
+    # LiteRT: only when a model is run
     from ai_edge_litert import __version__ as litert_version
 
     proto.write(

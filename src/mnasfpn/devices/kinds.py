@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mnasfpn.devices.errors import DeviceError
+from mnasfpn.devices.transport import open_transport
 from mnasfpn.registry import Registry
 
 if TYPE_CHECKING:
@@ -28,14 +29,15 @@ def _open_host(profile: Profile, options: DeviceOptions, serial: str | None) -> 
             "--serial/--adb-host/--benchmark-binary apply to phones only; "
             "drop them for --device host"
         )
+    # a kind's device module loads when a device of that kind is opened
     from mnasfpn.devices.host import HostDevice
 
     return HostDevice(profile)
 
 
 def _open_adb(profile: Profile, options: DeviceOptions, serial: str | None) -> Device:
+    # a kind's device module loads when a device of that kind is opened
     from mnasfpn.devices.adb import AdbDevice
-    from mnasfpn.devices.transport import open_transport
 
     transport = open_transport(options.adb_transport, serial=serial, adb_host=options.adb_host)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,5 @@ def local_cpu_model() -> str:
         key, _, value = line.partition(":")
         if key.strip() in ("model name", "Hardware", "Model"):
             return value.strip()
-    import platform
 
     return platform.processor() or platform.machine()

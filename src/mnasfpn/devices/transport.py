@@ -100,6 +100,7 @@ def attached_serials() -> list[tuple[str, str]]:
             f"no adb server at {host}:{port}; start one with 'adb start-server' "
             "or use --adb-transport direct --adb-host HOST:PORT"
         )
+    # adb libraries: only when a phone is reached
     import adbutils
 
     host, port = adb_server_address()
@@ -111,6 +112,7 @@ class ServerTransport(Transport):
     """adbutils through the adb server (USB phones and ``adb connect`` targets)."""
 
     def __init__(self, serial: str | None = None) -> None:
+        # adb libraries: only when a phone is reached
         import adbutils
 
         self._adbutils = adbutils
@@ -216,6 +218,7 @@ class DirectTransport(Transport):
         key = Path.home() / ".android" / "adbkey"
         if not key.is_file():
             return None
+        # adb libraries: only when a phone is reached
         try:
             from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 
@@ -224,6 +227,7 @@ class DirectTransport(Transport):
             return None
 
     def _connect(self) -> None:
+        # adb libraries: only when a phone is reached
         from adb_shell.adb_device import AdbDevice
         from adb_shell.exceptions import DeviceAuthError
         from adb_shell.transport.tcp_transport import TcpTransport
@@ -299,6 +303,7 @@ class DirectTransport(Transport):
         )
 
     def _call(self, what: str, fn: object, *args: object, **kwargs: object) -> object:
+        # adb libraries: only when a phone is reached
         from adb_shell.exceptions import AdbTimeoutError, TcpTimeoutException
 
         if self._dev is None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
@@ -33,11 +35,12 @@ from mnasfpn.lut.store import (
     SCHEMA_VERSION,
     TableError,
     TableStore,
-    now,
 )
 from mnasfpn.model.convert import DEFAULT_CONVERTER, converter_id
+from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
 from mnasfpn.searchspace.spaces import get_space
+from mnasfpn.sqlite_db import now
 
 NAMED_REPEATS = (3, 4, 5)
 PHONE_BATCH = 16
@@ -217,10 +220,6 @@ def build_table(
 ) -> BuildReport:
     """Measure what `out` lacks. Ctrl-C (KeyboardInterrupt) stops within about a second
     and returns a report with `interrupted`; every committed timing is kept."""
-    from tqdm import tqdm
-
-    from mnasfpn.profiler.micromodel import cache_path, micromodel_paths
-
     t_start = time.perf_counter()
     made_by = converter_id(converter)  # before any device work: a missing converter says so
     cache_dir = cache_dir or default_cache_dir() / "micromodels"

@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.ops import PARTS, TFLITE_OP
 
@@ -169,8 +171,6 @@ class Calibration:
 
 def collapse(features: Any, feature_set: str) -> tuple[Any, list[str]]:
     """(n × len(feature_columns())) matrix → the fit's design matrix and feature names."""
-    import numpy as np
-
     cols = feature_columns()
     x = np.asarray(features, dtype=float)
     names = list(dict.fromkeys(feature_name(t, p, feature_set) for t, p in cols))
@@ -208,7 +208,7 @@ def fit_calibration(
 
     With `relative`, squared errors are weighted by 1/measured², i.e. the fit minimizes
     relative rather than absolute error (what a ±10% target asks for)."""
-    import numpy as np
+    # scipy (~0.5 s to import): only when it computes
     from scipy.optimize import lsq_linear
 
     x, names = collapse(features, feature_set)

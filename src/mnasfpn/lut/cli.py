@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from mnasfpn.archs import resolve_archs
+from mnasfpn.atomic import check_output
 from mnasfpn.cli_common import NameChoice, converter_option, device_options, model_options
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.errors import MnasfpnError
@@ -79,6 +81,7 @@ def build_command(
 ) -> None:
     """Measure every op key of the spaces (plus backbone, predictor and the named
     architectures) on a device; resumes where an interrupted build stopped."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut import build as lut_build
 
     out = out or Path(DEFAULT_OUT.format(device=device.name))
@@ -119,8 +122,6 @@ def build_command(
 
 
 def _resolve(archs: tuple[str, ...], repeats: int | None) -> list[Any]:
-    from mnasfpn.archs import resolve_archs
-
     out = []
     for spec in archs:
         out += resolve_archs(spec, repeats)
@@ -156,6 +157,7 @@ def predict_command(
     as_json: bool,
 ) -> None:
     """Latency of architectures from a table, with a backbone/head/predictor breakdown."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.store import TableError
     from mnasfpn.lut.table import LatencyTable
 
@@ -212,6 +214,7 @@ def predict_command(
 )
 def show_command(lut_path: Path, top: int) -> None:
     """Summary of a table: device, settings, counts, calibration, slowest ops."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.show import describe
 
     click.echo(describe(lut_path, top=top))
@@ -224,7 +227,7 @@ def show_command(lut_path: Path, top: int) -> None:
 def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
     """Write the op rows of a table as CSV (never over the table itself, nor over an
     existing file without --force)."""
-    from mnasfpn.atomic import check_output
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.show import export_csv
 
     check_output(csv_out, inputs=[lut_path], force=force, option="--csv")
@@ -294,6 +297,7 @@ def validate_command(
 ) -> None:
     """Measure sampled architectures end to end on the table's device (one phone), fit
     the calibration, report fidelity."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.noise import r2_verdict
     from mnasfpn.lut.validate import validate
 

@@ -22,6 +22,7 @@ METHOD_LABELS = {
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    # scipy (~0.5 s to import): only when it computes
     from scipy.stats import kendalltau
     from sklearn.metrics import r2_score
 
@@ -147,6 +148,7 @@ def cross_validate(
     `structure` (and `structure_naive` for the naive table) let the fit use the
     structure features."""
     s, sn = structure, structure_naive if structure_naive is not None else structure
+    # scikit-learn (~1 s to import): only when it computes
     from sklearn.linear_model import LinearRegression
 
     n = len(y)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.atomic import OutputError, write_atomic
 from mnasfpn.ir.ops import op_type_of
 from mnasfpn.lut.calibration import Calibration
 from mnasfpn.lut.store import TableStore
@@ -120,9 +121,8 @@ def describe(path: Path, *, top: int = 10) -> str:
 def export_csv(path: Path, out: Path, *, replace: bool = False) -> int:
     """Write the table's op rows to `out` as CSV, atomically; an existing `out` is
     replaced only with `replace`. Returns the number of rows."""
+    # pandas: only when a table is written
     import pandas as pd
-
-    from mnasfpn.atomic import OutputError, write_atomic
 
     with TableStore.open(path, readonly=True) as store:
         rows = store.op_rows()

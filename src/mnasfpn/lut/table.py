@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.ir.config import ConfigError, DetectorConfig
-from mnasfpn.ir.ops import PARTS
-from mnasfpn.lut.calibration import Calibration, CalibrationError, feature_columns
+from mnasfpn.lut.calibration import Calibration, CalibrationError
 from mnasfpn.lut.predictor import CostModel, MissingOpError
 from mnasfpn.lut.store import TableError, TableStore
 from mnasfpn.searchspace.genotype import Genotype
@@ -135,5 +134,3 @@ class LatencyTable:
         calibration's cold-weight term: fp32 weight MiB)."""
         return self._guard(self.model.structure, genotypes, naive=naive)
 
-
-__all__ = ["PARTS", "LatencyTable", "TableError", "feature_columns"]

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
@@ -43,7 +45,7 @@ from mnasfpn.lut.noise import r2_ceiling, relative_noise
 from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
-from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id
+from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id, detector_tflite
 from mnasfpn.parallel import spawn_map
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.genotype_json import genotype_from_dict
@@ -155,9 +157,6 @@ def sample_architectures(
 def _export_one(
     doc: dict[str, Any], config: dict[str, Any], out: str, converter: str = DEFAULT_CONVERTER
 ) -> tuple[str, float]:
-    from mnasfpn.atomic import write_atomic
-    from mnasfpn.model.convert import detector_tflite
-
     t0 = time.perf_counter()
     graph = build_opgraph(genotype_from_dict(doc), DetectorConfig(**config))
     write_atomic(out, detector_tflite(graph, converter))
@@ -205,8 +204,6 @@ def validate(
 ) -> ValidationResult:
     """Time sampled architectures end to end on `device` (its profile by default the
     table's), fit the calibration and write the report."""
-    from tqdm import tqdm
-
     device = device or DeviceOptions()
     if len(device.serials) > 1:
         # One calibration fitted over several phones would fold their unit-to-unit

@@ -66,6 +66,7 @@ class ValidationResult:
 def plot_scatter(
     preds: dict[str, np.ndarray], measured: np.ndarray, out: Path, *, title: str
 ) -> None:
+    # matplotlib: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +96,7 @@ def plot_scatter(
 def write_report(
     result: ValidationResult, rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path
 ) -> None:
+    # pandas: only when a table is written
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out_dir / "architectures.csv", index=False)

@@ -18,7 +18,9 @@ from typing import Any
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.graph import OpGraph
+from mnasfpn.model.export import convert_keras
 from mnasfpn.registry import Registry
+from mnasfpn.tfenv import load_tensorflow
 
 DEFAULT_CONVERTER = "direct"
 TRAIN_EXTRA_HINT = "pip install 'mnasfpn[train]'"
@@ -40,18 +42,21 @@ class Converter:
 
 
 def _direct_version() -> str:
+    # the writer loads LiteRT's flatbuffer schema: only when a model is written
     from mnasfpn.tflite.writer import WRITER_VERSION
 
     return WRITER_VERSION
 
 
 def _direct_detector(graph: OpGraph, seed: int) -> bytes:
+    # the writer loads LiteRT's flatbuffer schema: only when a model is written
     from mnasfpn.tflite.writer import opgraph_tflite
 
     return opgraph_tflite(graph, seed=seed)
 
 
 def _direct_micromodel(key: str) -> bytes:
+    # the writer loads LiteRT's flatbuffer schema: only when a model is written
     from mnasfpn.tflite.writer import micromodel_tflite
 
     return micromodel_tflite(key)
@@ -75,8 +80,6 @@ def tensorflow_version() -> str:
 def _through_tf(build: Callable[[], Any]) -> bytes:
     """Convert the Keras model `build` makes (called once TensorFlow is loaded)."""
     tensorflow_version()  # one clear line when TensorFlow is missing
-    from mnasfpn.model.export import convert_keras
-    from mnasfpn.tfenv import load_tensorflow
 
     load_tensorflow()
     return convert_keras(build())
@@ -84,6 +87,7 @@ def _through_tf(build: Callable[[], Any]) -> bytes:
 
 def _tf_detector(graph: OpGraph, seed: int) -> bytes:
     def build() -> Any:
+        # keras_builder imports Keras at its top: only where a model is built
         from mnasfpn.model.keras_builder import build_keras_model
 
         return build_keras_model(graph, seed=seed)
@@ -93,6 +97,7 @@ def _tf_detector(graph: OpGraph, seed: int) -> bytes:
 
 def _tf_micromodel(key: str) -> bytes:
     def build() -> Any:
+        # keras_builder imports Keras at its top: only where a model is built
         from mnasfpn.model.keras_builder import build_micromodel
 
         return build_micromodel(key)

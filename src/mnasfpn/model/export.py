@@ -14,6 +14,7 @@ from mnasfpn.tfenv import load_tensorflow
 def convert_keras(model: Any) -> bytes:
     """Float32 TFLite flatbuffer of a Keras model, outputs in the model's output order."""
     tf = load_tensorflow()
+    # TensorFlow: only where a model is converted
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -41,6 +42,7 @@ def convert_keras(model: Any) -> bytes:
 
 def export_tflite(graph: OpGraph, out: Path | str, *, seed: int = 0) -> Path:
     load_tensorflow()
+    # keras_builder imports Keras at its top: only where a model is built
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(graph, seed=seed)

@@ -15,6 +15,7 @@ Signature = tuple[str, tuple[tuple[int, ...], ...], tuple[int, ...]]
 
 def tflite_op_signatures(path: Path | str) -> Counter[Signature]:
     """Multiset of (TFLite op, activation input shapes, output shape), batch dim included."""
+    # LiteRT: only when a model is run
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path))

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.ops import op_type_of
 from mnasfpn.model.convert import CONVERTERS, DEFAULT_CONVERTER, converter_id
@@ -27,8 +28,6 @@ def cache_path(key: str, cache_dir: Path, converter: str = DEFAULT_CONVERTER) ->
 
 
 def convert_key(key: str, out: Path, converter: str = DEFAULT_CONVERTER) -> Path:
-    from mnasfpn.atomic import write_atomic
-
     return write_atomic(out, CONVERTERS.get(converter).micromodel(key))
 
 

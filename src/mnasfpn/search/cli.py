@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mnasfpn.archs import resolve_archs
 from mnasfpn.cli_common import NameChoice
+from mnasfpn.data.coco import load_coco
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.search.evaluators import SEARCH_EVALUATORS
+from mnasfpn.search.evaluators import SEARCH_EVALUATORS, OneShotEvaluator, ProxyEvaluator
+from mnasfpn.search.store import TrialStore
 from mnasfpn.search.strategies import STRATEGIES
+from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.searchspace.spaces import SEARCHABLE
 
 if TYPE_CHECKING:
@@ -95,13 +99,9 @@ class ProgressLine:
 
 
 def _proxy_budget(options: dict[str, Any]) -> Any:
-    try:
-        from mnasfpn.train.proxy import ProxyBudget
-    except ImportError:
-        raise MnasfpnError(
-            "proxy training is not available in this installation (mnasfpn.train.proxy is "
-            "missing); children cannot be trained"
-        ) from None
+    # the command's machinery loads when it runs: --help stays instant
+    from mnasfpn.train.proxy_config import ProxyBudget
+
     given = {k: v for k, v in options.items() if v is not None}
     try:
         return ProxyBudget(**given)
@@ -112,8 +112,8 @@ def _proxy_budget(options: dict[str, Any]) -> Any:
 def _check_data(data: Path) -> None:
     """Refuse a data folder the proxy would reject, before any child trains: both
     annotation files present, and the val split readable as COCO."""
-    from mnasfpn.data.coco import load_coco
-    from mnasfpn.train.proxy import data_fingerprint
+    # the command's machinery loads when it runs: --help stays instant
+    from mnasfpn.train.proxy_config import data_fingerprint
 
     if not data.is_dir():
         raise MnasfpnError(f"--data {data} is not a folder; make one with mnasfpn data synth")
@@ -327,12 +327,11 @@ def search_cmd(
     """Latency-aware search: children proposed by a strategy, LAT(m) from the table,
     mAP(m) from the proxy task in Ray workers, Reward = mAP·(LAT/T)^w. Every trial is
     committed to OUT/trials.sqlite; a killed search resumes with the same command."""
-    from mnasfpn.search.evaluators import ProxyEvaluator
-
     setup = prepare(
         lut_path, space, strategy, trials, w, target_ms, max_ms, seed, seed_arch, repeats
     )
     if ray_address:
+        # the command's machinery loads when it runs: --help stays instant
         from mnasfpn.search.executors import check_reachable
 
         check_reachable(ray_address)
@@ -369,8 +368,6 @@ def search_cmd(
     proxy = ProxyEvaluator(str(data.resolve()), budget, cache)
     evaluator: Any = proxy
     if evaluator_kind == "oneshot":
-        from mnasfpn.search.evaluators import OneShotEvaluator
-
         evaluator = OneShotEvaluator(str(data.resolve()), oneshot, setup.space,
                                      setup.repeats, cache)  # fmt: skip
         if setup.seed_arch is not None:
@@ -383,6 +380,7 @@ def search_cmd(
         spec = FinalistSpec(finalists, seeds, proxy)
 
     def ray_executor(ev: Any) -> Executor:
+        # the command's machinery loads when it runs: --help stays instant
         from mnasfpn.search.executors import RayExecutor
 
         return RayExecutor(ev, workers=n_workers, address=ray_address)
@@ -397,6 +395,7 @@ def _oneshot_budget(options: dict[str, Any], proxy: Any, *, given: bool) -> Any:
     if chosen and not given:
         names = ", ".join("--oneshot-" + k.replace("_", "-") for k in chosen)
         raise MnasfpnError(f"{names}: these apply only with --evaluator oneshot")
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.train.oneshot_config import OneShotBudget
 
     try:
@@ -420,6 +419,7 @@ class SearchSetup:
 
     def settings(self, evaluator: Any) -> SearchSettings:
         """What defines the search once its evaluator is chosen (the store checks it)."""
+        # the command's machinery loads when it runs: --help stays instant
         from mnasfpn.search.driver import SearchSettings
 
         return SearchSettings(
@@ -447,11 +447,10 @@ def prepare(
     repeats: int | None,
 ) -> SearchSetup:
     """Everything checked before any child trains: one line for each bad input."""
-    from mnasfpn.archs import resolve_archs
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.table import LatencyTable
     from mnasfpn.search.driver import adopt_seed, check_table_covers, table_identity
     from mnasfpn.search.reward import RewardSpec
-    from mnasfpn.searchspace.named import get_architecture
 
     if trials < 1:
         raise MnasfpnError(f"--trials must be at least 1, got {trials}")
@@ -495,9 +494,9 @@ def run_cli_search(
 ) -> None:
     """Run (or resume) the search, showing progress; with `finalists` (a FinalistSpec)
     retrain its best frontier points stand-alone; then print its frontier."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.search.driver import Search, open_store
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
-    from mnasfpn.search.store import TrialStore
 
     settings = setup.settings(evaluator)
     # Refuse a folder with other settings before starting any worker or training anything.
@@ -583,6 +582,7 @@ def pareto_cmd(folders: tuple[Path, ...], as_json: bool, plot_path: Path | None)
     """The latency-mAP frontier of one or more search folders: a table (or JSON), a plot
     of every trial with the frontiers, and each frontier genotype as
     FOLDER/frontier/trial-N.json (for mnasfpn train / export, mnasfpn-lut predict)."""
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.search.pareto import (
         frontier_json,
         frontier_points,

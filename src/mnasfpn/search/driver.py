@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,6 @@ def check_table_covers(table: LatencyTable, space: SearchSpace) -> None:
 
 def adopt_seed(space: SearchSpace, genotype: Genotype, repeats: int) -> Genotype:
     """A known cell (say paper-mnasfpn) as a genotype of `space`, or a one-line error."""
-    from dataclasses import replace
-
     if genotype.sdo != space.sdo:
         raise MnasfpnError(
             f"seed architecture {genotype.name or ''} has sdo={genotype.sdo}, space "

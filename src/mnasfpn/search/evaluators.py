@@ -36,6 +36,7 @@ class ProxyEvaluator:
         return {"kind": self.kind, "data": self.data, "budget": budget}
 
     def __call__(self, genotype: Genotype) -> ChildResult:
+        # the training package loads when an evaluator is used, not with the registry
         from mnasfpn.train.proxy import proxy_evaluate
 
         r = proxy_evaluate(genotype, self.data, self.budget, cache_dir=self.cache_dir)
@@ -62,6 +63,7 @@ class OneShotEvaluator:
     cache_dir: str | None = None
 
     def key(self) -> Any:
+        # the training package loads when an evaluator is used, not with the registry
         from mnasfpn.train.oneshot_config import SupernetKey
 
         return SupernetKey(self.data, self.space, self.repeats, self.budget)
@@ -74,6 +76,7 @@ class OneShotEvaluator:
 
     def check(self, genotype: Genotype) -> None:
         """One line (OneShotError) when `genotype` is outside the supernet."""
+        # the training package loads when an evaluator is used, not with the registry
         from mnasfpn.train.oneshot_config import check_child
 
         check_child(self.space, self.repeats, genotype)
@@ -81,11 +84,13 @@ class OneShotEvaluator:
     def prepare(self, progress: bool = True) -> dict[str, Any]:
         """Train the supernet if it is not stored yet (a spawned process; resumes a killed
         training); its record."""
+        # the training package loads when an evaluator is used, not with the registry
         from mnasfpn.train.oneshot import prepare_supernet
 
         return prepare_supernet(self.key(), self.cache_dir, progress=progress)
 
     def __call__(self, genotype: Genotype) -> ChildResult:
+        # the training package loads when an evaluator is used, not with the registry
         from mnasfpn.train.oneshot import oneshot_score
 
         r = oneshot_score(genotype, self.key(), self.cache_dir)

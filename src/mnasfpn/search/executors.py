@@ -100,6 +100,7 @@ class RayExecutor(Executor):
     no dashboard; with `address` the tasks go to that cluster (sized by the cluster)."""
 
     def __init__(self, evaluator: Evaluator, *, workers: int, address: str | None = None) -> None:
+        # Ray: only when the search starts its workers
         import ray
 
         self.ray = ray

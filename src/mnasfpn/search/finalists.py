@@ -16,6 +16,7 @@ from typing import Any
 
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.search.executors import Executor
+from mnasfpn.search.frontier import frontier
 from mnasfpn.search.store import Finalist, Trial, TrialStore
 
 MAX_ATTEMPTS = 3
@@ -43,8 +44,6 @@ class FinalistSpec:
 
 def choose(trials: list[Trial], k: int) -> list[Trial]:
     """The `k` best frontier points by reward (all of the frontier when it is smaller)."""
-    from mnasfpn.search.frontier import frontier
-
     front = frontier(trials)
     front.sort(key=lambda t: (-(t.reward if t.reward is not None else -math.inf), t.id))
     return front[:k]

@@ -19,7 +19,9 @@ from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.search.evaluators import SurrogateEvaluator
+from mnasfpn.search.finalists import summarize
 from mnasfpn.search.frontier import frontier
+from mnasfpn.search.reward import RewardSpec
 from mnasfpn.search.store import STORE_NAME, Finalist, Trial, TrialStore
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.named import ARCHITECTURES, get_architecture
@@ -37,9 +39,6 @@ class SearchRun:
     def finalist_trials(self) -> list[Trial]:
         """The retrained trials with their finalists' mean mAP (and the reward of it) in
         place of their search score."""
-        from mnasfpn.search.finalists import summarize
-        from mnasfpn.search.reward import RewardSpec
-
         scores = summarize(self.finalists)
         spec = RewardSpec(w=float(self.settings.get("w", -0.3)),
                           target_ms=float(self.settings.get("target_ms") or 1.0))  # fmt: skip
@@ -108,8 +107,6 @@ def detector_config(run: SearchRun) -> DetectorConfig:
 def frontier_points(run: SearchRun) -> list[FrontierPoint]:
     """The search's frontier; with finalists, theirs (by mean mAP), each point with its
     search score beside it."""
-    from mnasfpn.search.finalists import summarize
-
     cfg = detector_config(run)
     scores = summarize(run.finalists)
     by_id = {t.id: t for t in run.trials}
@@ -160,6 +157,7 @@ def named_match(g: Genotype) -> str | None:
 def plot(runs: list[SearchRun], path: Path) -> None:
     """Latency vs mAP of every finished trial, each search's frontier as a step line, the
     seed and any named cell (the paper's) marked (paper Fig. 6)."""
+    # matplotlib: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,7 +188,6 @@ def plot(runs: list[SearchRun], path: Path) -> None:
                 ls="--" if run.finalists else "-",
             )
         if run.finalists:  # the retrained frontier points, mean ± std over seeds
-            from mnasfpn.search.finalists import summarize
 
             scores = summarize(run.finalists)
             finals = run.finalist_trials()

@@ -10,6 +10,7 @@ and no result is learned twice.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 from collections.abc import Mapping
@@ -470,6 +471,4 @@ def _trial(row: dict[str, Any]) -> Trial:
 
 
 def worker_name() -> str:
-    import os
-
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -34,6 +34,7 @@ def keras_layer_names() -> list[tuple[str, str, str]]:
 
 def _reference_model(path: Path, alpha: float, input_size: int) -> Any:
     """A Keras MobileNetV2 of the same width holding the file's weights."""
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
 
     errors = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -11,18 +12,18 @@ from typing import Any, TypeVar
 
 import click
 
+from mnasfpn.archs import resolve_archs
 from mnasfpn.cli_common import model_options, repeats_option
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.train.checkpoint import require_checkpoint
+from mnasfpn.train.run import HParams, RunError, RunInfo, load_run
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def require_tensorflow(command: str) -> None:
     """One line instead of an import traceback where the train extra is not installed."""
-    import importlib.util
-
     if importlib.util.find_spec("tensorflow") is None:
         raise MnasfpnError(
             f"mnasfpn {command} needs TensorFlow, which is not installed: "
@@ -98,8 +99,7 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
                   ema_decay: float | None, checkpoint_every: int, seed: int, resume: bool,
                   quiet: bool) -> None:  # fmt: skip
     """Train an SSD detector with this head on a COCO-format folder."""
-    from mnasfpn.archs import resolve_archs
-    from mnasfpn.train.run import HParams, RunError, RunInfo, load_run
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.train.schedule import bn_momentum, default_lr, default_warmup
 
     # Every check runs before TensorFlow loads or anything is written.
@@ -203,11 +203,10 @@ def _arch_label(info: Any) -> str:
 def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
                  as_json: bool) -> None:  # fmt: skip
     """COCO mAP (and @0.5, @0.75, small/medium/large) of a trained run on a split."""
-    from mnasfpn.train.run import RunError, load_run
-
     info = load_run(run_dir)
     require_checkpoint(run_dir)
     require_tensorflow("eval")
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.train.data_source import categories, eval_batches, ground_truth, open_split
 
     coco = open_split(data_dir, split)
@@ -251,14 +250,13 @@ def eval_command(run_dir: Path, data_dir: Path, split: str, batch_size: int,
 def detect_command(run_dir: Path, images: tuple[Path, ...], out_dir: Path,
                    min_score: float) -> None:  # fmt: skip
     """Draw a trained run's detections (after NMS) on images, with class names and scores."""
-    from mnasfpn.train.run import load_run
-
     info = load_run(run_dir)
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise MnasfpnError(f"image not found: {', '.join(missing)}")
     require_checkpoint(run_dir)
     require_tensorflow("detect")
+    # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.train.detect import detect_images
 
     for src, dst, count in detect_images(info, run_dir, list(images), out_dir, min_score):

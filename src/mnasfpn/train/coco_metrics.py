@@ -30,6 +30,7 @@ def coco_metrics(
     COCOeval (the same figures, tested against pycocotools; ~10x faster), for the one-shot
     evaluator, which scores thousands of children."""
     if engine == "faster":
+        # the COCO evaluator: only when mAP is computed
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval
     elif engine == "pycocotools":

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.data import load_coco, make_dataset
 from mnasfpn.train.trainer import BatchesFn
 
 
 def open_split(data_dir: Path, split: str) -> Any:
     """The CocoSet of `split` (errors are the data module's one-line MnasfpnErrors)."""
-    from mnasfpn.data import load_coco
-
     return load_coco(data_dir, split)
 
 
@@ -27,8 +26,6 @@ def categories(coco: Any) -> list[dict[str, Any]]:
 def train_batches(coco: Any, input_size: int, batch_size: int, seed: int) -> BatchesFn:
     """The training stream repeats without end (reshuffled every pass), so the trainer
     stays in its epoch 0; `epoch` only seeds a fresh stream if one ever ends."""
-    from mnasfpn.data import make_dataset
-
     def make(epoch: int) -> Any:
         return make_dataset(coco, input_size, batch_size, training=True, seed=seed + epoch)
 
@@ -36,8 +33,6 @@ def train_batches(coco: Any, input_size: int, batch_size: int, seed: int) -> Bat
 
 
 def eval_batches(coco: Any, input_size: int, batch_size: int) -> Any:
-    from mnasfpn.data import make_dataset
-
     return make_dataset(coco, input_size, batch_size, training=False)
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.detector import build_detector, restore_weights
+from mnasfpn.train.evaluate import NmsConfig, detections_to_coco, make_predict_fn
 from mnasfpn.train.run import RunInfo
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
@@ -20,8 +24,6 @@ class ImageError(MnasfpnError):
 
 
 def load_image(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -32,8 +34,6 @@ def load_image(path: Path) -> Any:
 def letterbox(image: Any, size: int) -> tuple[np.ndarray, float]:
     """Aspect-preserving resize so the longer side is `size`, padded bottom/right with 0
     (as the dataset pipeline does); returns the input array and input px per original px."""
-    from PIL import Image
-
     w, h = image.size
     scale = size / max(w, h)
     resized = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
@@ -46,8 +46,6 @@ def letterbox(image: Any, size: int) -> tuple[np.ndarray, float]:
 
 def draw(image: Any, detections: list[tuple[list[float], str, float, int]]) -> Any:
     """Boxes [x, y, w, h] (original pixels) with 'name score' labels."""
-    from PIL import ImageDraw
-
     out = image.copy()
     pen = ImageDraw.Draw(out)
     width = max(1, round(max(out.size) / 250))
@@ -66,11 +64,7 @@ def detect_images(
     info: RunInfo, run_dir: Path, images: list[Path], out_dir: Path, min_score: float
 ) -> Iterator[tuple[Path, Path, int]]:
     """Yields (image, written PNG, detections drawn) per image."""
-    from mnasfpn.tfenv import load_tensorflow
-
     tf = load_tensorflow()
-    from mnasfpn.train.detector import build_detector, restore_weights
-    from mnasfpn.train.evaluate import NmsConfig, detections_to_coco, make_predict_fn
 
     size = info.detector.input_size
     model = build_detector(info.genotype, info.detector, batch_size=None)

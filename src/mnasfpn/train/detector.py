@@ -12,6 +12,7 @@ from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.tfenv import load_keras
+from mnasfpn.train.checkpoint import restore_inference_weights
 
 CLASS_PRIOR = 0.01  # initial foreground probability of every anchor (RetinaNet's prior)
 CLASS_HEAD = "class_conv1x1"  # the weight-shared class head's last conv (its bias sets the prior)
@@ -32,6 +33,7 @@ def build_detector(
 ) -> Any:
     """Keras model of the IR: image in [-1, 1] → [box encodings, class logits]."""
     load_keras()  # TensorFlow only on its backend: a JAX training step builds this too
+    # keras_builder imports Keras at its top: only where a model is built
     from mnasfpn.model.keras_builder import build_keras_model
 
     model = build_keras_model(build_opgraph(genotype, detector), seed=seed, batch_size=batch_size)
@@ -59,6 +61,4 @@ def set_class_prior(model: Any, prior: float = CLASS_PRIOR) -> None:
 def restore_weights(model: Any, run_dir: Path, *, use_ema: bool = True) -> int:
     """Load a run's latest checkpoint into `model` (EMA weights when the run kept them);
     returns the step it was saved at."""
-    from mnasfpn.train.checkpoint import restore_inference_weights
-
     return restore_inference_weights(model, run_dir, use_ema=use_ema)

@@ -47,6 +47,7 @@ def make_predict_fn(
 def nms_detections(codes: Any, logits: Any, anchors: Any, nms: NmsConfig) -> tuple[Any, ...]:
     """Decoded, sigmoid-scored, per-class NMS: (boxes [B,N,4], scores, classes, counts)."""
     tf = load_tensorflow()
+    # boxes imports Keras at its top: only where a model is built
     from mnasfpn.train.boxes import decode
 
     boxes = decode(codes, anchors)

@@ -3,12 +3,16 @@ class logits, before NMS), or with TFLite's detection post-process op appended."
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.model.export import convert_keras
+from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.anchors import SCALE_FACTORS, anchor_centers_sizes
+from mnasfpn.train.detector import build_detector, restore_weights
 from mnasfpn.train.run import RunInfo
 
 MAX_DETECTIONS = 100
@@ -22,8 +26,6 @@ class ExportError(MnasfpnError):
 
 def trained_model(info: RunInfo, run_dir: Path) -> tuple[Any, int]:
     """The batch-1 Keras model (what the table timed) with the run's latest weights."""
-    from mnasfpn.train.detector import build_detector, restore_weights
-
     model = build_detector(info.genotype, info.detector, batch_size=1)
     step = restore_weights(model, run_dir)
     return model, step
@@ -38,8 +40,6 @@ def export_run(
     replace: bool = True,
 ) -> tuple[Path, int]:
     """Write the run's detector to `out`; returns (path, the checkpoint step exported)."""
-    from mnasfpn.model.export import convert_keras
-
     model, step = trained_model(info, run_dir)
     data = _convert_with_postprocess(model, info) if with_postprocess else convert_keras(model)
     return write_atomic(out, data, replace=replace), step
@@ -76,13 +76,10 @@ def _convert_with_postprocess(model: Any, info: RunInfo) -> bytes:
     `experimental_implements` and the converter puts the op in its place (as the TF Object
     Detection API exports SSD models). The detector is frozen first, so its weights become
     constants the converter folds (a SavedModel's variables would stay VAR_HANDLE ops)."""
-    import tempfile
-
+    # TensorFlow: only where a model is converted
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
-
-    from mnasfpn.tfenv import load_tensorflow
 
     tf = load_tensorflow()
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32)

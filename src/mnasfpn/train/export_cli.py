@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
+from mnasfpn.atomic import check_output
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.train.checkpoint import require_checkpoint
+from mnasfpn.train.cli import require_tensorflow
+from mnasfpn.train.export import export_run
+from mnasfpn.train.run import load_run
 
 
 def export_run_command(
@@ -16,10 +21,6 @@ def export_run_command(
         raise MnasfpnError("--with-postprocess needs --run RUN_DIR (a trained detector)")
     if arch is not None:
         raise MnasfpnError("give --arch or --run, not both (a run knows its architecture)")
-    from mnasfpn.atomic import check_output
-    from mnasfpn.train.checkpoint import require_checkpoint
-    from mnasfpn.train.cli import require_tensorflow
-    from mnasfpn.train.run import load_run
 
     info = load_run(run_dir)
     require_checkpoint(run_dir)
@@ -27,8 +28,6 @@ def export_run_command(
     if not out.parent.is_dir():
         raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     require_tensorflow("export --run")
-    from mnasfpn.train.export import export_run
-
     written, step = export_run(info, run_dir, out, with_postprocess=with_postprocess, replace=force)
     size = written.stat().st_size
     what = "with detection post-process" if with_postprocess else "before NMS"
@@ -40,6 +39,7 @@ def export_run_command(
         click.echo("  outputs (signature order): boxes [1,100,4] normalized ymin,xmin,ymax,xmax; "
                    f"classes [1,100] (0..{n - 1}); scores [1,100]; count [1]")  # fmt: skip
         return
+    # LiteRT: only to list the written model's outputs
     from ai_edge_litert.interpreter import Interpreter
 
     for d in Interpreter(model_path=str(written)).get_output_details():

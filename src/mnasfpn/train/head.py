@@ -45,6 +45,7 @@ def head_ops(graph: OpGraph) -> tuple[list[Op], list[int]]:
 def build_head(graph: OpGraph) -> tuple[Any, list[int]]:
     """The trainable part (C6, cells, predictor) as a Keras model fed by the cached taps it
     reads; returns the model and which of C3, C4, C5 (0, 1, 2) it takes, in order."""
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
 
     from mnasfpn.model.keras_builder import apply_ops
@@ -61,6 +62,7 @@ def build_head(graph: OpGraph) -> tuple[Any, list[int]]:
 def build_detector_and_backbone(graph: OpGraph) -> tuple[Any, Any]:
     """(whole detector image → [codes, logits], its backbone image → [C3, C4, C5]) sharing
     layers; free batch dimension."""
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
 
     from mnasfpn.model.keras_builder import apply_ops

@@ -34,27 +34,12 @@ from typing import Any
 
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.train.oneshot_config import (
-    SAMPLING_RULES,
-    OneShotBudget,
-    OneShotBudgetError,
     OneShotError,
     SupernetKey,
     check_child,
 )
 from mnasfpn.train.proxy_config import data_fingerprint, default_cache_dir
-
-__all__ = [
-    "SAMPLING_RULES",
-    "OneShotBudget",
-    "OneShotBudgetError",
-    "OneShotError",
-    "OneShotResult",
-    "SupernetKey",
-    "check_child",
-    "oneshot_score",
-    "prepare_supernet",
-    "supernet_ready",
-]
+from mnasfpn.train.spawn import run_spawned
 
 
 @dataclass
@@ -88,8 +73,6 @@ def prepare_supernet(
     """Train `key`'s supernet if it is not stored yet (resuming a killed training), in a
     spawned process with a progress bar on stderr; returns its record (folder, seconds,
     final loss, parameter count). Raises DataError or OneShotError in one line."""
-    from mnasfpn.train.spawn import run_spawned
-
     data_fingerprint(Path(key.data))  # missing annotation files: fail before spawning
     doc = {"data": key.data, "space": key.space, "repeats": key.repeats,
            "budget": key.budget.to_dict()}  # fmt: skip
@@ -108,6 +91,7 @@ def oneshot_score(
     supernet is trained first if missing, and kept loaded for the next call). A genotype
     outside the supernet raises OneShotError (one line)."""
     g = check_child(key.space, key.repeats, genotype)
+    # the worker's module: only in the process that scores
     from mnasfpn.train.oneshot_worker import scorer
 
     t0 = time.perf_counter()

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.searchspace.genotype import GenotypeError
+from mnasfpn.searchspace.spaces import get_space, pruned
 from mnasfpn.train.proxy_config import CACHE_VERSION, ProxyBudget, data_fingerprint
 
 # Bump when a change makes trained supernets incompatible (weights, numbering, training).
@@ -119,9 +121,6 @@ class SupernetKey:
 def check_child(space_name: str, repeats: int, genotype: Any) -> Any:
     """`genotype` as a supernet of `space_name` with `repeats` cells holds it (pruned), or a
     one-line OneShotError saying why it is outside."""
-    from mnasfpn.searchspace.genotype import GenotypeError
-    from mnasfpn.searchspace.spaces import get_space, pruned
-
     sp = get_space(space_name)
     if genotype.space != sp.name:  # a known cell under another name (paper-mnasfpn) may fit
         genotype = replace(genotype, space=sp.name)

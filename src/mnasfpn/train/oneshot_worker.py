@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from mnasfpn.atomic import write_atomic
 from mnasfpn.data.coco import CocoSet, DataError, load_coco
@@ -23,9 +25,14 @@ from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.spaces import get_space, pruned
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.anchors import anchor_centers_sizes
+from mnasfpn.train.checkpoint import read_latest, restore_checkpoint, save_checkpoint
+from mnasfpn.train.coco_metrics import coco_metrics
+from mnasfpn.train.evaluate import NmsConfig, coco_results, nms_detections
 from mnasfpn.train.oneshot_config import OneShotBudget, OneShotError, SupernetKey
 from mnasfpn.train.proxy_worker import EVAL_BATCH, Features, ensure_backbone_cache, locked
 from mnasfpn.train.schedule import Schedule
+from mnasfpn.train.step import Objective, StepConfig, momentum_apply, sgd
 
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "supernet.json"
@@ -64,6 +71,7 @@ def load_data(data: Path, budget: OneShotBudget, cache_dir: Path) -> CachedData:
 
 
 def supernet_shape(key: SupernetKey, num_classes: int) -> Any:
+    # supernet imports Keras at its top: only where a model is built
     from mnasfpn.train.supernet import SupernetShape
 
     p = key.budget.proxy
@@ -119,6 +127,7 @@ def step_children(space_name: str, repeats: int, rule: str, seed: int, step: int
 
 def _supernet_variables(shape: Any, seed: int) -> dict[str, Any]:
     tf = load_tensorflow()
+    # supernet imports Keras at its top: only where a model is built
     from mnasfpn.train.supernet import init_weights
 
     return {k: tf.Variable(v, name=k.replace("/", "_"))
@@ -139,10 +148,8 @@ def train_supernet(
     training's summary, or None when `stop_after` ended it at that step without a
     checkpoint there (as a kill would: it resumes from the one before)."""
     tf = load_tensorflow()
-    from tqdm import tqdm
 
-    from mnasfpn.train.checkpoint import read_latest, restore_checkpoint, save_checkpoint
-    from mnasfpn.train.step import Objective, StepConfig, sgd
+    # supernet imports Keras at its top: only where a model is built
     from mnasfpn.train.supernet import Child
 
     b = key.budget
@@ -210,8 +217,8 @@ def supernet_step(
     `distill`, every child after the first learns the first one's outputs); returns the
     mean loss per child."""
     tf = load_tensorflow()
+    # objective imports Keras at its top: only where a model is built
     from mnasfpn.train.objective import distillation_loss
-    from mnasfpn.train.step import momentum_apply
 
     target = objective.targets(tf.constant(boxes), tf.constant(classes))
     used = [weights[n] for n in sorted({n for c in children for n in c.weight_names()})]
@@ -291,8 +298,6 @@ def ensure_supernet_child(
     key_doc: dict[str, Any], cache: str, progress: bool, on_ready: Callable[[], None] | None = None
 ) -> dict[str, Any]:
     """`ensure_supernet` from plain arguments, in the spawned process of `prepare_supernet`."""
-    import sys
-
     key = SupernetKey(key_doc["data"], key_doc["space"], int(key_doc["repeats"]),
                       OneShotBudget(**key_doc["budget"]))  # fmt: skip
     folder, record = ensure_supernet(key, Path(cache), progress=progress,
@@ -310,7 +315,6 @@ class Scorer:
 
     def __init__(self, key: SupernetKey, cache_dir: Path) -> None:
         tf = load_tensorflow()
-        from mnasfpn.train.anchors import anchor_centers_sizes
 
         t0 = time.perf_counter()
         self.key = key
@@ -340,6 +344,7 @@ class Scorer:
 
     def re_estimate(self, child: Any) -> Any:
         """The child's BN statistics on the fixed train batches (the weights untouched)."""
+        # supernet imports Keras at its top: only where a model is built
         from mnasfpn.train.supernet import BnStats
 
         stats = BnStats()
@@ -348,8 +353,7 @@ class Scorer:
         return stats
 
     def score(self, genotype: Genotype) -> dict[str, Any]:
-        from mnasfpn.train.coco_metrics import coco_metrics
-        from mnasfpn.train.evaluate import NmsConfig, coco_results, nms_detections
+        # supernet imports Keras at its top: only where a model is built
         from mnasfpn.train.supernet import Child
 
         t0 = time.perf_counter()

@@ -37,29 +37,13 @@ from typing import Any
 
 from mnasfpn.searchspace.genotype import Block, Genotype
 from mnasfpn.train.proxy_config import (
-    CACHE_VERSION,
     ProxyBudget,
-    ProxyBudgetError,
     ProxyError,
-    backbone_cache_dir,
     data_fingerprint,
     default_cache_dir,
 )
+from mnasfpn.train.spawn import run_spawned
 
-# The budget and cache helpers live in proxy_config (the worker imports them from there);
-# callers keep importing them from here.
-__all__ = [
-    "CACHE_VERSION",
-    "ProxyBudget",
-    "ProxyBudgetError",
-    "ProxyError",
-    "ProxyResult",
-    "backbone_cache_dir",
-    "data_fingerprint",
-    "default_cache_dir",
-    "proxy_evaluate",
-    "weak_head",
-]
 
 @dataclass
 class ProxyResult:
@@ -115,8 +99,6 @@ def proxy_evaluate(
     trains and caches the shared backbone and its features (minutes); later ones reuse them.
 
     Raises DataError for unusable data, ProxyError when the child fails."""
-
-    from mnasfpn.train.spawn import run_spawned
 
     data = Path(data)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.data.coco import DataError
 from mnasfpn.errors import MnasfpnError
+from mnasfpn.ir.config import check_input_size
 
 # Bump when a change makes cached backbones / features incompatible.
 CACHE_VERSION = 1
@@ -56,8 +58,6 @@ class ProxyBudget:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        from mnasfpn.ir.config import check_input_size
-
         try:
             check_input_size(self.input_size)
         except ValueError as exc:
@@ -97,8 +97,6 @@ def data_fingerprint(data: Path) -> str:
             st = ann.stat()
             h.update(f"{ann.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError as exc:
-            from mnasfpn.data.coco import DataError
-
             raise DataError(
                 f"proxy data {data} needs annotations/instances_{split}.json ({exc.strerror})"
             ) from None

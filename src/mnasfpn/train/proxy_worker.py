@@ -8,6 +8,7 @@ import fcntl
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,14 +18,20 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.data.coco import CocoSet, DataError, load_coco
+from mnasfpn.data.pipeline import make_dataset
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
 from mnasfpn.searchspace.genotype import Genotype
+from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.coco_metrics import coco_metrics
+from mnasfpn.train.detector import preprocess, set_bn_momentum, set_class_prior
+from mnasfpn.train.evaluate import coco_results, make_predict_fn
 from mnasfpn.train.head import LEVEL_NAMES, build_detector_and_backbone, build_head
 from mnasfpn.train.proxy_config import ProxyBudget, backbone_cache_dir
-from mnasfpn.train.schedule import Schedule
+from mnasfpn.train.schedule import Schedule, bn_momentum
+from mnasfpn.train.step import StepConfig, make_step_fn, run_steps, sgd
 
 EVAL_BATCH = 64
 
@@ -36,8 +43,6 @@ def _train(
 ) -> float:  # fmt: skip
     """The shared training step (mnasfpn.train.step) on the paper's schedule shape for a
     fixed number of steps; the mean loss of the last 10% of them."""
-    from mnasfpn.train.step import StepConfig, make_step_fn, run_steps, sgd
-
     optimizer = sgd(lr, model.trainable_variables)
     config = StepConfig(input_size, num_classes, weight_decay=weight_decay, preprocess=preprocess)
     step_fn = make_step_fn(model, optimizer, config)
@@ -88,8 +93,6 @@ def locked(path: Path) -> Iterator[None]:
 
 def _extract(backbone: Any, coco: CocoSet, size: int, max_boxes: int, flip: bool) -> Features:
     tf = load_tensorflow()
-    from mnasfpn.data.pipeline import make_dataset
-    from mnasfpn.train.detector import preprocess
 
     @tf.function(reduce_retracing=True, autograph=False)
     def run(images: Any) -> Any:
@@ -142,11 +145,8 @@ def ensure_backbone_cache(
 
 def _make_backbone_cache(out: Path, train: CocoSet, val: CocoSet, budget: ProxyBudget) -> None:
     tf = load_tensorflow()
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
-
-    from mnasfpn.data.pipeline import make_dataset
-    from mnasfpn.train.detector import set_bn_momentum, set_class_prior
-    from mnasfpn.train.schedule import bn_momentum
 
     keras.utils.set_random_seed(budget.backbone_seed)
     reference = get_architecture(budget.backbone_head, budget.backbone_head_repeats)
@@ -204,8 +204,6 @@ def _evaluate(
 ) -> dict[str, float]:
     """The NMS and COCO evaluation of `mnasfpn eval`, on the cached val features."""
     tf = load_tensorflow()
-    from mnasfpn.train.coco_metrics import coco_metrics
-    from mnasfpn.train.evaluate import coco_results, make_predict_fn
 
     predict = make_predict_fn(head, input_size, preprocess_images=False)
     batches = (
@@ -226,14 +224,11 @@ def run_proxy(
 ) -> dict[str, Any]:
     """One child, start to finish (in the spawned process); ProxyResult's fields.
     `on_ready()` is called once the shared backbone cache exists (the time limit starts)."""
-    import warnings
-
-    from mnasfpn.train.detector import set_bn_momentum, set_class_prior
-
     tf = load_tensorflow()
     if budget.threads:
         tf.config.threading.set_intra_op_parallelism_threads(budget.threads)
         tf.config.threading.set_inter_op_parallelism_threads(budget.threads)
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
 
     with warnings.catch_warnings():
@@ -289,7 +284,5 @@ def run_proxy_child(
     on_ready: Callable[[], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """`run_proxy` from plain arguments: the entry point of `proxy_evaluate`'s process."""
-    from mnasfpn.searchspace.genotype_json import genotype_from_dict
-
     genotype = genotype_from_dict(genotype_doc, source="proxy genotype")
     return run_proxy(genotype, Path(data), ProxyBudget(**budget_doc), Path(cache), on_ready)

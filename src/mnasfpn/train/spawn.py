@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.data.coco import DataError
 from mnasfpn.errors import MnasfpnError
 
 
@@ -37,8 +38,6 @@ def run_spawned(
     building a shared cache, is not the child's own work). Raises DataError when the child
     found the data unusable, `error` ("<what> failed: ...", "... ran past its limit",
     "... died without a result") otherwise."""
-    from mnasfpn.data.coco import DataError
-
     ctx = mp.get_context("spawn")  # TensorFlow is not fork-safe
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(send, entry, kwargs, os.getpid()), name=name,
@@ -96,8 +95,6 @@ def exit_with_parent(parent: int) -> None:
 
 def _child_main(conn: Any, entry: str, kwargs: dict[str, Any], parent: int) -> None:
     """Send ('ready', None)*, then ('ok', result), ('data', message) or ('error', one line)."""
-    from mnasfpn.data.coco import DataError
-
     exit_with_parent(parent)
     try:
         module, _, function = entry.partition(":")

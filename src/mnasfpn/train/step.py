@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
+from mnasfpn.train.detector import preprocess
 from mnasfpn.train.schedule import Schedule
 
 # (inputs, training) → (box encodings, class logits)
@@ -33,24 +35,23 @@ class Objective:
 
     def __init__(self, config: StepConfig) -> None:
         tf = load_tensorflow()
-        from mnasfpn.train.anchors import anchor_centers_sizes, anchor_corners
 
         self.config = config
         self.anchors = tf.constant(anchor_centers_sizes(config.input_size))
         self.corners = tf.constant(anchor_corners(config.input_size))
 
     def targets(self, boxes: Any, classes: Any) -> tuple[Any, Any, Any]:
+        # boxes imports Keras at its top: only where a model is built
         from mnasfpn.train.boxes import targets
 
         return targets(self.anchors, self.corners, boxes, classes, self.config.num_classes)
 
     def inputs(self, x: Any) -> Any:
-        from mnasfpn.train.detector import preprocess
-
         return preprocess(x) if self.config.preprocess else x
 
     def loss(self, codes: Any, logits: Any, target: tuple[Any, Any, Any],
              kernels: Sequence[Any]) -> dict[str, Any]:  # fmt: skip
+        # objective imports Keras at its top: only where a model is built
         from mnasfpn.train.objective import training_loss
 
         return training_loss(codes, logits, *target, kernels, self.config.weight_decay)
@@ -112,6 +113,7 @@ def step_body(
 def make_step_fn(model: Any, optimizer: Any, config: StepConfig, ema: Any = None) -> Any:
     """`step_body` for a fixed Keras model, traced once: (x, boxes, classes) → loss parts."""
     tf = load_tensorflow()
+    # objective imports Keras at its top: only where a model is built
     from mnasfpn.train.objective import decayed_indices
 
     objective = Objective(config)
@@ -131,6 +133,7 @@ def make_step_fn(model: Any, optimizer: Any, config: StepConfig, ema: Any = None
 
 def sgd(lr: float, variables: list[Any], momentum: float = 0.9) -> Any:
     """Keras momentum SGD, built for `variables` (so a checkpoint can restore into it)."""
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
 
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)

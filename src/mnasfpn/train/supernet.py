@@ -28,6 +28,7 @@ evaluation, and eager ops cost microseconds where a retrace costs seconds.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -90,8 +91,6 @@ class SupernetShape:
 
 
 def _any_genotype(space: SearchSpace) -> Genotype:
-    import random
-
     return space.sample(random.Random(0))
 
 

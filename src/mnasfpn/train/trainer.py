@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from mnasfpn.tfenv import load_tensorflow
+from mnasfpn.train.backbone_weights import load_backbone_weights
 from mnasfpn.train.checkpoint import (
     EmaWeights,
     read_latest,
@@ -18,7 +21,7 @@ from mnasfpn.train.checkpoint import (
     save_checkpoint,
 )
 from mnasfpn.train.detector import build_detector, set_class_prior
-from mnasfpn.train.run import METRICS_FILE, RunInfo
+from mnasfpn.train.run import METRICS_FILE, RunInfo, checkpoint_dir
 from mnasfpn.train.schedule import Schedule
 from mnasfpn.train.step import StepConfig, sgd
 from mnasfpn.train.step import make_step_fn as build_step_fn
@@ -100,8 +103,8 @@ def train(
     for an endless (repeating) stream; without it the column counts passes. Returns the
     step range done and the throughput."""
     tf = load_tensorflow()
+    # Keras: loaded here, once tfenv has set TensorFlow up, never at import
     import keras
-    from tqdm import tqdm
 
     hp = info.hparams
     keras.utils.set_random_seed(hp.seed)
@@ -123,8 +126,6 @@ def train(
     if latest is None:
         set_class_prior(model)
         if backbone_weights is not None:
-            from mnasfpn.train.backbone_weights import load_backbone_weights
-
             n = load_backbone_weights(
                 model, backbone_weights, alpha=info.detector.alpha,
                 input_size=info.detector.input_size,
@@ -209,7 +210,6 @@ def train(
 def _peek_epoch(run_dir: Path, latest: Any) -> int:
     """The epoch a checkpoint was in, read before building the iterator to restore into."""
     tf = load_tensorflow()
-    from mnasfpn.train.run import checkpoint_dir
 
     reader = tf.train.load_checkpoint(str(checkpoint_dir(run_dir) / latest.prefix))
     return int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
