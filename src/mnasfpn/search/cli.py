@@ -327,7 +327,7 @@ def search_cmd(
     """Latency-aware search: children proposed by a strategy, LAT(m) from the table,
     mAP(m) from the proxy task in Ray workers, Reward = mAP·(LAT/T)^w. Every trial is
     committed to OUT/trials.sqlite; a killed search resumes with the same command."""
-    from mnasfpn.search.evaluators import ProxyEvaluator
+    from mnasfpn.search.evaluators import EVALUATORS, ProxyEvaluator, SearchInputs
 
     setup = prepare(
         lut_path, space, strategy, trials, w, target_ms, max_ms, seed, seed_arch, repeats
@@ -366,15 +366,11 @@ def search_cmd(
     )
     _check_data(data)
     cache = None if cache_dir is None else str(cache_dir.resolve())
-    proxy = ProxyEvaluator(str(data.resolve()), budget, cache)
-    evaluator: Any = proxy
-    if evaluator_kind == "oneshot":
-        from mnasfpn.search.evaluators import OneShotEvaluator
-
-        evaluator = OneShotEvaluator(str(data.resolve()), oneshot, setup.space,
-                                     setup.repeats, cache)  # fmt: skip
-        if setup.seed_arch is not None:
-            evaluator.check(setup.seed_arch)
+    inputs = SearchInputs(str(data.resolve()), budget, oneshot, setup.space, setup.repeats, cache)
+    proxy = ProxyEvaluator.from_search(inputs)
+    evaluator = EVALUATORS.get(evaluator_kind).from_search(inputs)
+    if setup.seed_arch is not None:
+        evaluator.check(setup.seed_arch)
     spec = None
     if finalists:
         from mnasfpn.search.finalists import FinalistSpec
