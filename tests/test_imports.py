@@ -210,7 +210,7 @@ def layer(module: str) -> str:
 
 
 # Shared helpers every layer may use; they import nothing of the project above them.
-BASE = {"errors", "atomic", "registry", "sqlite_db", "parallel", "tfenv"}
+BASE = {"errors", "atomic", "registry", "sqlite_db", "parallel", "tfenv", "cache"}
 # The layers each layer may import (besides itself and base): each only those below it.
 # Devices stand apart (only the table uses them); data and train build on the model; the
 # search builds on the spaces and the table and reaches training only inside the methods

@@ -354,7 +354,7 @@ def test_backbone_matches_keras_mobilenet_v2() -> None:
     graph = build_opgraph(paper_mnasfpn())
     c6_conv = 320 * C + 4 * C
     assert truncated.count_params() == graph.keras_params("backbone") - c6_conv
-    # Taps line up with the layers DESIGN.md names.
+    # Taps line up with the Keras layers docs/design.md §4 names.
     shapes = {
         name: tuple(m.get_layer(name).output.shape[1:])
         for name in ("block_5_add", "block_12_add", "block_16_project_BN")

@@ -1,4 +1,4 @@
-"""The Keras builder and TFLite export against the IR (DESIGN §1 invariant)."""
+"""The Keras builder and TFLite export against the IR (the invariant of docs/design.md §4)."""
 
 from __future__ import annotations
 

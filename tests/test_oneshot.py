@@ -26,7 +26,12 @@ from mnasfpn.cli import main
 from mnasfpn.data import SynthSpec, write_synthetic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.search.driver import Search, SearchSettings, table_identity
-from mnasfpn.search.evaluators import SurrogateEvaluator, surrogate_accuracy
+from mnasfpn.search.evaluators import (
+    EVALUATORS,
+    SearchInputs,
+    SurrogateEvaluator,
+    surrogate_accuracy,
+)
 from mnasfpn.search.executors import InlineExecutor
 from mnasfpn.search.finalists import FinalistSpec, choose, run_finalists
 from mnasfpn.search.frontier import frontier
@@ -164,6 +169,33 @@ def test_search_cli_oneshot_bad_input_is_one_line(
     assert message in result.output, result.output
     if result.exit_code == 1:
         assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "trials.sqlite").exists()
+
+
+class _ProbeEvaluator:
+    """A registered evaluator that says what `mnasfpn search` built it from."""
+
+    kind = "probe"
+
+    @classmethod
+    def from_search(cls, inputs: SearchInputs) -> _ProbeEvaluator:
+        raise MnasfpnError(
+            f"probe built for {inputs.space} x{inputs.repeats}, {inputs.proxy.steps} proxy steps"
+        )
+
+
+def test_search_builds_the_evaluator_the_registry_names(
+    tmp_path: Path, table_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kind registered later is offered by --evaluator and built from its own entry (not
+    silently replaced by the proxy)."""
+    monkeypatch.setitem(EVALUATORS, "probe", _ProbeEvaluator)
+    result = CliRunner().invoke(main, [
+        "search", "--lut", str(table_path), "--data", str(tiny_data), "--out",
+        str(tmp_path / "o"), "--evaluator", "probe", "--proxy-steps", "7",
+        "--space", "no-expand"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "probe built for no-expand x4, 7 proxy steps" in result.output
     assert not (tmp_path / "o" / "trials.sqlite").exists()
 
 

@@ -17,10 +17,12 @@ import pytest
 from mnasfpn.data import DataError, SynthSpec, write_synthetic
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
+from mnasfpn.lut.build import default_cache_dir as lut_cache
 from mnasfpn.searchspace.genotype_json import genotype_from_dict
 from mnasfpn.searchspace.named import get_architecture
 from mnasfpn.train.proxy import proxy_evaluate, weak_head
 from mnasfpn.train.proxy_config import ProxyBudget, ProxyBudgetError, ProxyError
+from mnasfpn.train.proxy_config import default_cache_dir as proxy_cache
 
 TINY_BUDGET = ProxyBudget(input_size=64, steps=3, batch_size=4, backbone_steps=3,
                           backbone_batch_size=4, threads=1)  # fmt: skip
@@ -130,7 +132,8 @@ def test_child_ends_when_caller_is_killed(tiny_data: Path, tmp_path: Path) -> No
     script = tmp_path / "caller.py"
     script.write_text(
         "import multiprocessing, sys, threading, time\n"
-        "from mnasfpn.train.proxy import ProxyBudget, proxy_evaluate, weak_head\n"
+        "from mnasfpn.train.proxy import proxy_evaluate, weak_head\n"
+        "from mnasfpn.train.proxy_config import ProxyBudget\n"
         "if __name__ == '__main__':\n"
         "    b = ProxyBudget(input_size=64, steps=10**6, batch_size=4, threads=1)\n"
         "    threading.Thread(target=proxy_evaluate, daemon=True,\n"
@@ -171,3 +174,15 @@ def test_worker_side_does_not_import_the_caller_side() -> None:
         "sys.exit('mnasfpn.train.proxy' in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+def test_every_cache_follows_mnasfpn_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    monkeypatch.setenv("MNASFPN_CACHE_DIR", str(tmp_path / "c"))
+    assert lut_cache() == tmp_path / "c"
+    assert proxy_cache() == tmp_path / "c" / "proxy"
+    monkeypatch.delenv("MNASFPN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert proxy_cache() == tmp_path / "x" / "mnasfpn" / "proxy"

@@ -290,3 +290,10 @@ def test_cardinality_of_conn_search() -> None:
     assert space.cardinality() == 6 * math.prod(per_block)
     assert get_space("nasfpnlite").cardinality() == 1
     assert 1e33 < get_space("mnasfpn").cardinality() < 1e34
+
+
+def test_a_space_offering_se_with_other_than_two_inputs_is_refused_where_it_is_defined() -> None:
+    # the se merge gates x1 by x0: a third input would crash the IR builder of every genotype
+    with pytest.raises(MnasfpnError, match="se merge takes exactly 2 inputs"):
+        SearchSpace("se-wide", "se with up to 3 inputs", max_inputs=3)
+    SearchSpace("add-wide", "add with up to 3 inputs", merges=("add",), max_inputs=3)

@@ -123,7 +123,7 @@ def test_detector_runs_with_outputs_of_the_right_shapes(space: str) -> None:
 
 @pytest.mark.parametrize("size", [64, 128])
 def test_detector_ops_equal_the_live_ir_ops(size: int, tmp_path: Path) -> None:
-    """DESIGN §1's invariant, also at 64 (level 6 at 1x1), where the converter simplifies
+    """docs/design.md §4's invariant, also at 64 (level 6 at 1x1), where the converter simplifies
     degenerate ops and the direct writer still writes exactly the IR."""
     from mnasfpn.model.tflite_ops import ir_op_signatures, tflite_op_signatures
 

@@ -12,7 +12,6 @@ second; conversion workers die with the build, even when it is killed outright.
 
 from __future__ import annotations
 
-import os
 import queue
 import random
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mnasfpn.cache import cache_root
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
@@ -47,10 +47,7 @@ PHONE_BATCH = 16
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("MNASFPN_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnasfpn"
+    return cache_root()
 
 
 def required_keys(spaces: Sequence[str], config: DetectorConfig) -> list[str]:

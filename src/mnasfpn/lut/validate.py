@@ -6,9 +6,10 @@
    processes with `converter="tf"`), all before any timing,
    and time them on the table's device in `rounds` interleaved rounds; every round of
    every architecture is stored in the table, so a second validate measures nothing new.
-3. Fit the calibration (overhead + non-negative per-op-type scales, scikit-learn) and
-   report k-fold held-out fidelity for it and for the baselines: raw table sum, naive sum
-   over all blocks (dead ones included), naive sum calibrated, MAdds-linear.
+3. Fit the calibration (overhead + per-op-type scales bounded to [0.5, 2], optional
+   structure terms: lut/calibration.py, scipy's bounded least squares) and report k-fold
+   held-out fidelity for it and for the baselines: raw table sum, naive sum over all
+   blocks (dead ones included), naive sum calibrated, MAdds-linear (lut/fidelity.py).
 """
 
 from __future__ import annotations

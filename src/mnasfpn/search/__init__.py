@@ -1,4 +1,4 @@
-"""Latency-aware architecture search (DESIGN.md §5): strategies that propose genotypes of
+"""Latency-aware architecture search (docs/design.md §8): strategies that propose genotypes of
 a search space, latency from a measured table, children evaluated by the proxy task in
 worker processes, every trial kept in a SQLite store so a killed search resumes.
 

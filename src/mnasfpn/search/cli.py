@@ -20,7 +20,7 @@ from mnasfpn.archs import resolve_archs
 from mnasfpn.cli_common import NameChoice
 from mnasfpn.data.coco import load_coco
 from mnasfpn.errors import MnasfpnError
-from mnasfpn.search.evaluators import SEARCH_EVALUATORS, OneShotEvaluator, ProxyEvaluator
+from mnasfpn.search.evaluators import EVALUATORS, SEARCH_EVALUATORS, ProxyEvaluator, SearchInputs
 from mnasfpn.search.store import TrialStore
 from mnasfpn.search.strategies import STRATEGIES
 from mnasfpn.searchspace.named import get_architecture
@@ -365,13 +365,11 @@ def search_cmd(
     )
     _check_data(data)
     cache = None if cache_dir is None else str(cache_dir.resolve())
-    proxy = ProxyEvaluator(str(data.resolve()), budget, cache)
-    evaluator: Any = proxy
-    if evaluator_kind == "oneshot":
-        evaluator = OneShotEvaluator(str(data.resolve()), oneshot, setup.space,
-                                     setup.repeats, cache)  # fmt: skip
-        if setup.seed_arch is not None:
-            evaluator.check(setup.seed_arch)
+    inputs = SearchInputs(str(data.resolve()), budget, oneshot, setup.space, setup.repeats, cache)
+    proxy = ProxyEvaluator.from_search(inputs)
+    evaluator = EVALUATORS.get(evaluator_kind).from_search(inputs)
+    if setup.seed_arch is not None:
+        evaluator.check(setup.seed_arch)
     spec = None
     if finalists:
         from mnasfpn.search.finalists import FinalistSpec

@@ -22,11 +22,31 @@ from mnasfpn.searchspace.spaces import pruned
 
 
 @dataclass(frozen=True)
+class SearchInputs:
+    """What `mnasfpn search` hands every evaluator kind to build itself from (`from_search`):
+    the checked data folder, the proxy and one-shot budgets, the space and repeats."""
+
+    data: str
+    proxy: Any  # mnasfpn.train.proxy_config.ProxyBudget
+    oneshot: Any  # mnasfpn.train.oneshot_config.OneShotBudget
+    space: str
+    repeats: int
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class ProxyEvaluator:
     kind: ClassVar[str] = "proxy"
     data: str
     budget: Any  # mnasfpn.train.proxy.ProxyBudget
     cache_dir: str | None = None
+
+    @classmethod
+    def from_search(cls, inputs: SearchInputs) -> ProxyEvaluator:
+        return cls(inputs.data, inputs.proxy, inputs.cache_dir)
+
+    def check(self, genotype: Genotype) -> None:
+        """Every genotype of the search's space trains stand-alone."""
 
     def identity(self) -> dict[str, Any]:
         budget = asdict(self.budget) if is_dataclass(self.budget) else {"repr": repr(self.budget)}
@@ -61,6 +81,10 @@ class OneShotEvaluator:
     space: str
     repeats: int
     cache_dir: str | None = None
+
+    @classmethod
+    def from_search(cls, inputs: SearchInputs) -> OneShotEvaluator:
+        return cls(inputs.data, inputs.oneshot, inputs.space, inputs.repeats, inputs.cache_dir)
 
     def key(self) -> Any:
         # the training package loads when an evaluator is used, not with the registry
@@ -145,6 +169,13 @@ class SurrogateEvaluator:
 
     kind: ClassVar[str] = "surrogate"
     seconds: float = 0.0
+
+    @classmethod
+    def from_search(cls, inputs: SearchInputs) -> SurrogateEvaluator:
+        return cls()
+
+    def check(self, genotype: Genotype) -> None:
+        """Every genotype has a synthetic score."""
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "seconds": self.seconds}

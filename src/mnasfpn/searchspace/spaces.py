@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 
+from mnasfpn.errors import MnasfpnError
 from mnasfpn.registry import Registry
 from mnasfpn.searchspace.genotype import (
     LEVELS,
@@ -50,6 +51,14 @@ class SearchSpace:
     repeats: int = 4
     # A fixed cell (a hand-made baseline) has no decisions: sampling returns it.
     fixed: Genotype | None = None
+
+    def __post_init__(self) -> None:
+        # The se merge gates one input by the other (x0 + x1·gate(x0)): it has two operands.
+        if "se" in self.merges and self.max_inputs != 2:
+            raise MnasfpnError(
+                f"space {self.name!r}: the se merge takes exactly 2 inputs, but blocks may "
+                f"have {self.min_inputs}..{self.max_inputs}; use merges=('add',) for more"
+            )
 
     # -- decisions ------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""SSD anchors (DESIGN §2): levels 3..6, anchor scale 3.0, aspect ratios {1, 2, 0.5},
+"""SSD anchors (docs/design.md §4): levels 3..6, anchor scale 3.0, aspect ratios {1, 2, 0.5},
 3 scales per octave → 9 anchors per feature-map cell.
 
 The order is the predictor's output order: level by level, then the cell's row, then its

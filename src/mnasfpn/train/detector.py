@@ -19,7 +19,7 @@ CLASS_HEAD = "class_conv1x1"  # the weight-shared class head's last conv (its bi
 
 
 def preprocess(images: Any) -> Any:
-    """Pixels 0..255 → [-1, 1], the range the detector takes (DESIGN §2)."""
+    """Pixels 0..255 → [-1, 1], the range the detector takes (docs/design.md §4)."""
     return images * (2.0 / 255.0) - 1.0
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mnasfpn.cache import cache_root
 from mnasfpn.data.coco import DataError
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.ir.config import check_input_size
@@ -111,5 +111,4 @@ def backbone_cache_dir(cache_dir: Path, data: Path, budget: ProxyBudget) -> Path
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mnasfpn" / "proxy"
+    return cache_root() / "proxy"
