@@ -239,7 +239,13 @@ def export_command(lut_path: Path, csv_out: Path, force: bool) -> None:
 @click.option("--lut", "lut_path", required=True, type=click.Path(path_type=Path))
 @click.option("--samples", type=click.IntRange(4), default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--min-r2", type=float, default=0.97, show_default=True)
+@click.option(
+    "--min-r2",
+    type=click.FloatRange(max=1.0),
+    default=0.97,
+    show_default=True,
+    help="Held-out R² the calibrated table must reach (at most 1).",
+)
 @click.option(
     "--report",
     "report_dir",
