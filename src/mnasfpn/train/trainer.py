@@ -16,7 +16,8 @@ from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.backbone_weights import load_backbone_weights
 from mnasfpn.train.checkpoint import (
     EmaWeights,
-    read_latest,
+    has_checkpoint,
+    intact_checkpoint,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -95,8 +96,11 @@ def train(
     stop_after: int | None = None,
     images_per_epoch: int | None = None,
     echo: Callable[[str], None] = print,
+    write_run: bool = False,
 ) -> TrainResult:
-    """Train `info`'s detector in `run_dir` (its run.json already written).
+    """Train `info`'s detector in `run_dir` (its run.json already written, or, with
+    `write_run`, written here once the model is built and its backbone weights loaded:
+    a start that fails before leaves no run.json behind).
 
     `stop_after` ends the loop early at that step, as if killed right after a checkpoint
     (for tests of resume). `images_per_epoch` turns the step into epochs in metrics.csv
@@ -121,7 +125,8 @@ def train(
     if ema is not None:
         objects["ema"] = ema.module
 
-    latest = read_latest(run_dir) if resume else None
+    # The newest checkpoint that reads back whole (a damaged newest one: the older, said).
+    latest = intact_checkpoint(run_dir, echo) if resume and has_checkpoint(run_dir) else None
     iterator = iter(batches(0))
     if latest is None:
         set_class_prior(model)
@@ -135,6 +140,8 @@ def train(
             ema = EmaWeights(model, hp.ema_decay or 0.0)  # shadows start at the initial weights
             objects["ema"] = ema.module
         start = 0
+        if write_run:
+            info.save(run_dir)
     else:
         epoch0 = int(_peek_epoch(run_dir, latest))
         if epoch0 != 0:
