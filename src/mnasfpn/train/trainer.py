@@ -4,6 +4,7 @@ optional weight EMA, checkpoints every N steps and at the end, exact resume."""
 from __future__ import annotations
 
 import csv
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.backbone_weights import load_backbone_weights
 from mnasfpn.train.checkpoint import (
@@ -66,11 +68,15 @@ class _MetricsLog:
                 header = next(reader, None)
                 if header == list(METRIC_COLUMNS):
                     rows = [r for r in reader if r and r[0].isdigit() and int(r[0]) <= keep_until]
-        self.file = path.open("w", newline="")
+        # The kept rows go in atomically (a run killed here keeps its old log whole); the
+        # new rows are appended to that file as they come.
+        kept = io.StringIO()
+        table = csv.writer(kept)
+        table.writerow(METRIC_COLUMNS)
+        table.writerows(rows)
+        write_atomic(path, kept.getvalue())
+        self.file = path.open("a", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(METRIC_COLUMNS)
-        self.writer.writerows(rows)
-        self.file.flush()
 
     def write(self, row: dict[str, float]) -> None:
         self.writer.writerow([_fmt(row[c]) for c in METRIC_COLUMNS])
