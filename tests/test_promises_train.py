@@ -96,7 +96,7 @@ def test_train_never_replaces_a_users_files_in_out(tmp_path: Path, data: Path) -
     assert (users / "metrics.csv").read_text() == "my,numbers\n1,2\n"
     (users / "run.json").write_text('{"format": "something else"}')
     line = error_line(*_train(data, users, "--steps", "2"))
-    assert "not an mnasfpn run's" in line and "already holds a run" not in line
+    assert "run.json that train did not write" in line and "already holds a run" not in line
     assert (users / "run.json").read_text() == '{"format": "something else"}'
 
 
@@ -260,29 +260,37 @@ def test_truncated_newest_checkpoint_falls_back_everywhere(
     _truncate_newest(run_dir)
     result = run("eval", "--run", run_dir, "--data", data, "--json")
     assert result.exit_code == 0, result.output
-    assert "ckpt-4/ckpt: truncated; using the older ckpt-2/ckpt (step 2)" in result.output
+    note = "checkpoint ckpt-4/ckpt: truncated; using the older one, ckpt-2/ckpt (step 2)"
+    assert note in result.output
     assert json.loads(result.output.strip().splitlines()[-1])["step"] == 2
     result = run("export", "--run", run_dir, "--out", tmp_path / "m.tflite")
     assert result.exit_code == 0, result.output
-    assert "truncated; using the older" in result.output and "at step 2" in result.output
+    assert "truncated; using the older one" in result.output and "at step 2" in result.output
     result = run(*_train(data, run_dir, "--resume", "--quiet"))
     assert result.exit_code == 0, result.output
-    assert "truncated; using the older" in result.output
+    assert "truncated; using the older one" in result.output
     assert "from step 2" in result.output and "done: step 4 of 4" in result.output
     # The resumed run wrote a whole step-4 checkpoint again: no note any more.
     result = run("eval", "--run", run_dir, "--data", data, "--json")
-    assert result.exit_code == 0 and "using the older" not in result.output, result.output
+    assert result.exit_code == 0 and "using the" not in result.output, result.output
 
 
 def test_latest_naming_a_deleted_folder_falls_back_or_says_so(
     tmp_path: Path, data: Path, trained: Path
 ) -> None:
     run_dir = _copy(trained, tmp_path / "run")
+    latest = run_dir / "checkpoints" / "latest.json"
+    good = latest.read_text()
+    latest.write_text("{garbage")
+    result = run("eval", "--run", run_dir, "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    assert "latest.json: unreadable; using the newest intact one, ckpt-4/ckpt" in result.output
+    latest.write_text(good)
     shutil.rmtree(run_dir / "checkpoints" / "ckpt-4")
     image = sorted((data / "val").iterdir())[0]
     result = run("detect", "--run", run_dir, image, "--out", tmp_path / "det")
     assert result.exit_code == 0, result.output
-    assert "ckpt-4/ckpt: missing; using the older ckpt-2/ckpt" in result.output
+    assert "checkpoint ckpt-4/ckpt: missing; using the older one, ckpt-2/ckpt" in result.output
     shutil.rmtree(run_dir / "checkpoints" / "ckpt-2")
     line = error_line("eval", "--run", run_dir, "--data", data)
     assert "names ckpt-4/ckpt, which is not there" in line

@@ -130,17 +130,20 @@ def intact_checkpoint(
     assert latest is not None
     say = echo or (lambda s: print(s, file=sys.stderr))
     folder = checkpoint_dir(run_dir)
-    damaged = [] if latest.step != sys.maxsize else ["index latest.json: unreadable"]
+    unreadable = latest.step == sys.maxsize
+    damaged = ["checkpoints/latest.json: unreadable"] if unreadable else []
     for cand in tries:
         path = str(folder / cand.prefix)
         try:
             has_data = _check_intact(path)
         except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
-            damaged.append(f"{cand.prefix}: {_reason(exc)}")
+            damaged.append(f"checkpoint {cand.prefix}: {_reason(exc)}")
             continue
         if damaged:
-            say(f"note: {run_dir}: checkpoint {damaged[0]}; using the older {cand.prefix} "
-                f"(step {cand.step}) instead")  # fmt: skip
+            which = ("the newest intact one" if unreadable and len(damaged) == 1
+                     else "the older one")  # fmt: skip
+            say(f"note: {run_dir}: {damaged[0]}; using {which}, {cand.prefix} (step "
+                f"{cand.step}), instead")  # fmt: skip
             return replace(cand, data_state=has_data)
         return cand
     raise RunError(f"{run_dir}: no intact checkpoint ({'; '.join(damaged)}); train the run "

@@ -186,6 +186,9 @@ def train_command(ctx: click.Context, arch: str, data_dir: Path, run_dir: Path, 
         images_per_epoch=len(coco.images),
         echo=lambda s: click.echo(s, err=True),
     )  # fmt: skip
+    if result.final_step == result.start_step:
+        click.echo(f"nothing to train: {run_dir} is at step {result.final_step} of {hp.steps}")
+        return
     last = {k: f"{v:.4f}" for k, v in result.last.items()}
     click.echo(
         f"done: step {result.final_step} of {hp.steps} in {result.seconds:.0f} s "
@@ -213,8 +216,9 @@ def _check_run_folder(run_dir: Path, resume: bool) -> tuple[RunInfo | None, bool
         try:
             load_run(run_dir)
         except RunError as exc:
-            raise RunError(f"--out {str(run_dir)!r} holds a run.json that is not an mnasfpn "
-                           f"run's ({one_line(exc)}); choose another folder") from None
+            why = one_line(exc).removeprefix(f"{run_dir / RUN_FILE}: ")
+            raise RunError(f"--out {str(run_dir)!r} holds a run.json that train did not "
+                           f"write ({why}); choose another folder") from None
         if has_checkpoint(run_dir):
             raise RunError(f"--out {str(run_dir)!r} already holds a run with a checkpoint; "
                            "pass --resume to continue it or choose another folder")  # fmt: skip
