@@ -159,6 +159,20 @@ def test_data_split_never_rewrites_its_own_input(tmp_path: Path, data: Path) -> 
                                         "--out", tmp_path / "s", "--val-count", "3")  # fmt: skip
 
 
+def test_synth_force_over_a_split_folder_replaces_its_links_not_their_images(
+    tmp_path: Path, data: Path
+) -> None:
+    before = sorted(p.name for p in (data / "train").iterdir())
+    split = tmp_path / "s"
+    assert run("data", "split", "--data", data, "--split", "train", "--out", split,
+               "--val-count", "2").exit_code == 0  # fmt: skip
+    result = run("data", "synth", "--out", split, "--train", "2", "--val", "1", "--size", "64",
+                 "--force")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not (split / "train").is_symlink() and len(list((split / "train").iterdir())) == 2
+    assert sorted(p.name for p in (data / "train").iterdir()) == before
+
+
 # -- a run never continues on other inputs ------------------------------------------------
 
 
