@@ -308,3 +308,23 @@ def test_latest_naming_a_deleted_folder_falls_back_or_says_so(
     shutil.rmtree(run_dir / "checkpoints" / "ckpt-2")
     line = error_line("eval", "--run", run_dir, "--data", data)
     assert "names ckpt-4/ckpt, which is not there" in line
+
+
+def test_a_checkpoint_left_from_before_a_fallback_never_displaces_a_real_one(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorflow")
+    from mnasfpn.tfenv import load_tensorflow
+    from mnasfpn.train.checkpoint import save_checkpoint
+
+    tf = load_tensorflow()
+    module = tf.Module()
+    module.v = tf.Variable([1.0, 2.0])
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir, 100, {"m": module}, None)
+    junk = run_dir / "checkpoints" / "ckpt-500"  # a damaged newest one, passed over
+    junk.mkdir()
+    (junk / "ckpt.index").write_bytes(b"truncated")
+    save_checkpoint(run_dir, 200, {"m": module}, None)
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*"))
+    assert kept == ["ckpt-100", "ckpt-200"]

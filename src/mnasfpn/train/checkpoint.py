@@ -213,15 +213,16 @@ def save_checkpoint(
         (p for p in folder.glob("ckpt-*") if p.is_dir()),
         key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
     )
-    for old in kept[:-KEEP]:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
     for old in kept:
         # Later than the checkpoint just written: left by a run that was resumed from an
-        # older one (its newest was damaged) or started again; latest.json no longer
-        # names it, and the two-newest rule must not keep it in place of a real one.
+        # older one (its newest was damaged); latest.json no longer names it, and the
+        # two-newest rule below must not keep it in place of a real one.
         later = _step_of(old)
         if later is not None and later > step:
+            shutil.rmtree(old, ignore_errors=True)
+    kept = [p for p in kept if p.exists()]
+    for old in kept[:-KEEP]:
+        if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return data_state
 
