@@ -87,6 +87,10 @@ def test_resume_refuses_another_architecture_and_overwriting(tmp_path: Path, dat
     assert "another architecture" in line
     line = error_line(*base, "--arch", "paper-mnasfpn", "--repeats", "2", "--resume")
     assert "another architecture" in line
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "latest.json").write_text(
+        json.dumps({"step": 2, "prefix": "ckpt-2/ckpt", "data_state": True})
+    )
     assert "already holds a run" in error_line(*base, "--arch", "paper-mnasfpn", "--steps", "2")
     nothing = tmp_path / "nothing"
     line = error_line(*TRAIN, "--data", data, "--out", nothing, "--arch", "paper-mnasfpn",

@@ -50,6 +50,23 @@ def check_output(
     return path
 
 
+def check_output_dir(path: Path | str, *, option: str = "--out") -> Path:
+    """Refuse (one line) an output folder that names a file, or lies under one (mkdir
+    would fail with an OS message that names neither the option nor the file). The
+    folder's own files are each checked with `check_output` by the command."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file, not a folder; give a folder name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(
+                    f"{option} {path}: {parent} is a file, so no folder can be made under it"
+                )
+            break
+    return path
+
+
 def write_atomic(path: Path | str, data: bytes | str, *, replace: bool = True) -> Path:
     """Write to a temporary file beside `path`, then rename over it: a run killed mid-write
     leaves no truncated model or genotype file for a later run to trip over.

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mnasfpn.atomic import write_atomic
+from mnasfpn.atomic import OutputError, check_output, check_output_dir, write_atomic
 from mnasfpn.data.coco import DataError, annotation_path, load_coco
 
 
@@ -36,18 +36,20 @@ def split_coco(
     if (val_count is None) == (val_fraction is None):
         raise DataError("give exactly one of a search-val image count or fraction")
     coco_root, out_root = Path(coco_root), Path(out_root)
+    _check_outputs(coco_root, split, out_root, names, force)
     source = load_coco(coco_root, split, check_images="exists")  # checks before writing
     n = len(source.images)
     if val_fraction is not None:
         if not 0 < val_fraction < 1:
             raise DataError(f"search-val fraction must be in (0, 1), got {val_fraction}")
         val_count = max(1, round(n * val_fraction))
+        if val_count >= n:
+            raise DataError(f"--val-fraction {val_fraction:g} of the {n} images of {split} "
+                            f"leaves no search-train image; give at most "
+                            f"{(n - 1) / n:.3g}")  # fmt: skip
     assert val_count is not None
     if not 0 < val_count < n:
         raise DataError(f"search-val count must be 1..{n - 1} for {n} images, got {val_count}")
-    for name in names:
-        if not force and (annotation_path(out_root, name).exists() or (out_root / name).exists()):
-            raise DataError(f"{out_root} already has a '{name}' split; pass --force to replace it")
 
     with open(source.annotation_path, encoding="utf-8") as f:
         doc: dict[str, Any] = json.load(f)
@@ -67,12 +69,40 @@ def split_coco(
         if isinstance(sub["info"], dict):
             sub["info"] = {**sub["info"], "split_of": f"{coco_root}/{split}", "seed": seed}
         link = out_root / name
-        if link.is_symlink() or link.exists():
-            if not link.is_symlink():
-                raise DataError(f"{link} exists and is not a link this command made; remove it")
+        if link.is_symlink():
             link.unlink()
         out_root.mkdir(parents=True, exist_ok=True)
         os.symlink(image_dir, link, target_is_directory=True)
         write_atomic(annotation_path(out_root, name), json.dumps(sub))
         counts[name] = len(images)
     return counts
+
+
+def _check_outputs(
+    coco_root: Path, split: str, out_root: Path, names: tuple[str, str], force: bool
+) -> None:
+    """The output guard: each annotation file written is neither the source's (even with
+    --force: the split would be rewritten from itself, losing images) nor, without
+    --force, an existing file; an image folder that is not a link this command made is
+    never replaced."""
+    check_output_dir(out_root)
+    source = annotation_path(coco_root, split)
+    image_dir = coco_root / split
+    for name in names:
+        try:
+            check_output(annotation_path(out_root, name), inputs=[source], force=force)
+        except OutputError as exc:
+            if "is the input" in str(exc):
+                raise DataError(f"--out {out_root}: its {name} split would be written over the "
+                                f"input {source}; choose another --out") from None
+            raise DataError(f"{out_root} already has a '{name}' split; pass --force to "
+                            "replace it") from None
+        link = out_root / name
+        if link.is_symlink():
+            if not force:
+                raise DataError(f"{out_root} already has a '{name}' split; pass --force to "
+                                "replace it")
+        elif link.exists():
+            what = "the input's image folder" if link.resolve() == image_dir.resolve() else (
+                "not a link this command made")
+            raise DataError(f"{link} exists and is {what}; choose another --out")

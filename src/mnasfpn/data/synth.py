@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mnasfpn.atomic import write_atomic
+from mnasfpn.atomic import check_output_dir, write_atomic
 from mnasfpn.data.coco import DataError, annotation_path
 
 Polygon = list[np.ndarray]  # closed outlines in unit coordinates; the first is the outside
@@ -265,8 +265,7 @@ def render_image(spec: SynthSpec, split: str, index: int) -> tuple[np.ndarray, l
 def check_target(out: Path | str, force: bool) -> None:
     """Refuse a file, or a non-empty folder without `force`."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
+    check_output_dir(out)  # a file, or a folder under a file: one line naming it
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"{out} is not empty; choose another --out or pass --force")
 
@@ -276,7 +275,9 @@ def _prepare(out: Path, force: bool, splits: list[str]) -> None:
     if out.exists():
         for split in splits:  # only what this command writes; anything else stays
             annotation_path(out, split).unlink(missing_ok=True)
-            if (out / split).exists():
+            if (out / split).is_symlink():  # a `data split` link: the link, not its target
+                (out / split).unlink()
+            elif (out / split).exists():
                 shutil.rmtree(out / split)
     out.mkdir(parents=True, exist_ok=True)
 

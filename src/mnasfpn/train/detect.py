@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.errors import MnasfpnError
 from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.detector import build_detector, restore_weights
@@ -29,6 +31,30 @@ def load_image(path: Path) -> Any:
             return im.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
+
+
+def check_image(path: Path) -> None:
+    """A one-line `ImageError` for a file that is not an image Pillow reads (its header
+    and structure are checked, the pixels are not decoded): before any model loads."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+
+
+def output_names(images: list[Path], out_dir: Path) -> list[Path]:
+    """The PNG each image is drawn into: its stem + .png; two inputs with one name
+    (a/x.jpg, b/x.jpg) keep both outputs (x.png, x_.png)."""
+    used: set[str] = set()
+    names = []
+    for path in images:
+        stem = path.stem
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        names.append(out_dir / f"{stem}.png")
+    return names
 
 
 def letterbox(image: Any, size: int) -> tuple[np.ndarray, float]:
@@ -61,29 +87,33 @@ def draw(image: Any, detections: list[tuple[list[float], str, float, int]]) -> A
 
 
 def detect_images(
-    info: RunInfo, run_dir: Path, images: list[Path], out_dir: Path, min_score: float
+    info: RunInfo,
+    run_dir: Path,
+    images: list[Path],
+    targets: list[Path],
+    min_score: float,
+    *,
+    replace: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[Path, Path, int]]:
-    """Yields (image, written PNG, detections drawn) per image."""
+    """Yields (image, written PNG, detections drawn) per image; each PNG is written
+    atomically to its target (`output_names`), never over an existing file unless
+    `replace`."""
     tf = load_tensorflow()
 
     size = info.detector.input_size
     model = build_detector(info.genotype, info.detector, batch_size=None)
-    restore_weights(model, run_dir)
+    restore_weights(model, run_dir, echo=echo)
     predict = make_predict_fn(model, size, NmsConfig(score_threshold=min_score))
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in info.categories]
-    used: set[str] = set()
-    for path in images:
+    for path, dst in zip(images, targets, strict=True):
         image = load_image(path)
         arr, scale = letterbox(image, size)
         boxes, scores, classes, counts = (t.numpy() for t in predict(tf.constant(arr[None])))
         coco = detections_to_coco(boxes, scores, classes, counts, [0], [scale], size,
                                   list(range(len(names))))  # fmt: skip
         drawn = [(d["bbox"], names[d["category_id"]], d["score"], d["category_id"]) for d in coco]
-        stem = path.stem
-        while stem in used:  # two inputs with one name (a/x.jpg, b/x.jpg) keep both outputs
-            stem += "_"
-        used.add(stem)
-        dst = out_dir / f"{stem}.png"
-        draw(image, drawn).save(dst)
+        png = io.BytesIO()
+        draw(image, drawn).save(png, format="PNG")
+        write_atomic(dst, png.getvalue(), replace=replace)
         yield path, dst, len(drawn)

@@ -5,6 +5,7 @@ prior) and restoring a run's weights."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ def set_class_prior(model: Any, prior: float = CLASS_PRIOR) -> None:
     bias.assign(bias.numpy() * 0 - math.log((1 - prior) / prior))
 
 
-def restore_weights(model: Any, run_dir: Path, *, use_ema: bool = True) -> int:
-    """Load a run's latest checkpoint into `model` (EMA weights when the run kept them);
-    returns the step it was saved at."""
-    return restore_inference_weights(model, run_dir, use_ema=use_ema)
+def restore_weights(
+    model: Any, run_dir: Path, *, use_ema: bool = True, echo: Callable[[str], None] | None = None
+) -> int:
+    """Load a run's newest intact checkpoint into `model` (EMA weights when the run kept
+    them; `echo` says when a damaged newest one was passed over); returns its step."""
+    return restore_inference_weights(model, run_dir, use_ema=use_ema, echo=echo)

@@ -4,6 +4,7 @@ class logits, before NMS), or with TFLite's detection post-process op appended."
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ class ExportError(MnasfpnError):
     """A trained detector that could not be converted."""
 
 
-def trained_model(info: RunInfo, run_dir: Path) -> tuple[Any, int]:
-    """The batch-1 Keras model (what the table timed) with the run's latest weights."""
+def trained_model(
+    info: RunInfo, run_dir: Path, echo: Callable[[str], None] | None = None
+) -> tuple[Any, int]:
+    """The batch-1 Keras model (what the table timed) with the run's newest intact
+    weights (`echo` says when that is the older checkpoint)."""
     model = build_detector(info.genotype, info.detector, batch_size=1)
-    step = restore_weights(model, run_dir)
+    step = restore_weights(model, run_dir, echo=echo)
     return model, step
 
 
@@ -38,9 +42,10 @@ def export_run(
     *,
     with_postprocess: bool = False,
     replace: bool = True,
+    echo: Callable[[str], None] | None = None,
 ) -> tuple[Path, int]:
     """Write the run's detector to `out`; returns (path, the checkpoint step exported)."""
-    model, step = trained_model(info, run_dir)
+    model, step = trained_model(info, run_dir, echo)
     data = _convert_with_postprocess(model, info) if with_postprocess else convert_keras(model)
     return write_atomic(out, data, replace=replace), step
 

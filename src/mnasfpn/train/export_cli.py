@@ -11,7 +11,7 @@ from mnasfpn.errors import MnasfpnError
 from mnasfpn.train.checkpoint import require_checkpoint
 from mnasfpn.train.cli import require_tensorflow
 from mnasfpn.train.export import export_run
-from mnasfpn.train.run import load_run
+from mnasfpn.train.run import load_run, run_files
 
 
 def export_run_command(
@@ -23,12 +23,14 @@ def export_run_command(
         raise MnasfpnError("give --arch or --run, not both (a run knows its architecture)")
 
     info = load_run(run_dir)
+    # Never over any file of the run it reads (run.json, a checkpoint), even with --force.
+    check_output(out, inputs=run_files(run_dir), force=force)
     require_checkpoint(run_dir)
-    check_output(out, force=force)
     if not out.parent.is_dir():
         raise MnasfpnError(f"--out {str(out)!r}: directory {str(out.parent)!r} not found")
     require_tensorflow("export --run")
-    written, step = export_run(info, run_dir, out, with_postprocess=with_postprocess, replace=force)
+    written, step = export_run(info, run_dir, out, with_postprocess=with_postprocess, replace=force,
+                               echo=lambda s: click.echo(s, err=True))  # fmt: skip
     size = written.stat().st_size
     what = "with detection post-process" if with_postprocess else "before NMS"
     click.echo(f"wrote {written} ({size / 1e6:.2f} MB, {size:,} bytes): {run_dir} at step "

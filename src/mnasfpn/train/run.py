@@ -48,6 +48,8 @@ class RunInfo:
     backbone_weights: str  # "scratch" or the weights file it started from
     data: str
     categories: list[dict[str, Any]] = field(default_factory=list)  # {"id", "name"} in class order
+    split: str = ""  # the training split ("": a run file from before it was recorded)
+    data_digest: str = ""  # mnasfpn.data.coco.annotation_digest of that split ("": as above)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,8 @@ class RunInfo:
             "backbone_weights": self.backbone_weights,
             "data": self.data,
             "categories": self.categories,
+            "split": self.split,
+            "data_digest": self.data_digest,
         }
 
     def save(self, run_dir: Path) -> None:
@@ -89,6 +93,8 @@ def load_run(run_dir: Path | str) -> RunInfo:
             backbone_weights=str(doc["backbone_weights"]),
             data=str(doc["data"]),
             categories=list(doc.get("categories", [])),
+            split=str(doc.get("split", "")),
+            data_digest=str(doc.get("data_digest", "")),
         )
     except (KeyError, TypeError) as exc:
         raise RunError(f"{path}: missing or bad field ({exc})") from None
@@ -98,3 +104,13 @@ def load_run(run_dir: Path | str) -> RunInfo:
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_DIR
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """Every file of a run (run.json, metrics.csv, the checkpoints): the inputs of the
+    commands that read a run, which their outputs must never replace."""
+    files = [run_dir / RUN_FILE, run_dir / METRICS_FILE]
+    folder = checkpoint_dir(run_dir)
+    if folder.is_dir():
+        files += sorted(p for p in folder.rglob("*") if p.is_file())
+    return files

@@ -4,6 +4,7 @@ optional weight EMA, checkpoints every N steps and at the end, exact resume."""
 from __future__ import annotations
 
 import csv
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mnasfpn.atomic import write_atomic
 from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.backbone_weights import load_backbone_weights
 from mnasfpn.train.checkpoint import (
     EmaWeights,
-    read_latest,
+    has_checkpoint,
+    intact_checkpoint,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -65,11 +68,15 @@ class _MetricsLog:
                 header = next(reader, None)
                 if header == list(METRIC_COLUMNS):
                     rows = [r for r in reader if r and r[0].isdigit() and int(r[0]) <= keep_until]
-        self.file = path.open("w", newline="")
+        # The kept rows go in atomically (a run killed here keeps its old log whole); the
+        # new rows are appended to that file as they come.
+        kept = io.StringIO()
+        table = csv.writer(kept)
+        table.writerow(METRIC_COLUMNS)
+        table.writerows(rows)
+        write_atomic(path, kept.getvalue())
+        self.file = path.open("a", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(METRIC_COLUMNS)
-        self.writer.writerows(rows)
-        self.file.flush()
 
     def write(self, row: dict[str, float]) -> None:
         self.writer.writerow([_fmt(row[c]) for c in METRIC_COLUMNS])
@@ -95,8 +102,11 @@ def train(
     stop_after: int | None = None,
     images_per_epoch: int | None = None,
     echo: Callable[[str], None] = print,
+    write_run: bool = False,
 ) -> TrainResult:
-    """Train `info`'s detector in `run_dir` (its run.json already written).
+    """Train `info`'s detector in `run_dir` (its run.json already written, or, with
+    `write_run`, written here once the model is built and its backbone weights loaded:
+    a start that fails before leaves no run.json behind).
 
     `stop_after` ends the loop early at that step, as if killed right after a checkpoint
     (for tests of resume). `images_per_epoch` turns the step into epochs in metrics.csv
@@ -121,7 +131,8 @@ def train(
     if ema is not None:
         objects["ema"] = ema.module
 
-    latest = read_latest(run_dir) if resume else None
+    # The newest checkpoint that reads back whole (a damaged newest one: the older, said).
+    latest = intact_checkpoint(run_dir, echo) if resume and has_checkpoint(run_dir) else None
     iterator = iter(batches(0))
     if latest is None:
         set_class_prior(model)
@@ -135,6 +146,8 @@ def train(
             ema = EmaWeights(model, hp.ema_decay or 0.0)  # shadows start at the initial weights
             objects["ema"] = ema.module
         start = 0
+        if write_run:
+            info.save(run_dir)
     else:
         epoch0 = int(_peek_epoch(run_dir, latest))
         if epoch0 != 0:
