@@ -90,6 +90,30 @@ def test_supernet_resumes_to_the_same_step_and_weights(tiny_data: Path, cache: P
             np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
 
 
+
+def test_supernet_resumes_from_the_older_checkpoint_when_the_newest_is_damaged(
+    tiny_data: Path, cache: Path, tmp_path: Path
+) -> None:
+    """A write killed half-way leaves the newest checkpoint truncated: the training says so
+    and resumes from the older one kept beside it instead of stopping with a traceback."""
+    pytest.importorskip("tensorflow")
+    from mnasfpn.train.checkpoint import read_latest
+    from mnasfpn.train.oneshot_worker import load_data, train_supernet
+    from mnasfpn.train.run import checkpoint_dir
+
+    key = _key(tiny_data)
+    data = load_data(tiny_data, key.budget, cache)
+    assert train_supernet(tmp_path / "b", key, data, stop_after=5) is None
+    latest = read_latest(tmp_path / "b")
+    assert latest is not None and latest.step == 4
+    shards = sorted(checkpoint_dir(tmp_path / "b").glob(f"{latest.prefix}.data-*"))
+    assert shards
+    shards[0].write_bytes(shards[0].read_bytes()[: shards[0].stat().st_size // 2])
+    said: list[str] = []
+    resumed = train_supernet(tmp_path / "b", key, data, echo=said.append)
+    assert resumed is not None and resumed["resumed_from"] == 2
+    assert any("truncated" in line and "older one" in line for line in said), said
+
 def test_supernet_cache_is_keyed_and_never_reused_for_another(tiny_data: Path, cache: Path) -> None:
     pytest.importorskip("tensorflow")
     from mnasfpn.train.oneshot_worker import DONE_FILE, ensure_supernet

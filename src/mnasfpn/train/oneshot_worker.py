@@ -26,11 +26,17 @@ from mnasfpn.searchspace.genotype import Genotype
 from mnasfpn.searchspace.spaces import get_space, pruned
 from mnasfpn.tfenv import load_tensorflow
 from mnasfpn.train.anchors import anchor_centers_sizes
-from mnasfpn.train.checkpoint import read_latest, restore_checkpoint, save_checkpoint
+from mnasfpn.train.checkpoint import (
+    has_checkpoint,
+    intact_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from mnasfpn.train.coco_metrics import coco_metrics
 from mnasfpn.train.evaluate import NmsConfig, coco_results, nms_detections
 from mnasfpn.train.oneshot_config import OneShotBudget, OneShotError, SupernetKey
 from mnasfpn.train.proxy_worker import EVAL_BATCH, Features, ensure_backbone_cache, locked
+from mnasfpn.train.run import RunError
 from mnasfpn.train.schedule import Schedule
 from mnasfpn.train.step import Objective, StepConfig, momentum_apply, sgd
 
@@ -161,7 +167,14 @@ def train_supernet(
     module.weights = variables
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     objects = {"supernet": module, "optimizer": optimizer, "step": step_var}
-    latest = read_latest(folder)
+    # A killed write leaves the newest checkpoint damaged: resume from the older one kept
+    # beside it, and a cache with none intact is a cache to train again, not an error.
+    latest = None
+    if has_checkpoint(folder):
+        try:
+            latest = intact_checkpoint(folder, echo)
+        except RunError as exc:
+            echo(f"note: {exc}; training the supernet from the start")
     start = 0
     if latest is not None:
         restore_checkpoint(folder, latest, objects, None)
