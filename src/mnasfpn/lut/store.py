@@ -302,7 +302,9 @@ class TableStore:
             if f in current and (f not in stored or stored[f] != current[f])
         ]
         old, new = stored.get("statistic"), current.get("statistic")
-        if "statistic" in fields and old and new and old != new and str(new).startswith("pace"):
+        # Only the statistic differs, and now it is paced: the table predates the pace.
+        only_statistic = len(diffs) == 1 and old != new
+        if only_statistic and old and str(new).startswith("pace"):
             raise TableError(
                 f"{self.path} was built with the statistic {old}, before timings were divided "
                 f"by the machine's pace ({new} now); rebuild it: mnasfpn-lut build --device "
