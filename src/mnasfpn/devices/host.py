@@ -145,6 +145,17 @@ class _WorkerProcess:
         self._stderr.close()
 
 
+def _split_like(flat: list[float], chunks: list[list[float]]) -> list[list[float]]:
+    """``flat`` in rounds as long as ``chunks`` when nothing was dropped, else one round."""
+    if len(flat) != sum(len(c) for c in chunks):
+        return [flat]
+    out, i = [], 0
+    for c in chunks:
+        out.append(flat[i : i + len(c)])
+        i += len(c)
+    return out
+
+
 class HostDevice(Device):
     """Times models in the pinned worker.
 
@@ -392,7 +403,8 @@ class HostDevice(Device):
         self.budget.items += 1
         tries = 0
         while True:
-            raw, t_s, ref_t, ref_ms, n, stable = self._paced_attempt(worker, ref, key, ref_key)
+            chunks, t_s, ref_t, ref_ms, n, stable = self._paced_attempt(worker, ref, key, ref_key)
+            raw = [x for c in chunks for x in c]
             base = self.pace.update(ref, ref_ms)
             paced = pace.correct(raw, pace.local_levels(t_s, ref_t, ref_ms), base)
             if not paced.uncorrectable or not self.budget.allow(tries):
@@ -406,7 +418,7 @@ class HostDevice(Device):
             paced.corrected,
             repeats=n,
             stable=stable,
-            rounds=[paced.corrected],
+            rounds=_split_like(paced.corrected, chunks),
             statistic=self.statistic,
             clock=self.clock,
             ref_ratio=paced.pace_median,
@@ -426,14 +438,15 @@ class HostDevice(Device):
 
     def _paced_attempt(
         self, worker: _WorkerProcess, ref: str, key: str, ref_key: str
-    ) -> tuple[list[float], list[float], list[float], list[float], int, bool]:
-        """One interleaved measurement: raw invocations, their start times, the
+    ) -> tuple[list[list[float]], list[float], list[float], list[float], int, bool]:
+        """One interleaved measurement: raw invocations by call, their start times, the
         reference's times and timings, the round count and whether it settled."""
         p = self.profile
         chunks: list[list[float]] = []
         t_s: list[float] = []
         ref_t: list[float] = []
         ref_ms: list[float] = []
+        others: list[dict[str, float]] = []
 
         def runs(n: int) -> list[float]:
             r = worker.request(
@@ -444,6 +457,7 @@ class HostDevice(Device):
                 # at least a window of reference timings in every call
                 burst=max(1, n // pace.WINDOW),
                 warm=ref == "memory",
+                others=[o for o in pace.REFERENCE_KEYS if o != ref],
             )
             if not r["ok"]:
                 raise DeviceError(r["error"])
@@ -451,6 +465,7 @@ class HostDevice(Device):
             t_s.extend(r["t_s"])
             ref_t.extend(r["ref_t_s"])
             ref_ms.extend(r[ref_key])
+            others.append(r["others_" + ref_key.removeprefix("ref_")])
             # For the stopping rule: this chunk divided by its pace so far (the fast
             # level is settled once the measurement is over).
             base = self.pace.base.get(ref) or min(ref_ms)
@@ -467,7 +482,10 @@ class HostDevice(Device):
                 max_repeats=p.max_repeats,
                 tolerance=p.stability_tolerance,
             )
-        return [x for c in chunks for x in c], t_s, ref_t, ref_ms, n, stable
+        # The other references' fast levels follow the whole run, not only their models.
+        for name in {k for o in others for k in o}:
+            self.pace.update(name, [o[name] for o in others if name in o])
+        return chunks, t_s, ref_t, ref_ms, n, stable
 
     def time_models(
         self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None

@@ -83,6 +83,7 @@ class Worker:
                     float(req.get("grain_ms", 2.0)),
                     int(req.get("burst", req["n"])),
                     bool(req.get("warm", False)),
+                    [str(o) for o in req.get("others", [])],
                 )
             return self.run(int(req["n"]))
         if op == "refs":
@@ -170,13 +171,15 @@ class Worker:
         return {"ok": True, "ms": fast}
 
     def run_paced(
-        self, n: int, ref: str, grain_ms: float, burst_max: int, warm: bool
+        self, n: int, ref: str, grain_ms: float, burst_max: int, warm: bool, others: list[str]
     ) -> dict[str, Any]:
         """``n`` target invocations in bursts of ``grain_ms`` (or ``burst_max``
         invocations, whichever comes first), each burst followed by one timed invocation
         of reference ``ref`` (and one before the first). With ``warm`` the reference is
         invoked once untimed first: a streaming kernel would otherwise time how much of
-        its data the target evicted, not the machine's pace."""
+        its data the target evicted, not the machine's pace. The ``others`` references
+        are timed once (warm) at the end, so that each sees the whole run's phases and
+        knows its fast level whatever the models that speak for it met."""
         if self.interp is None:
             return {"ok": False, "error": "no model loaded"}
         if ref not in self.pace_refs:
@@ -223,6 +226,16 @@ class Worker:
                     if t1 - burst >= grain_ns or in_burst >= burst_max:
                         break
                 reference()
+            other_cpu: dict[str, float] = {}
+            other_wall: dict[str, float] = {}
+            for name in others:
+                other = self.pace_refs[name].invoke
+                other()
+                w0 = wall()
+                c0 = cpu()
+                other()
+                other_cpu[name] = (cpu() - c0) / 1e6
+                other_wall[name] = (wall() - w0) / 1e6
         except Exception as e:
             return {"ok": False, "error": f"LiteRT invoke failed: {e}"}
         return {
@@ -233,6 +246,8 @@ class Worker:
             "ref_t_s": r_t,
             "ref_cpu_ms": r_cpu,
             "ref_wall_ms": r_wall,
+            "others_cpu_ms": other_cpu,
+            "others_wall_ms": other_wall,
         }
 
     def run(self, n: int) -> dict[str, Any]:
