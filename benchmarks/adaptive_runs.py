@@ -225,12 +225,8 @@ def main() -> None:
             (f"validate: {k}", [str(results[p]["validate_counts"][k]) for p in policies])
             for k in what
         ]
-        shown = [
-            ("held-out R²", "r2", "{:.4f}"),
-            ("held-out MAPE", "mape", "{:.2%}"),
-            ("within ±5%", "within5", "{:.1%}"),
-            ("Kendall τ", "kendall_tau", "{:.3f}"),
-        ]
+        shown = [("held-out R²", "r2", "{:.4f}"), ("held-out MAPE", "mape", "{:.2%}"),
+                 ("within ±5%", "within5", "{:.1%}"), ("Kendall τ", "kendall_tau", "{:.3f}")]
         for label, key, fmt in shown:  # fmt: skip
             rows.append((label, [fmt.format(results[p]["fidelity"][key]) for p in policies]))
         rows.append(("noise floor (relative)",
