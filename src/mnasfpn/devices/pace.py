@@ -60,6 +60,19 @@ def bound_by(op_names: Iterable[str]) -> str:
     return "compute" if any(o in COMPUTE_OPS for o in op_names) else "memory"
 
 
+# Op types (the table's keys, devices/references' micro-model file names) that are
+# memory-bound; any other op, or a whole model, speaks through the compute reference.
+MEMORY_OP_TYPES = frozenset(
+    {"add", "mul", "maxpool", "resize_nearest", "concat", "reshape", "mean", "sigmoid"}
+)
+
+
+def bound_by_name(path: str | Path) -> str:
+    """By a micro-model's file name (``<op type>-<digest>.tflite``): where the op types
+    cannot be read from the model (a phone's stock benchmark_model)."""
+    return "memory" if Path(path).name.split("-", 1)[0] in MEMORY_OP_TYPES else "compute"
+
+
 def local_levels(
     times: Sequence[float], ref_times: Sequence[float], ref_ms: Sequence[float]
 ) -> list[float]:
