@@ -173,8 +173,11 @@ class HostDevice(Device):
     """
 
     # Paced statistic: a reference invocation after every this many ms of the target's
-    # (the references take ~0.15-0.9 ms; phases last a second or more).
-    pace_grain_ms = 2.0
+    # (the references take ~0.15-0.9 ms; phases last a second or more, so 5 ms is fine
+    # grain and costs a build ~15%), and at least this many per call (a 5 µs op's 40
+    # invocations are over in 0.2 ms: the references either side of them see its pace).
+    pace_grain_ms = 5.0
+    pace_min_refs = 3
     # Before a re-measure: the longest wait for a slow phase to pass, and how often the
     # reference is timed meanwhile.
     settle_s = 0.25
@@ -454,8 +457,7 @@ class HostDevice(Device):
                 n=n,
                 ref=ref,
                 grain_ms=self.pace_grain_ms,
-                # at least a window of reference timings in every call
-                burst=max(1, n // pace.WINDOW),
+                burst=max(1, n // (self.pace_min_refs - 1)),
                 warm=ref == "memory",
                 others=[o for o in pace.REFERENCE_KEYS if o != ref],
             )
