@@ -330,3 +330,22 @@ def test_local_levels_and_bound_by() -> None:
     p = pace.correct([2.0, 4.0], [1.0, 2.0], 1.0)
     assert p.corrected == [2.0, 2.0] and not p.uncorrectable
     assert math.isclose(p.pace_median, 1.5)
+
+
+def test_validate_reports_the_pace_and_the_spread_it_explained() -> None:
+    from mnasfpn.lut.noise import pace_noise
+
+    # Two models, three rounds each: raw rounds moved 1.0/1.5/1.2x, divided ones barely.
+    runs = [
+        {r: {"median_ms": m * f2, "raw_ms": m * f} for r, (f, f2) in enumerate(fs)}
+        for m, fs in ((10.0, ((1.0, 1.0), (1.5, 1.01), (1.2, 0.99))), (20.0, ((1.3, 1.0),
+                      (1.0, 1.0), (1.6, 1.02))))
+    ]  # fmt: skip
+    meta = {"references": {"compute": {"pace_min": 1.0, "pace_max": 1.6}}, "flagged": 0}
+    got = pace_noise(runs, meta)
+    assert got["raw_round_spread_median"] > 0.4
+    assert got["pace_explained"] > 0.95
+    assert got["pace_range"] == {"compute": [1.0, 1.6]}
+    lo, hi = got["e2e_pace_range"]
+    assert 0.99 < lo < 1.01 and 1.5 < hi < 1.6
+    assert pace_noise([{0: {"median_ms": 1.0, "raw_ms": None}}], None) == {}
