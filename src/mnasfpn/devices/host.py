@@ -458,7 +458,7 @@ class HostDevice(Device):
                 ref=ref,
                 grain_ms=self.pace_grain_ms,
                 burst=max(1, n // (self.pace_min_refs - 1)),
-                warm=ref == "memory",
+                warm=True,  # a reference timed cold reads what the target evicted
                 others=[o for o in pace.REFERENCE_KEYS if o != ref],
             )
             if not r["ok"]:

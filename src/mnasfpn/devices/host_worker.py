@@ -176,10 +176,12 @@ class Worker:
         """``n`` target invocations in bursts of ``grain_ms`` (or ``burst_max``
         invocations, whichever comes first), each burst followed by one timed invocation
         of reference ``ref`` (and one before the first). With ``warm`` the reference is
-        invoked once untimed first: a streaming kernel would otherwise time how much of
-        its data the target evicted, not the machine's pace. The ``others`` references
-        are timed once (warm) at the end, so that each sees the whole run's phases and
-        knows its fast level whatever the models that speak for it met."""
+        invoked once untimed first: a reference timed cold (a streaming add's data, a
+        conv's weights) times how much of it the target evicted, not the machine's pace
+        (a 4 ms conv read 1.1x against the fast level its warm timings set). The
+        ``others`` references are timed once (warm) at the end, so that each sees the
+        whole run's phases and knows its fast level whatever the models that speak for
+        it met."""
         if self.interp is None:
             return {"ok": False, "error": "no model loaded"}
         if ref not in self.pace_refs:
