@@ -70,7 +70,7 @@ def test_profile_phone_table(models: dict[str, Path]) -> None:
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith("device: pixel4 (Pixel 4, arm64-v8a, 8 cores); core 7")
-    assert lines[1].split()[:3] == ["model", "ok", "median_ms"]
+    assert lines[1].split()[:3] == ["model", "ok", "latency_ms"]
     row = lines[2].split()
     assert row[0] == "tiny.tflite" and row[1] == "yes" and float(row[2]) > 0
 

@@ -17,8 +17,21 @@ from mnasfpn.devices.stats import DEFAULT_STATISTIC, estimate
 QUICK = {"num_runs": 10, "warmup_runs": 2, "min_repeats": 2, "max_repeats": 4}
 
 
+def test_the_paced_statistic_is_the_default_and_reads_the_references(
+    models: dict[str, Path],
+) -> None:
+    with HostDevice(load_profile("host").replace(**QUICK)) as dev:
+        assert dev.timing_statistic == "pace-p10-cpu"
+        r = dev.time_model(models["small"])
+        summary = dev.pace_summary()
+    assert r.ok and r.statistic == "pace-p10" and r.pace is not None
+    assert r.pace["reference"] in ("compute", "memory") and r.pace["base_ms"] > 0
+    assert r.latency_ms == estimate(r.rounds_ms, "pace-p10")
+    assert summary is not None and summary["references"][r.pace["reference"]]["fast_ms"] > 0
+
+
 def test_results_carry_the_statistic_on_cpu_time(models: dict[str, Path]) -> None:
-    dev = HostDevice(load_profile("host").replace(**QUICK))
+    dev = HostDevice(load_profile("host").replace(**QUICK), statistic=DEFAULT_STATISTIC)
     try:
         assert dev.clock == "cpu" and dev.timing_statistic == f"{DEFAULT_STATISTIC}-cpu"
         r = dev.time_model(models["small"])
@@ -48,7 +61,7 @@ def test_wall_clock_and_its_limits() -> None:
 def test_a_slow_phase_seen_by_the_reference_kernel_is_re_measured(
     models: dict[str, Path],
 ) -> None:
-    dev = HostDevice(load_profile("host").replace(**QUICK))
+    dev = HostDevice(load_profile("host").replace(**QUICK), statistic=DEFAULT_STATISTIC)
     dev.settle_s = 0.0
     try:
         worker = dev._ensure_worker()
@@ -80,7 +93,7 @@ def test_adaptive_runs_stop_on_the_interval_and_share_reference_checks(
     profile = load_profile("host").replace(
         runs="adaptive", min_runs=40, max_runs=400, max_time_s=5.0, warmup_runs=2
     )
-    dev = HostDevice(profile)
+    dev = HostDevice(profile, statistic=DEFAULT_STATISTIC)
     refs = {"n": 0}
     try:
         worker = dev._ensure_worker()
@@ -108,7 +121,9 @@ def test_adaptive_runs_stop_on_the_interval_and_share_reference_checks(
 
 
 def test_fixed_runs_stay_available(models: dict[str, Path]) -> None:
-    dev = HostDevice(load_profile("host").replace(runs="fixed", **QUICK))
+    dev = HostDevice(
+        load_profile("host").replace(runs="fixed", **QUICK), statistic=DEFAULT_STATISTIC
+    )
     try:
         r = dev.time_model(models["tiny"])
     finally:

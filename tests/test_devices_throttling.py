@@ -12,6 +12,7 @@ from adbd_emulator import AdbdEmulator, EmulatorConfig
 from adbd_emulator.fixtures import QUICK, build_models
 from mnasfpn.devices import open_device
 from mnasfpn.devices.adb import AdbDevice
+from mnasfpn.devices.errors import DeviceError
 
 SLOW = 3.0  # far above the emulator's own run-to-run noise
 
@@ -82,3 +83,66 @@ def test_a_phone_that_stays_throttled_costs_a_bounded_number_of_retries(
     # Told, not hidden: every later model says it was kept from a throttled phase.
     assert all(r.slow_phase for r in results[1:])
     assert all(r.ref_ratio is not None and r.ref_ratio > 2 for r in results[1:])
+
+
+PACE = 2.5  # a phone that runs this much slower for a while, without a frequency cap
+
+
+def _open_paced(emu: AdbdEmulator, statistic: str) -> AdbDevice:
+    dev = open_device(
+        "pixel4",
+        adb_transport="direct",
+        adb_host=emu.address,
+        overrides={
+            **QUICK,
+            "num_runs": 30,
+            "min_repeats": 3,
+            "max_repeats": 3,
+            "statistic": statistic,
+        },
+    )
+    assert isinstance(dev, AdbDevice)
+    return dev
+
+
+@pytest.mark.parametrize("statistic", ["pace-p10", "p10"])
+def test_a_scripted_pace_is_divided_out_by_the_reference_runs_beside_each_target(
+    models: dict[str, Path], statistic: str
+) -> None:
+    # Quiet while the first timing runs, then the phone stays PACE slower (nothing in
+    # sysfs shows it): pace-p10 reads it from the reference runs beside each target run.
+    with AdbdEmulator(EmulatorConfig(cpu_clock=True)) as emu, _open_paced(emu, statistic) as dev:
+        quiet = dev.time_model(models["small"])
+        emu.config.pace_phases = ((1, PACE),)
+        slow = dev.time_model(models["small"])
+        summary = dev.pace_summary()
+        args = list(emu.shell_state.benchmark_args)
+    assert quiet.ok and slow.ok and not slow.remeasured  # no throttling was seen
+    ratio = slow.latency_ms / quiet.latency_ms  # type: ignore[operator]
+    if statistic == "p10":
+        assert ratio > 0.8 * PACE and slow.pace is None
+        return
+    assert 0.8 < ratio < 1.25, (
+        ratio,
+        quiet.pace,
+        slow.pace,
+    )  # the emulator's runs are real LiteRT on a busy host
+    assert slow.pace is not None and slow.pace["pace"] > 0.8 * PACE
+    assert slow.pace["raw_ms"] > 0.8 * PACE * quiet.latency_ms  # type: ignore[operator]
+    assert summary is not None and summary["references"]["compute"]["pace_max"] > 2.0
+    # Every target run has a reference run right before and right after it.
+    graphs = [a for run in args for a in run if a.startswith("--graph=")]
+    targets = [i for i, g in enumerate(graphs) if "ref-" not in g]
+    assert len(targets) == 6 and targets[0] > 2
+    assert all("ref-compute" in graphs[i - 1] and "ref-compute" in graphs[i + 1] for i in targets)
+
+
+def test_a_pace_reference_that_cannot_run_on_the_phone_is_one_line() -> None:
+    # The emulated binary answers --help but prints no timings: the reference cannot run.
+    with (
+        AdbdEmulator(EmulatorConfig(benchmark="garbage")) as emu,
+        pytest.raises(DeviceError) as err,
+    ):
+        _open_paced(emu, "pace-p10")
+    msg = str(err.value)
+    assert "\n" not in msg and "pace reference compute" in msg and "statistic=p10" in msg

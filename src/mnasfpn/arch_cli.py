@@ -161,10 +161,18 @@ def describe(arch: str, repeats: int | None, config: DetectorConfig, as_json: bo
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the .tflite file.",
 )
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="A training run folder: export its trained detector instead of --arch.")
-@click.option("--with-postprocess", is_flag=True,
-              help="With --run: append TFLite's detection post-process (NMS) op.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A training run folder: export its trained detector instead of --arch.",
+)
+@click.option(
+    "--with-postprocess",
+    is_flag=True,
+    help="With --run: append TFLite's detection post-process (NMS) op.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight init seed.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @converter_option("What writes the file")

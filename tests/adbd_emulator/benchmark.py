@@ -46,7 +46,14 @@ def _stats_line(xs: list[float]) -> str:
     )
 
 
-def _time(graph: Path, threads: int, warmups: int, runs: int, xnnpack: bool):
+def _time(
+    graph: Path,
+    threads: int,
+    warmups: int,
+    runs: int,
+    xnnpack: bool,
+    clock: Callable[[], float] = time.perf_counter,
+):
     from ai_edge_litert import interpreter as lite
 
     resolver = (
@@ -62,9 +69,9 @@ def _time(graph: Path, threads: int, warmups: int, runs: int, xnnpack: bool):
     init_us = (time.perf_counter() - t0) * 1e6
 
     def once() -> float:
-        s = time.perf_counter()
+        s = clock()
         interp.invoke()
-        return (time.perf_counter() - s) * 1e6
+        return (clock() - s) * 1e6
 
     warm = [once() for _ in range(max(1, warmups))]
     timed = [once() for _ in range(max(1, runs))]
@@ -80,6 +87,7 @@ def run_benchmark_model(
     write: Write,
     drop_now: Callable[[], bool],
     slowdown: Callable[[], float] = lambda: 1.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> int:
     """Run like the real binary; returns the exit status. ``slowdown`` gives this run's
     throttling factor: the phone really is that much slower for the whole run."""
@@ -119,7 +127,7 @@ def run_benchmark_model(
         return 1
     factor = slowdown()
     try:
-        init_us, warm, timed = _time(local, threads, warmups, runs, xnnpack)
+        init_us, warm, timed = _time(local, threads, warmups, runs, xnnpack, clock)
         warm = [x * factor for x in warm]
         timed = [x * factor for x in timed]
     except Exception as e:

@@ -62,6 +62,12 @@ class EmulatorConfig:
     # phase's factor is above 1 every reported time is that much longer, the big cores'
     # scaling_max_freq is capped by the same factor and the SoC reads 20 °C hotter.
     throttle_phases: tuple[tuple[int, float], ...] = ()
+    # A scripted pace in phases: (benchmark runs, slow-down factor), cycled. Every
+    # reported time is that much longer and nothing else shows it (no frequency cap, no
+    # heat): a phone (or a core) that runs slower in phases for reasons it does not report.
+    pace_phases: tuple[tuple[int, float], ...] = ()
+    # Time benchmark_model's invocations on thread CPU time rather than the wall clock.
+    cpu_clock: bool = False
 
 
 class _Dropped(Exception):
@@ -250,6 +256,7 @@ class AdbdEmulator:
             layout=c.layout,
             drop_run=self._take_run_drop,
             slowdown=self._next_run_slowdown,
+            clock=time.thread_time if c.cpu_clock else time.perf_counter,
         )
         self._listener: socket.socket | None = None
         self._conns: list[_Connection] = []
@@ -297,11 +304,22 @@ class AdbdEmulator:
         hot = c.temp_millic + (20_000 if factor > 1 else 0)
         self.sandbox.write("/sys/class/thermal/thermal_zone0/temp", f"{hot}\n")
 
+    def pace_factor(self, run_index: int) -> float:
+        phases = self.config.pace_phases
+        t = run_index % sum(n for n, _ in phases) if phases else 0
+        for n, factor in phases:
+            if t < n:
+                return factor
+            t -= n
+        return 1.0
+
     def _next_run_slowdown(self) -> float:
         """The slow-down of the benchmark run starting now; the sysfs state then shows
-        the phase of the run after it (what a reader between runs sees)."""
+        the phase of the run after it (what a reader between runs sees). The scripted
+        pace multiplies it and shows nowhere."""
         with self._lock:
             factor = self.throttle_factor(self.benchmark_runs)
+            factor *= self.pace_factor(self.benchmark_runs)
             self.benchmark_runs += 1
             self._apply_thermal_state(self.throttle_factor(self.benchmark_runs))
         return factor

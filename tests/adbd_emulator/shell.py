@@ -9,6 +9,7 @@ import hashlib
 import re
 import shlex
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ class ShellState:
     layout: str
     drop_run: Callable[[], bool]
     slowdown: Callable[[], float] = lambda: 1.0
+    # What benchmark_model's invocations are timed on (thread CPU time: immune to a busy
+    # test machine, for tests that compare figures closely).
+    clock: Callable[[], float] = time.perf_counter
     commands: list[str] = field(default_factory=list)
     taskset_masks: list[str] = field(default_factory=list)
     benchmark_args: list[list[str]] = field(default_factory=list)
@@ -155,6 +159,7 @@ def _run(words: list[str], st: ShellState, write: Write) -> int:
             write=write,
             drop_now=st.drop_run,
             slowdown=st.slowdown,
+            clock=st.clock,
         )
     write(f"/system/bin/sh: {cmd}: inaccessible or not found\n")
     return 127

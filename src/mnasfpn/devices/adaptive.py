@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 # The statistics the rule can bound: quantiles of the pooled invocations.
-QUANTILE_OF: dict[str, float] = {"p10": 0.10, "p25": 0.25, "median": 0.50}
+# pace-p10: p10 of invocations already divided by their pace (devices/pace.py).
+QUANTILE_OF: dict[str, float] = {"p10": 0.10, "p25": 0.25, "median": 0.50, "pace-p10": 0.10}
 RUN_POLICIES: tuple[str, ...] = ("adaptive", "fixed")
 
 

@@ -13,10 +13,11 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import TypeVar
 
-from mnasfpn.devices import sysinfo
+from mnasfpn.devices import pace, sysinfo
 from mnasfpn.devices.adaptive import StopRule, run_until_confident
 from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
 from mnasfpn.devices.benchmark_output import BenchmarkOutput, failure_hint, parse_benchmark_output
@@ -27,6 +28,7 @@ from mnasfpn.devices.stats import (
     DEFAULT_STATISTIC,
     DriftMonitor,
     RemeasureBudget,
+    estimate,
     measure_with_drift_control,
     repeat_until_stable,
     summarize,
@@ -76,6 +78,37 @@ class AdbDevice(Device):
             )
         self._mkdir()
         self.binary = self._install_binary(benchmark_binary)
+        # pace-p10 (opt-in on phones: --set statistic=pace-p10): short runs of a reference
+        # model alternate with the target's, and each target run is divided by the pace
+        # of the reference runs either side of it (devices/pace.py).
+        self.paced = profile.statistic == pace.STATISTIC
+        if profile.statistic:
+            self.statistic = profile.statistic
+        self.pace = pace.PaceTracker()
+        self._refs: dict[str, str] = {}
+        if self.paced:
+            self._install_references()
+
+    def _install_references(self) -> None:
+        """Push the pace references and run each once; one that cannot run stops here,
+        in one line, before any model is timed."""
+        for name in pace.REFERENCE_KEYS:
+            remote = f"{self.workdir}/ref-{name}.tflite"
+            self._push(pace.reference_path(name), remote)
+            try:
+                self._run_once(remote)
+            except DeviceError as e:
+                raise DeviceError(
+                    f"pace reference {name} cannot run on {self.transport.serial} ({e}); "
+                    "time without it: --set statistic=p10"
+                ) from None
+            self._refs[name] = remote
+
+    def seed_pace(self, bases: dict[str, float]) -> None:
+        self.pace.seed(bases)
+
+    def pace_summary(self) -> dict[str, object] | None:
+        return self.pace.summary() if self.paced else None
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -230,7 +263,7 @@ class AdbDevice(Device):
             max_time_s=p.max_time_s,
         )
 
-    def _time_remote(self, label: str, remote_model: str) -> TimingResult:
+    def _time_remote(self, label: str, remote_model: str, bound: str = "compute") -> TimingResult:
         """Repeated short runs of ``benchmark_model`` (the stock binary prints no per-run
         times): each run's average is one round; the profile's ``runs`` says how many
         (fixed: until rounds agree; adaptive: see _adaptive_rule). The frequency cap is
@@ -238,13 +271,27 @@ class AdbDevice(Device):
         after a cool-down, within the device's re-measurement budget."""
         p = self.profile
         tries: list[tuple[list[BenchmarkOutput], int, bool]] = []
+        paced: list[dict[str, object]] = []
 
         def measure() -> tuple[list[list[float]], list[float]]:
             outputs: list[BenchmarkOutput] = []
+            raw: list[float] = []
+            refs: list[float] = []
+
+            def reference() -> float:
+                refs.append(self._run_once(self._refs[bound]).inference_avg_ms)
+                return refs[-1]
 
             def one_round() -> list[float]:
+                if self.paced and not refs:
+                    reference()
                 outputs.append(self._run_once(remote_model))
-                return [outputs[-1].inference_avg_ms]
+                if not self.paced:
+                    return [outputs[-1].inference_avg_ms]
+                raw.append(outputs[-1].inference_avg_ms)
+                level = (refs[-1] + reference()) / 2  # the reference runs either side
+                base = min(self.pace.base.get(bound, math.inf), *refs)
+                return [raw[-1] * base / level]
 
             before = self._throttle_ratio()
             if p.runs == "adaptive":
@@ -262,6 +309,24 @@ class AdbDevice(Device):
                 )
             tries.append((outputs, n, stable))
             after = self._throttle_ratio()
+            if self.paced:
+                # Divided again against the fast level as it stands after this measurement.
+                base = self.pace.update(bound, refs)
+                levels = [(a + b) / 2 for a, b in pairwise(refs)]
+                got = pace.correct(raw, levels, base)
+                self.pace.record(bound, statistics.median(refs), got)
+                rounds = [[x] for x in got.corrected]
+                paced.append(
+                    {
+                        "reference": bound,
+                        "base_ms": base,
+                        "pace": got.pace_median,
+                        "pace_min": min(got.paces),
+                        "pace_max": max(got.paces),
+                        "raw_ms": estimate([[x] for x in raw], "p10"),
+                        "uncorrectable": got.uncorrectable,
+                    }
+                )
             return rounds, [r for r in (before, after) if r is not None]
 
         kept, attempts = measure_with_drift_control(
@@ -298,6 +363,7 @@ class AdbDevice(Device):
             slow_phase=kept.slow,
             remeasured=len(attempts) - 1,
             ref_ms=kept.refs,
+            pace=paced[next(i for i, a in enumerate(attempts) if a is kept)] if paced else None,
         )
 
     def time_models(
@@ -333,7 +399,7 @@ class AdbDevice(Device):
                         self._sleep(self.profile.cooldown_s)
                     ran_one = True
                     try:
-                        results[i] = self._time_remote(label, remotes[i])
+                        results[i] = self._time_remote(label, remotes[i], pace.bound_by_name(path))
                         self._sh(f"rm -f {_q(remotes[i])}")
                     except ConnectionDropped as e:
                         fatal = str(e)

@@ -40,6 +40,14 @@ class Device(abc.ABC):
         """What the drift control saw so far: reference level, slow share, re-measures."""
         return {**self.drift.summary(), "remeasured": self.budget.used}
 
+    def seed_pace(self, bases: dict[str, float]) -> None:  # noqa: B027 (optional hook)
+        """Start from a table's fast-phase reference levels (devices/pace.py); a device
+        whose statistic reads no pace ignores them."""
+
+    def pace_summary(self) -> dict[str, Any] | None:
+        """The references' fast levels and the paces seen (None: no paced statistic)."""
+        return None
+
     def load_note(self) -> str | None:
         """One line when the machine's load made these timings unreliable in a way the
         drift control cannot repair (e.g. multi-thread wall times on busy cores)."""

@@ -23,11 +23,19 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def format_table(results: list[TimingResult]) -> str:
-    header = ("model", "ok", "median_ms", "min_ms", "std_ms", "runs", "disp_%", "stable", "error")
+    # latency_ms: the device's statistic (statistic column); pace: the machine's pace
+    # divided out of it (devices/pace.py), "-" for a statistic that reads none.
+    header = (
+        "model", "ok", "latency_ms", "statistic", "pace", "median_ms", "min_ms", "std_ms",
+        "runs", "disp_%", "stable", "error",
+    )  # fmt: skip
     rows = [
         (
             Path(r.model).name,
             "yes" if r.ok else "FAILED",
+            _fmt(r.latency_ms),
+            r.statistic or "-",
+            f"{r.pace['pace']:.2f}x {r.pace['reference']}" if r.pace else "-",
             _fmt(r.median_ms),
             _fmt(r.min_ms),
             _fmt(r.std_ms),
@@ -90,7 +98,7 @@ def profile_command(models: tuple[str, ...], device: DeviceOptions, as_json: boo
     """Time MODEL.tflite files on a device and print their latency statistics."""
 
     def progress(i: int, n: int, r: TimingResult) -> None:
-        what = f"{r.median_ms:.3f} ms" if r.ok else f"FAILED: {r.error}"
+        what = f"{r.latency_ms:.3f} ms ({r.statistic})" if r.ok else f"FAILED: {r.error}"
         click.echo(f"[{i + 1}/{n}] {Path(r.model).name}: {what}", err=True)
 
     with device.open() as dev:

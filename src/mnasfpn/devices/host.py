@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,17 +16,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mnasfpn.devices import contention, sysinfo
+from mnasfpn.devices import contention, pace, sysinfo
 from mnasfpn.devices.adaptive import run_until_confident
 from mnasfpn.devices.base import Device, ModelPath, ProgressCallback, model_label
 from mnasfpn.devices.errors import DeviceError
 from mnasfpn.devices.profiles import Profile
 from mnasfpn.devices.results import DeviceInfo, TimingResult
 from mnasfpn.devices.stats import (
-    DEFAULT_STATISTIC,
+    PACED,
     DriftMonitor,
     RemeasureBudget,
     check_statistic,
+    estimate,
     measure_with_drift_control,
     repeat_until_stable,
     summarize,
@@ -143,6 +145,17 @@ class _WorkerProcess:
         self._stderr.close()
 
 
+def _split_like(flat: list[float], chunks: list[list[float]]) -> list[list[float]]:
+    """``flat`` in rounds as long as ``chunks`` when nothing was dropped, else one round."""
+    if len(flat) != sum(len(c) for c in chunks):
+        return [flat]
+    out, i = [], 0
+    for c in chunks:
+        out.append(flat[i : i + len(c)])
+        i += len(c)
+    return out
+
+
 class HostDevice(Device):
     """Times models in the pinned worker.
 
@@ -159,6 +172,12 @@ class HostDevice(Device):
     on the machine is sampled while timing (:mod:`contention`) and reported.
     """
 
+    # Paced statistic: a reference invocation after every this many ms of the target's
+    # (the references take ~0.15-0.9 ms; phases last a second or more, so 5 ms is fine
+    # grain and costs a build ~15%), and at least this many per call (a 5 µs op's 40
+    # invocations are over in 0.2 ms: the references either side of them see its pace).
+    pace_grain_ms = 5.0
+    pace_min_refs = 3
     # Before a re-measure: the longest wait for a slow phase to pass, and how often the
     # reference is timed meanwhile.
     settle_s = 0.25
@@ -166,7 +185,7 @@ class HostDevice(Device):
     ref_reuse_s = 1.0
 
     def __init__(
-        self, profile: Profile, *, statistic: str = DEFAULT_STATISTIC, clock: str | None = None
+        self, profile: Profile, *, statistic: str | None = None, clock: str | None = None
     ) -> None:
         if profile.kind != "host":
             raise DeviceError(f"profile {profile.name!r} is not a host profile")
@@ -175,7 +194,8 @@ class HostDevice(Device):
         if clock == "cpu" and profile.threads != 1:
             raise DeviceError("the cpu clock needs threads = 1 (other threads' work is unseen)")
         self.profile = profile
-        self.statistic = check_statistic(statistic)
+        self.statistic = check_statistic(statistic or profile.statistic or pace.STATISTIC)
+        self.paced = self.statistic in PACED
         self.clock = clock or ("cpu" if profile.threads == 1 else "wall")
         self.cores = choose_cores(profile)
         self.core = self.cores[0]
@@ -185,15 +205,56 @@ class HostDevice(Device):
         # The last reference timing and when it was taken (see _recent_reference).
         self._last_ref: tuple[float, float] | None = None
         self.contention = contention.ContentionMonitor(self.cores, profile.threads)
-        self._worker: _WorkerProcess | None = _WorkerProcess(self.cores)
+        self.pace = pace.PaceTracker()
+        self._worker: _WorkerProcess | None = None
+        try:
+            self._ensure_worker()
+        except BaseException:
+            self.close()
+            raise
 
     def _ensure_worker(self) -> _WorkerProcess:
         if self._worker is None or not self._worker.alive():
             self._worker = _WorkerProcess(self.cores)
+            if self.paced:
+                self._load_references(self._worker)
         return self._worker
 
+    def _load_references(self, worker: _WorkerProcess) -> None:
+        """Load the pace references in the worker; one that cannot be loaded or run stops
+        everything here, before any model is timed."""
+        paths = {name: pace.reference_path(name) for name in pace.REFERENCE_KEYS}
+        for name, path in paths.items():
+            if not path.is_file():
+                raise DeviceError(
+                    f"pace reference {name} is missing ({path}); reinstall mnasfpn, or time "
+                    "without it: --set statistic=p10"
+                )
+        p = self.profile
+        rep = worker.request(
+            op="refs",
+            paths={n: str(q) for n, q in paths.items()},
+            threads=p.threads,
+            xnnpack=p.use_xnnpack,
+        )
+        if not rep["ok"]:
+            raise DeviceError(
+                f"{rep['error']}: the pace cannot be measured on this device; "
+                "time without it: --set statistic=p10"
+            )
+
+    def seed_pace(self, bases: dict[str, float]) -> None:
+        """Start from a table's fast-phase reference levels, so its entries share them."""
+        self.pace.seed(bases)
+
+    def pace_summary(self) -> dict[str, Any] | None:
+        return self.pace.summary() if self.paced else None
+
     def load_summary(self) -> dict[str, Any]:
-        return {**super().load_summary(), "contention": self.contention.summary()}
+        out = {**super().load_summary(), "contention": self.contention.summary()}
+        if self.paced:
+            out["pace"] = self.pace.summary()
+        return out
 
     def load_note(self) -> str | None:
         # Only wall-clock timings are inflated by other processes; the cpu clock is not.
@@ -277,6 +338,9 @@ class HostDevice(Device):
 
             key = "cpu_ms" if self.clock == "cpu" else "samples_ms"
             ref_key = "cpu_ms" if self.clock == "cpu" else "wall_ms"
+            if self.paced:
+                bound = pace.bound_by(rep.get("ops") or ["CONV_2D"])
+                return self._time_paced(worker, label, bound, key)
             tries: list[tuple[int, bool]] = []
 
             def reference() -> float:
@@ -332,6 +396,98 @@ class HostDevice(Device):
             remeasured=len(attempts) - 1,
             ref_ms=kept.refs,
         )
+
+    def _time_paced(self, worker: _WorkerProcess, label: str, ref: str, key: str) -> TimingResult:
+        """Time the loaded model interleaved with reference ``ref`` and divide each
+        invocation by the pace next to it (devices/pace.py). A slow phase is divided out,
+        not waited for: only a pace beyond correction is measured again (within the
+        re-measure budget), and kept marked when it stays so."""
+        ref_key = "ref_cpu_ms" if self.clock == "cpu" else "ref_wall_ms"
+        self.budget.items += 1
+        tries = 0
+        while True:
+            chunks, t_s, ref_t, ref_ms, n, stable = self._paced_attempt(worker, ref, key, ref_key)
+            raw = [x for c in chunks for x in c]
+            base = self.pace.update(ref, ref_ms)
+            paced = pace.correct(raw, pace.local_levels(t_s, ref_t, ref_ms), base)
+            if not paced.uncorrectable or not self.budget.allow(tries):
+                break
+            tries += 1
+            self.budget.spend()
+            time.sleep(self.settle_s)
+        self.pace.record(ref, statistics.median(ref_ms), paced)
+        return summarize(
+            label,
+            paced.corrected,
+            repeats=n,
+            stable=stable,
+            rounds=_split_like(paced.corrected, chunks),
+            statistic=self.statistic,
+            clock=self.clock,
+            ref_ratio=paced.pace_median,
+            slow_phase=paced.uncorrectable,
+            remeasured=tries,
+            ref_ms=ref_ms,
+            pace={
+                "reference": ref,
+                "base_ms": base,
+                "pace": paced.pace_median,
+                "pace_min": min(paced.paces),
+                "pace_max": max(paced.paces),
+                "raw_ms": estimate([raw], "p10"),
+                "uncorrectable": paced.uncorrectable,
+            },
+        )
+
+    def _paced_attempt(
+        self, worker: _WorkerProcess, ref: str, key: str, ref_key: str
+    ) -> tuple[list[list[float]], list[float], list[float], list[float], int, bool]:
+        """One interleaved measurement: raw invocations by call, their start times, the
+        reference's times and timings, the round count and whether it settled."""
+        p = self.profile
+        chunks: list[list[float]] = []
+        t_s: list[float] = []
+        ref_t: list[float] = []
+        ref_ms: list[float] = []
+        others: list[dict[str, float]] = []
+
+        def runs(n: int) -> list[float]:
+            r = worker.request(
+                op="run",
+                n=n,
+                ref=ref,
+                grain_ms=self.pace_grain_ms,
+                burst=max(1, n // (self.pace_min_refs - 1)),
+                warm=True,  # a reference timed cold reads what the target evicted
+                others=[o for o in pace.REFERENCE_KEYS if o != ref],
+            )
+            if not r["ok"]:
+                raise DeviceError(r["error"])
+            chunks.append(r[key])
+            t_s.extend(r["t_s"])
+            ref_t.extend(r["ref_t_s"])
+            ref_ms.extend(r[ref_key])
+            others.append(r["others_" + ref_key.removeprefix("ref_")])
+            # For the stopping rule: this chunk divided by its pace so far (the fast
+            # level is settled once the measurement is over).
+            base = self.pace.base.get(ref) or min(ref_ms)
+            levels = pace.local_levels(r["t_s"], ref_t, ref_ms)
+            return [x * base / lv for x, lv in zip(r[key], levels, strict=True)]
+
+        if self._rule is not None:
+            got = run_until_confident(runs, self._rule)
+            n, stable = len(got.rounds), got.converged
+        else:
+            _, n, stable = repeat_until_stable(
+                lambda: runs(p.num_runs),
+                min_repeats=p.min_repeats,
+                max_repeats=p.max_repeats,
+                tolerance=p.stability_tolerance,
+            )
+        # The other references' fast levels follow the whole run, not only their models.
+        for name in {k for o in others for k in o}:
+            self.pace.update(name, [o[name] for o in others if name in o])
+        return chunks, t_s, ref_t, ref_ms, n, stable
 
     def time_models(
         self, paths: Sequence[ModelPath], progress: ProgressCallback | None = None

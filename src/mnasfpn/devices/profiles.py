@@ -14,6 +14,7 @@ from typing import Any
 
 from mnasfpn.devices.adaptive import QUANTILE_OF, RUN_POLICIES, StopRule
 from mnasfpn.devices.errors import DeviceError
+from mnasfpn.devices.stats import STATISTICS
 from mnasfpn.registry import Registry
 
 
@@ -48,6 +49,9 @@ class Profile:
     # Warm-up ends after warmup_runs invocations or warmup_s seconds, whichever comes
     # first (at least one invocation; 0 = by count only).
     warmup_s: float = 0.0
+    # The timing statistic (devices/stats.py); "" = the device's default (the host:
+    # pace-p10, each invocation divided by the machine's pace; p10 keeps the raw one).
+    statistic: str = ""
 
     def matches_model(self, model: str) -> bool:
         """Empty ``expected_models`` accepts any phone (the generic profile)."""
@@ -193,6 +197,8 @@ def _validated(p: Profile) -> Profile:
                 problems.append("taskset_mask must select at least one cpu")
         except ValueError:
             problems.append(f"taskset_mask {p.taskset_mask!r} is not hex")
+    if p.statistic and p.statistic not in STATISTICS:
+        problems.append(f"statistic must be one of {', '.join(STATISTICS)}, not {p.statistic!r}")
     if problems:
         raise DeviceError(f"profile {p.name!r} is invalid: {'; '.join(problems)}")
     return p

@@ -38,6 +38,10 @@ class TimingResult:
     remeasured: int = 0
     rounds_ms: list[list[float]] = field(default_factory=list)
     ref_ms: list[float] = field(default_factory=list)
+    # With a paced statistic (devices/pace.py): the reference that spoke for the model,
+    # its fast-phase level (base_ms) the entry is relative to, the measurement's pace
+    # (median, min, max), the raw p10, and whether the pace moved beyond correction.
+    pace: dict[str, Any] | None = None
 
     @classmethod
     def failed(cls, model: str, error: str) -> TimingResult:

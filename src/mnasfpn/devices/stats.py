@@ -19,6 +19,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mnasfpn.devices.results import TimingResult
 
@@ -76,7 +77,10 @@ _PLAIN: dict[str, Callable[[Rounds], float]] = {
     "lower_half_mean": lambda r: _lower_half_mean(_flat(r)),
     "min_round_median": _min_round_median,
 }
-STATISTICS: tuple[str, ...] = (*_PLAIN, "ref_normalized")
+# pace-p10: the p10 of invocations each divided by the machine's pace at that moment
+# (devices/pace.py); the rounds it is given are already divided, so here it is a p10.
+PACED: dict[str, Callable[[Rounds], float]] = {"pace-p10": _PLAIN["p10"]}
+STATISTICS: tuple[str, ...] = (*_PLAIN, "ref_normalized", *PACED)
 
 
 def check_statistic(name: str) -> str:
@@ -98,7 +102,7 @@ def estimate(
         raise ValueError("no timing samples")
     if statistic == "ref_normalized":
         return _ref_normalized(rounds, refs, ref_baseline)
-    return float(_PLAIN[statistic](rounds))
+    return float({**_PLAIN, **PACED}[statistic](rounds))
 
 
 def candidates(
@@ -269,6 +273,7 @@ def summarize(
     slow_phase: bool = False,
     remeasured: int = 0,
     ref_ms: Sequence[float] = (),
+    pace: dict[str, Any] | None = None,
 ) -> TimingResult:
     """Build a successful result; explicit ``min_ms``/``std_ms`` win over the samples'.
 
@@ -298,6 +303,7 @@ def summarize(
         remeasured=remeasured,
         rounds_ms=[[float(x) for x in r] for r in by_round],
         ref_ms=[float(x) for x in ref_ms],
+        pace=pace,
     )
 
 

@@ -236,6 +236,7 @@ def build_table(
         )
         store = open_table_for(out, identity, info, spaces, device.overrides)
         try:
+            seed_pace(store, devices)
             store.set_meta({"converter_version": made_by})
             settled = store.settle_entries(passes)
             work = plan_passes(keys, store.passes_done(), passes)
@@ -273,6 +274,9 @@ def build_table(
                 note = record_load(store, "build", devices, report.remeasured, report.slow_kept)
                 if note:
                     echo(note)
+                line = record_pace(store, devices)
+                if line:
+                    echo(line)
             # Success is read back from the table, not inferred from counters.
             report.missing = len(set(keys) - store.measured_keys())
         finally:
@@ -282,6 +286,67 @@ def build_table(
             d.close()
     report.total_s = time.perf_counter() - t_start
     return report
+
+
+def seed_pace(store: TableStore, devices: Sequence[Any]) -> None:
+    """Give the devices the table's fast-phase reference levels, so that new timings are
+    divided against the same levels as the table's (a device lowers them when it sees a
+    faster phase, and record_pace then rebases the table)."""
+    bases = {
+        name: ref["fast_ms"]
+        for name, ref in ((store.meta().get("pace") or {}).get("references") or {}).items()
+        if ref.get("fast_ms")
+    }
+    # Devices that read no pace (or test doubles) have no seed_pace.
+    for d in devices if bases else ():
+        if hasattr(d, "seed_pace"):
+            d.seed_pace(bases)
+
+
+def record_pace(store: TableStore, devices: Sequence[Any]) -> str | None:
+    """Rebase the table's paced timings on the lowest fast-phase levels the devices saw
+    and record the references and the paces seen (meta `pace`); returns one line to
+    show (None: no paced statistic). Entries whose pace moved beyond correction are
+    counted, and stay marked in the table."""
+    seen = [s for d in devices if (s := getattr(d, "pace_summary", lambda: None)())]
+    if not seen:
+        return None
+    refs: dict[str, dict[str, Any]] = dict((store.meta().get("pace") or {}).get("references") or {})
+    for summary in seen:
+        for name, ref in summary["references"].items():
+            old = refs.get(name) or {}
+            merged = dict(ref)
+            if old.get("fast_ms"):
+                merged["fast_ms"] = min(old["fast_ms"], ref["fast_ms"])
+            for lo in ("pace_min",):
+                if old.get(lo) is not None and ref.get(lo) is not None:
+                    merged[lo] = min(old[lo], ref[lo])
+            if old.get("pace_max") is not None and ref.get("pace_max") is not None:
+                merged["pace_max"] = max(old["pace_max"], ref["pace_max"])
+            refs[name] = merged
+    store.rebase_pace({n: r["fast_ms"] for n, r in refs.items()})
+    flagged = store.flagged_keys()
+    store.set_meta(
+        {
+            "pace": {
+                "statistic": seen[0]["statistic"],
+                "references": refs,
+                "flagged": len(flagged),
+            }
+        }
+    )
+    parts = [
+        f"{n} {r['fast_ms']:.3f} ms at its fastest, pace "
+        f"{r.get('pace_min') or 1:.2f}-{r.get('pace_max') or 1:.2f}x"
+        for n, r in sorted(refs.items())
+    ]
+    line = f"pace references: {'; '.join(parts)} (divided out)"
+    if flagged:
+        line += (
+            f"; {len(flagged)} entries timed at a pace beyond correction are marked "
+            "(mnasfpn-lut show lists them): rebuild them on a steadier machine"
+        )
+    return line
 
 
 def record_load(
@@ -415,6 +480,7 @@ def _measure(
                         dispersion=res.dispersion,
                         session=session,
                         worker=worker,
+                        pace=res.pace,
                     )
                     with lock:
                         report.timings += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,38 @@ def r2_ceiling(y: np.ndarray, rounds: Sequence[Sequence[float]]) -> float | None
     if not noise or var_y <= 0:
         return None
     return 1.0 - statistics.fmean(noise) / var_y
+
+
+def _log_round_variance(rounds: Sequence[Sequence[float]]) -> float | None:
+    """Mean over architectures of the variance of their log round values."""
+    v = [float(np.var(np.log(r), ddof=1)) for r in rounds if len(r) > 1 and min(r) > 0]
+    return statistics.fmean(v) if v else None
+
+
+def pace_noise(
+    runs: Sequence[dict[int, dict[str, Any]]], pace_meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the pace did to the end-to-end rounds: the raw rounds' spread (before the
+    pace was divided out), the share of the raw round-to-round variance the pace
+    explained (1 - variance of log paced rounds / that of log raw rounds), and the
+    range of paces the run saw (per reference, from the table's pace record). Empty for
+    a table whose statistic reads no pace."""
+    raw = [[r["raw_ms"] for r in a.values() if r.get("raw_ms")] for a in runs]
+    paced = [[r["median_ms"] for r in a.values() if r.get("raw_ms")] for a in runs]
+    if not any(len(r) > 1 for r in raw):
+        return {}
+    spread = [(max(r) - min(r)) / statistics.median(r) for r in raw if len(r) > 1]
+    v_raw, v_paced = _log_round_variance(raw), _log_round_variance(paced)
+    paces = [x / y for a, b in zip(raw, paced, strict=True) for x, y in zip(a, b, strict=True)]
+    refs = (pace_meta or {}).get("references") or {}
+    return {
+        "raw_round_spread_median": statistics.median(spread),
+        "raw_round_spread_p90": float(np.quantile(spread, 0.9)),
+        "pace_explained": (1.0 - v_paced / v_raw) if v_raw and v_paced is not None else None,
+        "e2e_pace_range": [min(paces), max(paces)],
+        "pace_range": {n: [r.get("pace_min"), r.get("pace_max")] for n, r in sorted(refs.items())},
+        "pace_flagged": (pace_meta or {}).get("flagged", 0),
+    }
 
 
 @dataclass(frozen=True)

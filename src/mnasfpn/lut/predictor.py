@@ -38,6 +38,7 @@ __all__ = ["CostModel", "MissingOpError"]
 # The first cell's input node that the backbone pools to make C6, and C6's level.
 _C6_SOURCE, _C6_LEVEL = LEVELS.index(5), 6
 
+
 class MissingOpError(MnasfpnError, KeyError):
     """A genotype needs an op the table has no entry for."""
 

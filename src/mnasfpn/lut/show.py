@@ -38,6 +38,23 @@ def _load_lines(load: dict[str, Any]) -> list[str]:
     return out
 
 
+def _pace_lines(pace: dict[str, Any], rows: list[Any]) -> list[str]:
+    """The pace the table's timings were divided by, and its entries marked beyond it."""
+    if not pace:
+        return []
+    refs = "; ".join(
+        f"{n} ({r.get('key')}) {r.get('fast_ms', 0):.3f} ms at its fastest, pace "
+        f"{r.get('pace_min') or 1:.2f}-{r.get('pace_max') or 1:.2f}x"
+        for n, r in sorted((pace.get("references") or {}).items())
+    )
+    out = [f"  pace: {pace.get('statistic')} against {refs or 'no reference'}"]
+    flagged = [r for r in rows if r.flag]
+    if flagged:
+        out.append(f"  {len(flagged)} entries timed at a pace beyond correction (rebuild them):")
+        out += [f"    {r.key}: {r.flag}" for r in flagged[:20]]
+    return out
+
+
 def _runs_text(meta: dict[str, Any]) -> str:
     """How many invocations an op got, by the table's run policy (older tables: fixed)."""
     warm = f"after {meta.get('warmup_runs')} warm-ups"
@@ -94,6 +111,7 @@ def describe(path: Path, *, top: int = 10) -> str:
             "  per type: "
             + ", ".join(f"{t} {len(v)} ({sum(v):.2f} ms)" for t, v in sorted(by_type.items()))
         )
+    lines += _pace_lines(meta.get("pace") or {}, rows)
     complete = sum(1 for a in e2e if a in runs)
     lines.append(f"  end-to-end: {len(e2e)} architectures, {complete} measured")
     if doc is None:

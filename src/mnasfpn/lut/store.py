@@ -21,7 +21,15 @@ from mnasfpn.ir.ops import op_type_of
 from mnasfpn.sqlite_db import Database, DatabaseError, Schema, now
 
 FORMAT = "mnasfpn-lut"
-SCHEMA_VERSION = 2
+# 3: each timing records the pace reference it was divided by (pace_ref), that
+# reference's fast-phase level then (pace_base), its raw statistic (raw_ms) and a flag
+# when the pace moved beyond correction (devices/pace.py).
+SCHEMA_VERSION = 3
+# The columns a paced timing adds to a pass, an entry and an end-to-end run.
+_PACE_DDL = """    pace_ref TEXT,
+    pace_base REAL,
+    raw_ms REAL,
+    flag TEXT"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -41,7 +49,8 @@ CREATE TABLE IF NOT EXISTS ops (
     dispersion REAL,
     measured_at TEXT NOT NULL,
     session TEXT NOT NULL,
-    worker TEXT
+    worker TEXT,
+%PACE%
 );
 CREATE TABLE IF NOT EXISTS op_passes (
     key TEXT NOT NULL,
@@ -54,6 +63,7 @@ CREATE TABLE IF NOT EXISTS op_passes (
     measured_at TEXT NOT NULL,
     session TEXT NOT NULL,
     worker TEXT,
+%PACE%,
     PRIMARY KEY (key, pass)
 );
 CREATE TABLE IF NOT EXISTS measurements (
@@ -83,6 +93,7 @@ CREATE TABLE IF NOT EXISTS e2e_runs (
     dispersion REAL,
     measured_at TEXT NOT NULL,
     session TEXT NOT NULL,
+%PACE%,
     PRIMARY KEY (arch_id, round)
 );
 CREATE TABLE IF NOT EXISTS calibration (
@@ -90,7 +101,7 @@ CREATE TABLE IF NOT EXISTS calibration (
     doc TEXT NOT NULL,
     fitted_at TEXT NOT NULL
 );
-"""
+""".replace("%PACE%", _PACE_DDL)
 _TABLES = (
     "sessions",
     "ops",
@@ -160,7 +171,7 @@ SCHEMA = Schema(
     tables=_TABLES,
     noun="latency table",
     make_hint="build it with mnasfpn-lut build",
-    remake_hint="rebuild it with mnasfpn-lut build",
+    remake_hint="rebuild it: mnasfpn-lut build --device DEVICE --out NEW.sqlite",
     error=TableError,
 )
 
@@ -176,29 +187,48 @@ class OpRow:
     measured_at: str
     session: str
     worker: str | None
+    flag: str | None = None
+
+
+_PASS_COLS = (
+    "median_ms, min_ms, std_ms, runs, dispersion, measured_at, session, worker, "
+    "pace_ref, pace_base, raw_ms, flag"
+)
 
 
 def _write_entry(c: sqlite3.Connection, key: str) -> None:
     """Set `key`'s entry to its fastest pass: every statistic of the row (median, min,
     std, runs, session, worker) comes from that one pass. `dispersion` is the spread of
     the pass medians, (slowest - fastest) / fastest, which says how much the machine
-    moved; with one pass, that pass's own dispersion."""
+    moved; with one pass, that pass's own dispersion. A pass whose pace moved beyond
+    correction (flag) is the entry only when every pass is, and then the entry keeps the
+    flag."""
     rows = c.execute(
-        "SELECT median_ms, min_ms, std_ms, runs, dispersion, measured_at, session, worker "
-        "FROM op_passes WHERE key = ? ORDER BY median_ms, pass",
+        f"SELECT {_PASS_COLS} FROM op_passes WHERE key = ? "
+        "ORDER BY flag IS NOT NULL, median_ms, pass",
         (key,),
     ).fetchall()
     best = rows[0]
+    rows = sorted(rows, key=lambda r: r[0])
     if len(rows) > 1:
         spread = (rows[-1][0] - best[0]) / best[0] if best[0] > 0 else None
     else:
         spread = best[4]
     c.execute(
-        "INSERT OR REPLACE INTO ops(key, type, median_ms, min_ms, std_ms, runs, dispersion, "
-        "measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, op_type_of(key), best[0], best[1], best[2], best[3], spread, best[5], best[6],
-         best[7]),
-    )  # fmt: skip
+        f"INSERT OR REPLACE INTO ops(key, type, {_PASS_COLS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, op_type_of(key), best[0], best[1], best[2], best[3], spread, *best[5:]),
+    )
+
+
+def _pace_cols(pace: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """(pace_ref, pace_base, raw_ms, flag) of a device result's pace record."""
+    if not pace:
+        return (None, None, None, None)
+    flag = (
+        f"pace {pace.get('pace', 0):.2f}x beyond correction" if pace.get("uncorrectable") else None
+    )
+    return (pace.get("reference"), pace.get("base_ms"), pace.get("raw_ms"), flag)
 
 
 class TableStore:
@@ -271,6 +301,16 @@ class TableStore:
             for f in fields
             if f in current and (f not in stored or stored[f] != current[f])
         ]
+        old, new = stored.get("statistic"), current.get("statistic")
+        # Only the statistic differs, and now it is paced: the table predates the pace.
+        only_statistic = len(diffs) == 1 and old != new
+        if only_statistic and old and str(new).startswith("pace"):
+            raise TableError(
+                f"{self.path} was built with the statistic {old}, before timings were divided "
+                f"by the machine's pace ({new} now); rebuild it: mnasfpn-lut build --device "
+                f"{stored.get('profile') or 'host'} --out NEW.sqlite (or keep timing it as it "
+                "was: --set statistic=p10)"
+            )
         if diffs:
             raise TableError(f"{self.path} was measured differently ({'; '.join(diffs)}); {advice}")
 
@@ -305,7 +345,7 @@ class TableStore:
     def op_rows(self) -> list[OpRow]:
         rows = self._query(
             "SELECT key, median_ms, min_ms, std_ms, runs, dispersion, measured_at, session, "
-            "worker FROM ops ORDER BY key"
+            "worker, flag FROM ops ORDER BY key"
         )
         return [OpRow(*r) for r in rows]
 
@@ -325,11 +365,13 @@ class TableStore:
         dispersion: float | None,
         session: str,
         worker: str | None = None,
+        pace: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record one timing pass of `key` in one transaction. The op's entry is written
         (or refreshed) in the same transaction once the key has `passes` passes, and
         refreshed by every later pass of a key that already has one. True when the key
-        has its `passes` passes.
+        has its `passes` passes. `pace`: the device result's pace record (reference,
+        base_ms, raw_ms, uncorrectable), for a paced statistic.
 
         The entry is the fastest pass so far: load from other processes only ever slows a
         pass down, so a pass that ran beside other work is outvoted by a quiet one."""
@@ -338,10 +380,10 @@ class TableStore:
         at = now()
         with self._tx() as c:
             c.execute(
-                "INSERT INTO op_passes(key, pass, median_ms, min_ms, std_ms, runs, dispersion, "
-                "measured_at, session, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO op_passes(key, pass, {_PASS_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, pass_index, median_ms, min_ms, std_ms, runs, dispersion, at, session,
-                 worker),
+                 worker, *_pace_cols(pace)),
             )  # fmt: skip
             c.execute(
                 "INSERT INTO measurements(key, pass, session, ok, error, at) "
@@ -414,13 +456,16 @@ class TableStore:
         runs: int,
         dispersion: float | None,
         session: str,
+        pace: Mapping[str, Any] | None = None,
     ) -> None:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO e2e_runs(arch_id, round, median_ms, min_ms, std_ms, runs, "
-                "dispersion, measured_at, session) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (arch_id, round_, median_ms, min_ms, std_ms, runs, dispersion, now(), session),
-            )
+                "dispersion, measured_at, session, pace_ref, pace_base, raw_ms, flag) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (arch_id, round_, median_ms, min_ms, std_ms, runs, dispersion, now(), session,
+                 *_pace_cols(pace)),
+            )  # fmt: skip
 
     def e2e_archs(self) -> dict[str, dict[str, Any]]:
         rows = self._query(
@@ -438,18 +483,52 @@ class TableStore:
 
     def e2e_runs(self) -> dict[str, dict[int, dict[str, Any]]]:
         rows = self._query(
-            "SELECT arch_id, round, median_ms, min_ms, std_ms, runs, dispersion FROM e2e_runs"
+            "SELECT arch_id, round, median_ms, min_ms, std_ms, runs, dispersion, raw_ms, flag "
+            "FROM e2e_runs"
         )
         out: dict[str, dict[int, dict[str, Any]]] = {}
-        for a, rnd, med, mn, sd, runs, disp in rows:
+        for a, rnd, med, mn, sd, runs, disp, raw, flag in rows:
             out.setdefault(a, {})[rnd] = {
                 "median_ms": med,
                 "min_ms": mn,
                 "std_ms": sd,
                 "runs": runs,
                 "dispersion": disp,
+                "raw_ms": raw,
+                "flag": flag,
             }
         return out
+
+    # -- the pace -------------------------------------------------------------------
+
+    def rebase_pace(self, bases: Mapping[str, float]) -> int:
+        """Express every paced timing against each reference's fast level `bases` (the
+        lowest a device saw so far): a timing divided by the pace against an older, higher
+        level is scaled by new / old, which is exact since it is raw × level / reference.
+        Entries of the keys touched are rewritten. Returns the rows changed."""
+        changed = 0
+        with self._tx() as c:
+            keys: set[str] = set()
+            for name, base in bases.items():
+                where = "WHERE pace_ref = ? AND pace_base IS NOT NULL AND pace_base != ?"
+                keys |= {
+                    r[0] for r in c.execute(f"SELECT key FROM op_passes {where}", (name, base))
+                }
+                for table in ("op_passes", "e2e_runs"):
+                    cur = c.execute(
+                        f"UPDATE {table} SET median_ms = median_ms * ? / pace_base, "
+                        f"pace_base = ? {where}",
+                        (base, base, name, base),
+                    )
+                    changed += cur.rowcount
+            have = {r[0] for r in c.execute("SELECT key FROM ops")}
+            for key in keys & have:
+                _write_entry(c, key)
+        return changed
+
+    def flagged_keys(self) -> dict[str, str]:
+        """Entries whose every pass ran at a pace beyond correction, with the flag."""
+        return dict(self._query("SELECT key, flag FROM ops WHERE flag IS NOT NULL"))
 
     # -- calibration ------------------------------------------------------------------
 

@@ -133,4 +133,3 @@ class LatencyTable:
         """Structural quantities of the live ops per `STRUCTURE_FEATURES` column (the
         calibration's cold-weight term: fp32 weight MiB)."""
         return self._guard(self.model.structure, genotypes, naive=naive)
-

@@ -30,7 +30,13 @@ from mnasfpn.atomic import write_atomic
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.ir.build import build_opgraph
 from mnasfpn.ir.config import DetectorConfig
-from mnasfpn.lut.build import default_cache_dir, identity_of, record_load
+from mnasfpn.lut.build import (
+    default_cache_dir,
+    identity_of,
+    record_load,
+    record_pace,
+    seed_pace,
+)
 from mnasfpn.lut.fidelity import (
     DEFAULT_TARGET,
     METHODS,
@@ -42,7 +48,7 @@ from mnasfpn.lut.fidelity import (
     round_spread,
     round_values,
 )
-from mnasfpn.lut.noise import r2_ceiling, relative_noise
+from mnasfpn.lut.noise import pace_noise, r2_ceiling, relative_noise
 from mnasfpn.lut.store import DEVICE_FIELDS, SETTINGS_FIELDS, TableError, TableStore
 from mnasfpn.lut.table import LatencyTable
 from mnasfpn.lut.validate_report import ValidationResult, plot_scatter, write_report
@@ -326,6 +332,7 @@ def validate(
         "relative_noise": relative_noise(per_round),
         "round_spread_median": float(np.median(spread)) if len(spread) else None,
         "round_spread_p90": float(np.quantile(spread, 0.9)) if len(spread) else None,
+        **pace_noise([runs[a] for a in ids], _pace_meta(lut_path)),
         "latency_range_ms": [float(y.min()), float(y.max())],
     }
     result = ValidationResult(
@@ -342,6 +349,12 @@ def validate(
     result.noise = noise
     write_report(result, rows, meta, report_dir)
     return result
+
+
+def _pace_meta(lut_path: Path) -> dict[str, Any] | None:
+    """The table's pace record as it stands after this validation's timings."""
+    with TableStore.open(lut_path, readonly=True) as store:
+        return store.meta().get("pace")
 
 
 def _time_e2e(
@@ -374,6 +387,7 @@ def _time_e2e(
             "(check --device overrides given with --set); a table built before its statistic "
             "was recorded must be rebuilt",
         )
+        seed_pace(store, devices)
         session = store.start_session("validate", info, note=f"{len(need)} architectures")
         rng = random.Random(seed)
         t0 = time.perf_counter()
@@ -397,6 +411,7 @@ def _time_e2e(
                             runs=res.runs,
                             dispersion=res.dispersion,
                             session=session,
+                            pace=res.pace,
                         )
                         count += 1
                     bar.update(1)
@@ -406,6 +421,9 @@ def _time_e2e(
         note = record_load(store, "validate", devices, remeasured, slow_kept)
         if note:
             echo(note)
+        line = record_pace(store, devices)
+        if line:
+            echo(line)
     finally:
         for d in devices:
             d.close()

@@ -37,6 +37,36 @@ class ValidationResult:
             f"range {lo:.1f}-{hi:.1f} ms, same-model round-to-round spread median "
             f"{100 * n['round_spread_median']:.1f}% (p90 {100 * n['round_spread_p90']:.1f}%)"
             + (f", R² ceiling {ceiling:.4f}" if ceiling is not None else "")
+            + self._pace_text()
+        )
+
+    def _pace_text(self) -> str:
+        """The machine's pace over the run and how much of the raw spread it explained."""
+        n = self.noise
+        if n.get("raw_round_spread_median") is None:
+            return ""
+        ranges = ", ".join(
+            f"{name} {lo:.2f}-{hi:.2f}x"
+            for name, (lo, hi) in (n.get("pace_range") or {}).items()
+            if lo is not None and hi is not None
+        )
+        lo, hi = n["e2e_pace_range"]
+        explained = n.get("pace_explained")
+        return (
+            f"; the machine's pace over the run: {ranges or 'no op timings'} (ops), "
+            f"{lo:.2f}-{hi:.2f}x (end-to-end rounds); raw round spread median "
+            f"{100 * n['raw_round_spread_median']:.1f}% (p90 "
+            f"{100 * n['raw_round_spread_p90']:.1f}%)"
+            + (
+                f", {100 * explained:.0f}% of its variance explained by the pace"
+                if explained is not None
+                else ""
+            )
+            + (
+                f"; {n['pace_flagged']} entries marked beyond correction"
+                if n.get("pace_flagged")
+                else ""
+            )
         )
 
     def summary_text(self) -> str:

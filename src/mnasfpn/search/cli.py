@@ -533,8 +533,7 @@ def run_cli_search(
                 search.run()
             except KeyboardInterrupt:
                 raise MnasfpnError(
-                    f"interrupted; {out} keeps every finished trial: run the same command to "
-                    "resume"
+                    f"interrupted; {out} keeps every finished trial: run the same command to resume"
                 ) from None
             finally:
                 if progress is not None:

@@ -129,4 +129,3 @@ def summarize(finalists: list[Finalist]) -> dict[int, FinalistScore]:
             std = math.sqrt(sum((m - mean) ** 2 for m in maps) / len(maps))
             out[trial_id] = FinalistScore(mean, std, len(maps), failed)
     return out
-

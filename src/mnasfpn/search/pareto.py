@@ -46,8 +46,9 @@ class SearchRun:
         for t in self.trials:
             s = scores.get(t.id)
             if s is not None and t.latency_ms is not None:
-                out.append(replace(t, map=s.mean, map50=None, reward=spec.reward(s.mean,
-                                                                                t.latency_ms)))
+                out.append(
+                    replace(t, map=s.mean, map50=None, reward=spec.reward(s.mean, t.latency_ms))
+                )
         return out
 
 
@@ -188,7 +189,6 @@ def plot(runs: list[SearchRun], path: Path) -> None:
                 ls="--" if run.finalists else "-",
             )
         if run.finalists:  # the retrained frontier points, mean ± std over seeds
-
             scores = summarize(run.finalists)
             finals = run.finalist_trials()
             ax.errorbar([t.latency_ms for t in finals], [t.map for t in finals],

@@ -391,7 +391,6 @@ class TrialStore:
         )
         return _trial(dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
 
-
     # -- finalists --------------------------------------------------------------------
 
     def _has_finalists(self) -> bool:

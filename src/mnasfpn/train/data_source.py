@@ -26,6 +26,7 @@ def categories(coco: Any) -> list[dict[str, Any]]:
 def train_batches(coco: Any, input_size: int, batch_size: int, seed: int) -> BatchesFn:
     """The training stream repeats without end (reshuffled every pass), so the trainer
     stays in its epoch 0; `epoch` only seeds a fresh stream if one ever ends."""
+
     def make(epoch: int) -> Any:
         return make_dataset(coco, input_size, batch_size, training=True, seed=seed + epoch)
 

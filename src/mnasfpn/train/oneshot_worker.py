@@ -410,4 +410,3 @@ def scorer(key: SupernetKey, cache_dir: Path, threads: int | None = None) -> Sco
                 pass
         found = _SCORERS[ident] = Scorer(key, cache_dir)
     return found
-
