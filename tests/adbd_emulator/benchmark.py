@@ -88,6 +88,7 @@ def run_benchmark_model(
     drop_now: Callable[[], bool],
     slowdown: Callable[[], float] = lambda: 1.0,
     clock: Callable[[], float] = time.perf_counter,
+    steady_us: Callable[[Path], float] | None = None,
 ) -> int:
     """Run like the real binary; returns the exit status. ``slowdown`` gives this run's
     throttling factor: the phone really is that much slower for the whole run."""
@@ -128,6 +129,8 @@ def run_benchmark_model(
     factor = slowdown()
     try:
         init_us, warm, timed = _time(local, threads, warmups, runs, xnnpack, clock)
+        if steady_us is not None:
+            warm, timed = [steady_us(local)] * len(warm), [steady_us(local)] * len(timed)
         warm = [x * factor for x in warm]
         timed = [x * factor for x in timed]
     except Exception as e:

@@ -68,6 +68,15 @@ class EmulatorConfig:
     pace_phases: tuple[tuple[int, float], ...] = ()
     # Time benchmark_model's invocations on thread CPU time rather than the wall clock.
     cpu_clock: bool = False
+    # Report every invocation of a model as one fixed time (its file size in kB, as µs)
+    # instead of what LiteRT took here: the scripted phases are then the only thing that
+    # moves the phone's times, so a test can hold a statistic to a tight bound on a busy
+    # test machine. LiteRT still runs each model (outputs and failures stay real).
+    steady_times: bool = False
+
+
+def _size_us(model: Path) -> float:
+    return model.stat().st_size / 1000
 
 
 class _Dropped(Exception):
@@ -257,6 +266,7 @@ class AdbdEmulator:
             drop_run=self._take_run_drop,
             slowdown=self._next_run_slowdown,
             clock=time.thread_time if c.cpu_clock else time.perf_counter,
+            steady_us=_size_us if c.steady_times else None,
         )
         self._listener: socket.socket | None = None
         self._conns: list[_Connection] = []

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from adbd_emulator.benchmark import Write, behaviour_of, run_benchmark_model
 from adbd_emulator.fs import Sandbox
@@ -31,6 +32,8 @@ class ShellState:
     # What benchmark_model's invocations are timed on (thread CPU time: immune to a busy
     # test machine, for tests that compare figures closely).
     clock: Callable[[], float] = time.perf_counter
+    # A model's fixed invocation time (µs), replacing the timed one: EmulatorConfig.steady_times.
+    steady_us: Callable[[Path], float] | None = None
     commands: list[str] = field(default_factory=list)
     taskset_masks: list[str] = field(default_factory=list)
     benchmark_args: list[list[str]] = field(default_factory=list)
@@ -160,6 +163,7 @@ def _run(words: list[str], st: ShellState, write: Write) -> int:
             drop_now=st.drop_run,
             slowdown=st.slowdown,
             clock=st.clock,
+            steady_us=st.steady_us,
         )
     write(f"/system/bin/sh: {cmd}: inaccessible or not found\n")
     return 127
