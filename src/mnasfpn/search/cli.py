@@ -598,24 +598,36 @@ def run_cli_search(
     "plot_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Plot file [default: FOLDER/pareto.png of the first folder].",
+    help="Plot file, never written over without --force [default: FOLDER/pareto.png of the "
+    "first folder, redrawn each time].",
 )
-def pareto_cmd(folders: tuple[Path, ...], as_json: bool, plot_path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Write over an existing --plot file.")
+def pareto_cmd(
+    folders: tuple[Path, ...], as_json: bool, plot_path: Path | None, force: bool
+) -> None:
     """The latency-mAP frontier of one or more search folders: a table (or JSON), a plot
     of every trial with the frontiers, and each frontier genotype as
     FOLDER/frontier/trial-N.json (for mnasfpn train / export, mnasfpn-lut predict)."""
     # the command's machinery loads when it runs: --help stays instant
+    from mnasfpn.atomic import check_output
+    from mnasfpn.search.driver import SEARCH_FILES
     from mnasfpn.search.pareto import (
         frontier_json,
         frontier_points,
         frontier_table,
         load_run,
         plot,
+        plot_format,
         write_genotypes,
     )
 
     runs = [load_run(f) for f in folders]
+    if plot_path is not None:  # the user's file: checked before anything is written
+        inputs = [f / name for f in folders for name in SEARCH_FILES if name != "pareto.png"]
+        check_output(plot_path, inputs=inputs, force=force, option="--plot")
+        plot_format(plot_path)
     points = [p for run in runs for p in write_genotypes(frontier_points(run))]
+    # the default is the first search's own plot (SEARCH_FILES), redrawn by every pareto
     target = plot_path or folders[0] / "pareto.png"
     plot(runs, target)
     if as_json:
