@@ -538,7 +538,7 @@ def test_pareto_frontier_table_plot_and_genotype_files(tmp_path: Path, table: La
     text = CliRunner().invoke(main, ["pareto", str(tmp_path / "a")])
     assert text.exit_code == 0 and "lat ms" in text.output and "plot:" in text.output
     missing = CliRunner().invoke(main, ["pareto", str(tmp_path / "nothing")])
-    assert missing.exit_code == 1 and "holds no search" in missing.output
+    assert missing.exit_code == 1 and "no such folder" in missing.output
 
 
 # -- Ray -------------------------------------------------------------------------------
