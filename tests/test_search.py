@@ -112,7 +112,7 @@ def test_reward_is_map_times_latency_ratio_power() -> None:
     assert spec.reward(0.3, 160.0) == pytest.approx(0.3 * 2**-0.3)
     assert spec.rejects(121.0) and not spec.rejects(120.0)
     assert not RewardSpec().rejects(1e9)
-    with pytest.raises(MnasfpnError, match="--target-ms must be positive"):
+    with pytest.raises(MnasfpnError, match="--target-ms must be a positive number"):
         RewardSpec(target_ms=0)
 
 
@@ -356,7 +356,7 @@ def test_other_settings_are_refused_unless_force_new(tmp_path: Path, table: Late
     search.run()
     search.close()
     assert len(stored(tmp_path / "s")) == 2
-    kept = list((tmp_path / "s").glob("trials.*.sqlite"))
+    kept = list((tmp_path / "s").glob("old-*/trials.sqlite"))
     assert len(kept) == 1  # the old search is kept aside, not deleted
     assert sqlite3.connect(kept[0]).execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 4
 
@@ -538,7 +538,7 @@ def test_pareto_frontier_table_plot_and_genotype_files(tmp_path: Path, table: La
     text = CliRunner().invoke(main, ["pareto", str(tmp_path / "a")])
     assert text.exit_code == 0 and "lat ms" in text.output and "plot:" in text.output
     missing = CliRunner().invoke(main, ["pareto", str(tmp_path / "nothing")])
-    assert missing.exit_code == 1 and "holds no search" in missing.output
+    assert missing.exit_code == 1 and "no such folder" in missing.output
 
 
 # -- Ray -------------------------------------------------------------------------------

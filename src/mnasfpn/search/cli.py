@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,10 @@ class ProgressLine:
         if bands:
             parts.append("best mAP " + " | ".join(bands))
         parts.append(f"ETA {_fmt_eta(p.eta_seconds())}")
+        # the clock that moves while a child runs; on a terminal only (a log would get a
+        # line a second)
+        if self.tty and p.running_for is not None:
+            parts.append(f"child running {_fmt_eta(p.running_for)}")
         line = " · ".join(parts)
         if line == self.last:
             return
@@ -174,7 +178,14 @@ def _check_data(data: Path) -> None:
     default=None,
     help="Children trained at once [default: the CPUs of this machine].",
 )
-@click.option("--ray-address", default=None, help="An existing Ray cluster (host:port or auto).")
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="HOST:PORT|auto",
+    help="An existing Ray cluster: HOST:PORT of its head, or auto (the one Ray's discovery "
+    "finds: RAY_ADDRESS, else the last `ray start` on this machine) [default: a new, "
+    "private local instance on loopback].",
+)
 @click.option(
     "--w",
     "w",
@@ -364,6 +375,11 @@ def search_cmd(
         given=evaluator_kind == "oneshot",
     )
     _check_data(data)
+    # the data's content is part of the search's identity: regenerated in place, it is
+    # other data (the store refuses to mix them)
+    from mnasfpn.search.driver import data_identity
+
+    setup = replace(setup, data_hash=data_identity(data))
     cache = None if cache_dir is None else str(cache_dir.resolve())
     inputs = SearchInputs(str(data.resolve()), budget, oneshot, setup.space, setup.repeats, cache)
     proxy = ProxyEvaluator.from_search(inputs)
@@ -414,6 +430,7 @@ class SearchSetup:
     repeats: int
     seed_arch: Genotype | None
     table_hash: str
+    data_hash: str | None = None  # the --data folder's content (`data_identity`)
 
     def settings(self, evaluator: Any) -> SearchSettings:
         """What defines the search once its evaluator is chosen (the store checks it)."""
@@ -429,6 +446,7 @@ class SearchSetup:
             table_hash=self.table_hash,
             evaluator=evaluator.identity(),
             seed_arch=self.seed_arch,
+            data_hash=self.data_hash,
         )
 
 
@@ -447,11 +465,13 @@ def prepare(
     """Everything checked before any child trains: one line for each bad input."""
     # the command's machinery loads when it runs: --help stays instant
     from mnasfpn.lut.table import LatencyTable
-    from mnasfpn.search.driver import adopt_seed, check_table_covers, table_identity
+    from mnasfpn.search.driver import adopt_seed, check_max_ms, check_table_covers, table_identity
     from mnasfpn.search.reward import RewardSpec
 
     if trials < 1:
         raise MnasfpnError(f"--trials must be at least 1, got {trials}")
+    # the given numbers (nan, inf, signs) before anything loads; T's default comes later
+    RewardSpec(w=w, target_ms=1.0 if target_ms is None else target_ms, max_ms=max_ms)
     STRATEGIES.get(strategy)  # an unknown name fails here, before the table loads
     space = SEARCHABLE.get(space_name)
     if not lut_path.exists():
@@ -468,12 +488,14 @@ def prepare(
         seed_genotype = adopt_seed(space, g, repeats)
     if target_ms is None:
         target_ms = float(table.predict([get_architecture("paper-mnasfpn")])[0])
+    reward = RewardSpec(w=w, target_ms=target_ms, max_ms=max_ms)
+    check_max_ms(table, space, repeats, reward)
     return SearchSetup(
         table=table,
         space=space_name,
         strategy=strategy,
         seed=seed,
-        reward=RewardSpec(w=w, target_ms=target_ms, max_ms=max_ms),
+        reward=reward,
         repeats=repeats,
         seed_arch=seed_genotype,
         table_hash=table_identity(table),
@@ -493,7 +515,7 @@ def run_cli_search(
     """Run (or resume) the search, showing progress; with `finalists` (a FinalistSpec)
     retrain its best frontier points stand-alone; then print its frontier."""
     # the command's machinery loads when it runs: --help stays instant
-    from mnasfpn.search.driver import Search, open_store
+    from mnasfpn.search.driver import Search, check_not_all_rejected, open_store
     from mnasfpn.search.pareto import frontier_points, frontier_table, load_run, write_genotypes
 
     settings = setup.settings(evaluator)
@@ -560,6 +582,8 @@ def run_cli_search(
     finally:
         if executor is not None:
             executor.close()
+    with TrialStore.open(out, readonly=True) as store:
+        check_not_all_rejected(store, setup.reward)
     click.echo(f"search finished in {time.perf_counter() - start:.0f}s: {out}")
     points = write_genotypes(frontier_points(load_run(out)))
     click.echo(frontier_table(points))
@@ -573,24 +597,36 @@ def run_cli_search(
     "plot_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Plot file [default: FOLDER/pareto.png of the first folder].",
+    help="Plot file, never written over without --force [default: FOLDER/pareto.png of the "
+    "first folder, redrawn each time].",
 )
-def pareto_cmd(folders: tuple[Path, ...], as_json: bool, plot_path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Write over an existing --plot file.")
+def pareto_cmd(
+    folders: tuple[Path, ...], as_json: bool, plot_path: Path | None, force: bool
+) -> None:
     """The latency-mAP frontier of one or more search folders: a table (or JSON), a plot
     of every trial with the frontiers, and each frontier genotype as
     FOLDER/frontier/trial-N.json (for mnasfpn train / export, mnasfpn-lut predict)."""
     # the command's machinery loads when it runs: --help stays instant
+    from mnasfpn.atomic import check_output
+    from mnasfpn.search.driver import SEARCH_FILES
     from mnasfpn.search.pareto import (
         frontier_json,
         frontier_points,
         frontier_table,
         load_run,
         plot,
+        plot_format,
         write_genotypes,
     )
 
     runs = [load_run(f) for f in folders]
+    if plot_path is not None:  # the user's file: checked before anything is written
+        inputs = [f / name for f in folders for name in SEARCH_FILES if name != "pareto.png"]
+        check_output(plot_path, inputs=inputs, force=force, option="--plot")
+        plot_format(plot_path)
     points = [p for run in runs for p in write_genotypes(frontier_points(run))]
+    # the default is the first search's own plot (SEARCH_FILES), redrawn by every pareto
     target = plot_path or folders[0] / "pareto.png"
     plot(runs, target)
     if as_json:

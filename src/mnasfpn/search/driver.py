@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -53,9 +54,14 @@ class SearchSettings:
     table_hash: str
     evaluator: dict[str, Any]
     seed_arch: Genotype | None = None
+    # The content of the --data folder the children are scored on (`data_identity`):
+    # the same path regenerated in place is other data.
+    data_hash: str | None = None
 
     def identity(self) -> dict[str, Any]:
+        extra = {} if self.data_hash is None else {"data_hash": self.data_hash}
         return {
+            **extra,
             "space": self.space,
             "strategy": self.strategy,
             "seed": self.seed,
@@ -80,16 +86,25 @@ class Progress:
     bands: list[tuple[float, float]]
     band_best: list[float | None]
     elapsed: float
-    finished_now: int  # finished by this run (for the rate)
+    finished_now: int  # finished by this run
+    # Wall seconds of each child this run trained (submitted to result), the children
+    # run at once, and how long the oldest running child has run.
+    child_seconds: tuple[float, ...] = ()
+    capacity: int = 1
+    running_for: float | None = None
 
     @property
     def finished(self) -> int:
         return sum(n for s, n in self.counts.items() if s != "running")
 
     def eta_seconds(self) -> float | None:
-        if self.finished_now <= 0 or self.elapsed <= 0:
+        """The trials left times the mean duration of the children finished so far, over
+        the children run at once: it moves when a child finishes, not while one runs (the
+        running one's time is `running_for`). None before the first child finished."""
+        if not self.child_seconds:
             return None
-        return max(0, self.trials - self.finished) * self.elapsed / self.finished_now
+        mean = sum(self.child_seconds) / len(self.child_seconds)
+        return max(0, self.trials - self.finished) * mean / max(1, self.capacity)
 
 
 def latency_bands(target_ms: float) -> list[tuple[float, float]]:
@@ -106,6 +121,72 @@ def table_identity(table: LatencyTable) -> str:
         "calibration": None if table.calibration is None else table.calibration.to_dict(),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_identity(data: Path) -> str:
+    """A digest of what a data folder holds: both annotation files' content, and the name
+    and size of every file in its image folders (a COCO train file is read once per
+    search start, not per child)."""
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        ann = data / "annotations" / f"instances_{split}.json"
+        h.update(f"{split}\0".encode())
+        try:
+            with ann.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise MnasfpnError(
+                f"--data {data} needs annotations/instances_{split}.json ({exc.strerror})"
+            ) from None
+        images = data / split
+        if images.is_dir():
+            for entry in sorted(os.scandir(images), key=lambda e: e.name):
+                if entry.is_file():
+                    h.update(f"{entry.name}\0{entry.stat().st_size}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def fastest_possible_ms(table: LatencyTable, space: SearchSpace, repeats: int) -> float | None:
+    """A latency no architecture of `space` is predicted below: the cheapest backbone and
+    predictor (they depend on the channels alone) plus the table's fixed overhead; every
+    other op adds to it. None when a calibration term could subtract (a negative
+    structure coefficient), so no such bound holds."""
+    if table.calibration is not None and min(table.calibration.structure_coefs()) < 0:
+        return None
+    genotypes = []
+    for c in space.channels:
+        g = space.walk(lambda d, c=c: c if d.name == "channels" else d.choices[-1])
+        genotypes.append(replace(g, repeats=repeats))
+    parts = table.breakdown(genotypes)
+    return float(min(parts["backbone"] + parts["predictor"] + parts["overhead"]))
+
+
+def check_max_ms(table: LatencyTable, space: SearchSpace, repeats: int, reward: RewardSpec) -> None:
+    """Refuse a --max-ms below every architecture of the space (each would be rejected:
+    an empty search)."""
+    if reward.max_ms is None:
+        return
+    floor = fastest_possible_ms(table, space, repeats)
+    if floor is not None and reward.max_ms < floor:
+        raise MnasfpnError(
+            f"--max-ms {reward.max_ms:g} is below every architecture of space {space.name!r}: "
+            f"the table predicts at least {floor:.2f} ms for any (backbone, predictor and "
+            "overhead alone); raise --max-ms"
+        )
+
+
+def check_not_all_rejected(store: TrialStore, reward: RewardSpec) -> None:
+    """A search whose every trial was over --max-ms found nothing: an error, not an
+    empty frontier."""
+    counts = store.counts()
+    if counts and set(counts) == {"rejected"}:
+        fastest = min(t.latency_ms for t in store.trials("rejected") if t.latency_ms is not None)
+        raise MnasfpnError(
+            f"every trial ({counts['rejected']}) was predicted slower than --max-ms "
+            f"{reward.max_ms:g} (the fastest {fastest:.2f} ms): nothing was trained; raise "
+            "--max-ms (a new search: add --force-new, or use another --out)"
+        )
 
 
 def check_table_covers(table: LatencyTable, space: SearchSpace) -> None:
@@ -157,6 +238,15 @@ def open_store(folder: Path, settings: SearchSettings, *, force_new: bool) -> Tr
     old = store.settings()
     new = settings.identity()
     if old is not None and old != new:
+        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if not force_new and changed == {"data_hash"} and old.get("data_hash") is not None:
+            store.close()
+            raise MnasfpnError(
+                f"{folder} holds a search on other data: the --data folder's annotations or "
+                "images changed since it started (regenerated in place?), so new trials "
+                "would not compare with its own; start over with --force-new (the old "
+                "search is kept aside) or use another --out"
+            )
         if not force_new:
             diff = ", ".join(
                 _change(k, old.get(k), new.get(k))
@@ -169,15 +259,32 @@ def open_store(folder: Path, settings: SearchSettings, *, force_new: bool) -> Tr
                 "settings to resume it, or add --force-new to start over"
             )
         store.close()
-        stamp = now().replace(":", "").replace("+0000", "")
-        for suffix in ("", "-wal", "-shm"):
-            src = folder / (STORE_NAME + suffix)
-            if src.exists():
-                shutil.move(src, folder / f"trials.{stamp}.sqlite{suffix}")
+        set_aside(folder)
         store = TrialStore.open(folder)
     if store.settings() is None:
         store.set_meta({"settings": new, "created_at": now()})
     return store
+
+
+# What a search writes in its folder (the store, `pareto`'s genotype files and plot):
+# --force-new moves all of it aside, so nothing of the old search stays beside the new.
+SEARCH_FILES = (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", "frontier", "pareto.png")
+
+
+def set_aside(folder: Path) -> Path:
+    """Move the folder's search (SEARCH_FILES) into folder/old-<time>/ (never deleted)."""
+    stamp = now().replace(":", "").replace("+0000", "")
+    aside = folder / f"old-{stamp}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder / f"old-{stamp}-{n}"
+    aside.mkdir()
+    for name in SEARCH_FILES:
+        src = folder / name
+        if src.exists() or src.is_symlink():
+            shutil.move(src, aside / name)
+    return aside
 
 
 class Search:
@@ -226,6 +333,8 @@ class Search:
         self._started = time.perf_counter()
         self._finished_before = 0
         self._arrays_saved: str | None = None
+        self._submitted: dict[int, float] = {}  # trial → when its child was submitted
+        self._child_seconds: list[float] = []
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -256,11 +365,17 @@ class Search:
             band_best=summary["bands"],
             elapsed=time.perf_counter() - self._started,
             finished_now=finished - self._finished_before,
+            child_seconds=tuple(self._child_seconds),
+            capacity=self.executor.capacity,
+            running_for=(
+                time.perf_counter() - min(self._submitted.values()) if self._submitted else None
+            ),
         )
 
     def _submit(self, trial_id: int, proposal: Proposal, latency: float) -> None:
         self.proposals[trial_id] = proposal
         self.latency[trial_id] = latency
+        self._submitted[trial_id] = time.perf_counter()
         self.executor.submit(trial_id, proposal.genotype)
 
     def _resume_running(self) -> None:
@@ -358,6 +473,9 @@ class Search:
                 continue
             for trial_id, result in self.executor.wait(timeout=1.0):
                 proposal, latency = self.proposals.pop(trial_id), self.latency.pop(trial_id)
+                since = self._submitted.pop(trial_id, None)
+                if since is not None:
+                    self._child_seconds.append(time.perf_counter() - since)
                 self._finish(trial_id, proposal, result, latency)
             if self.on_progress is not None and time.perf_counter() - last_shown > 0.5:
                 self.on_progress(self._progress())

@@ -8,9 +8,11 @@ Ray is told not to retry it, so a child that kills its worker is not retried for
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -80,26 +82,100 @@ class InlineExecutor(Executor):
         return len(self.queue)
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail in one line when nothing listens at a Ray address (Ray itself would retry for
-    minutes, logging as it goes)."""
+def _split(address: str) -> tuple[str, int]:
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not host or not port.isdigit():
         raise MnasfpnError(f"--ray-address {address!r} is not HOST:PORT (or auto)")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line when nothing listens at a Ray address (Ray itself would retry for
+    minutes, logging as it goes); `auto` is looked up first (`resolve_address`)."""
+    if address == "auto":
+        address = resolve_address(address)
+    host, port = _split(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MnasfpnError(f"--ray-address {address}: no Ray cluster answers ({reason})") from None
 
 
+def resolve_address(address: str) -> str:
+    """HOST:PORT of `address`; for `auto`, the cluster Ray's own discovery finds
+    (RAY_ADDRESS, else the last `ray start` on this machine), or a one-line error."""
+    if address != "auto":
+        return address
+    # Ray: only when a search is pointed at a cluster
+    from ray._private.services import get_ray_address_from_environment
+
+    found = get_ray_address_from_environment("auto", None)
+    if not found or found == "auto":
+        raise MnasfpnError(
+            "--ray-address auto: no running Ray cluster found on this machine (no RAY_ADDRESS, "
+            "no ray start); start one (README: Ray clusters) or give HOST:PORT"
+        )
+    return str(found)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _loopback_node() -> None:
+    """Make this process a loopback-only Ray node: Ray (2.x) replaces 127.0.0.1 by the
+    machine's interface address and binds its servers on every interface unless told
+    that the node is not part of a multi-machine cluster (the variable it reads for
+    macOS and Windows). Set before Ray is imported, it reaches the processes Ray starts
+    too; where Ray is already imported, its constant is set as well."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _use_token_if_present() -> None:
+    """Send the token to a cluster given by address when this machine has one and the
+    user chose no mode: `ray start --head` enables token authentication whenever a token
+    exists (~/.ray/auth_token, made by any local Ray instance), but a driver connecting by
+    address does not, and fails with InvalidAuthToken."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:  # the helper Ray itself uses for `ray start` and `auto` (Ray >= 2.5x)
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+AUTH_HINT = (
+    "if the cluster uses token authentication, give this machine the head's token "
+    "(`ray get-auth-token` on the head) in ~/.ray/auth_token or RAY_AUTH_TOKEN and set "
+    "RAY_AUTH_MODE=token"
+)
+
+
 class RayExecutor(Executor):
-    """One Ray task per child (1 CPU each). A local instance gets num_cpus = workers and
-    no dashboard; with `address` the tasks go to that cluster (sized by the cluster)."""
+    """One Ray task per child (1 CPU each). A local instance is always a new, private one
+    (Ray's address="local": a stale `ray start` never captures it), bound to loopback,
+    with num_cpus = workers and no dashboard; with `address` (HOST:PORT or auto) the
+    tasks go to that cluster (sized by the cluster), over loopback when it is local."""
 
     def __init__(self, evaluator: Evaluator, *, workers: int, address: str | None = None) -> None:
+        target = None if not address else resolve_address(address)
+        if target is not None:
+            check_reachable(target)
+        if target is None or is_loopback(_split(target)[0]):
+            _loopback_node()
         # Ray: only when the search starts its workers
         import ray
 
@@ -116,20 +192,22 @@ class RayExecutor(Executor):
             "log_to_driver": False,
             "configure_logging": True,
         }
-        if address and address != "auto":
-            check_reachable(address)
         try:
-            if address:
-                ray.init(address=address, **kwargs)
+            if target is not None:
+                _use_token_if_present()
+                ray.init(address=target, **kwargs)
                 cpus = int(ray.cluster_resources().get("CPU", workers))
                 self.capacity = max(1, min(workers, cpus)) if workers else max(1, cpus)
             else:
-                ray.init(num_cpus=workers, **kwargs)
+                ray.init(address="local", num_cpus=workers, **kwargs)
                 self.capacity = workers
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MnasfpnError(f"cannot start {where}: {msg}") from None
+            if target is None:
+                raise MnasfpnError(f"cannot start a local Ray instance: {msg}") from None
+            raise MnasfpnError(
+                f"cannot connect to the Ray cluster at {target}: {msg}; {AUTH_HINT}"
+            ) from None
         self._task = ray.remote(num_cpus=1, max_retries=0)(run_child)
         self._evaluator_ref = ray.put(evaluator)
         self._other_refs: dict[Any, Any] = {}  # other evaluators (finalists), put once each

@@ -9,6 +9,7 @@ beside its search (one-shot) score.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -84,6 +85,10 @@ class FrontierPoint:
 
 def load_run(folder: str | Path) -> SearchRun:
     folder = Path(folder)
+    if not folder.exists():
+        raise MnasfpnError(f"{folder}: no such folder; give a search folder (mnasfpn search --out)")
+    if not folder.is_dir():
+        raise MnasfpnError(f"{folder} is not a folder; give a search folder (mnasfpn search --out)")
     if not (folder / STORE_NAME).exists():
         raise MnasfpnError(f"{folder} holds no search ({STORE_NAME} missing); run mnasfpn search")
     with TrialStore.open(folder, readonly=True) as store:
@@ -219,11 +224,28 @@ def plot(runs: list[SearchRun], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=plot_format(path))
+    finally:
+        plt.close(fig)
+    # whole or not at all, never a temporary file left beside it (`check_output` has
+    # refused a folder, an input and, without --force, an existing file)
+    write_atomic(path, buf.getvalue())
+
+
+def plot_format(path: Path) -> str:
+    """The image format a plot file's suffix names (png without one), or a one-line error."""
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in PLOT_FORMATS:
+        raise MnasfpnError(
+            f"--plot {path}: unknown image type {fmt!r}; use one of {', '.join(PLOT_FORMATS)}"
+        )
+    return fmt
+
+
+# What matplotlib's Agg canvas writes without extra packages.
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "webp", "tif", "tiff")
 
 
 def frontier_table(points: list[FrontierPoint]) -> str:

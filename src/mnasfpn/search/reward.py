@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mnasfpn.errors import MnasfpnError
@@ -17,10 +18,14 @@ class RewardSpec:
     max_ms: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.target_ms > 0:
-            raise MnasfpnError(f"--target-ms must be positive, got {self.target_ms}")
-        if self.max_ms is not None and not self.max_ms > 0:
-            raise MnasfpnError(f"--max-ms must be positive, got {self.max_ms}")
+        # nan compares false with everything: it would pass a sign check, then make every
+        # reward nan and the stored settings unequal to themselves
+        if not math.isfinite(self.w):
+            raise MnasfpnError(f"--w must be a finite number, got {self.w}")
+        if not (math.isfinite(self.target_ms) and self.target_ms > 0):
+            raise MnasfpnError(f"--target-ms must be a positive number, got {self.target_ms}")
+        if self.max_ms is not None and not (math.isfinite(self.max_ms) and self.max_ms > 0):
+            raise MnasfpnError(f"--max-ms must be a positive number, got {self.max_ms}")
 
     def rejects(self, latency_ms: float) -> bool:
         return self.max_ms is not None and latency_ms > self.max_ms
