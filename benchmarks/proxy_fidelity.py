@@ -282,8 +282,12 @@ def run_standalone(
 
     if not todo:
         return
-    # the shared backbone first, alone: the others would only wait on its lock
-    first, rest = todo[:1], todo[1:]
+    # a missing shared backbone is made by the first child, alone: the others would only
+    # wait on its lock holding a worker
+    from mnasfpn.train.proxy_config import backbone_cache_dir
+
+    made = (backbone_cache_dir(cache, data, todo[0][4]) / "done.json").exists()
+    first, rest = ([], todo) if made else (todo[:1], todo[1:])
     for job in first:
         label, row = one(job)
         echo(f"  [1/{len(todo)}] {label} {names.get(job[1], job[1])} seed {job[3]}: mAP "
@@ -291,7 +295,7 @@ def run_standalone(
              f"({row['seconds']:.0f} s; backbone {row['backbone_seconds']:.0f} s)")  # fmt: skip
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(one, j): j for j in rest}
-        for n, fut in enumerate(as_completed(futures), 2):
+        for n, fut in enumerate(as_completed(futures), len(first) + 1):
             job = futures[fut]
             _, row = fut.result()
             echo(f"  [{n}/{len(todo)}] {job[5]} {names.get(job[1], job[1])} seed {job[3]}: "

@@ -118,6 +118,10 @@ def spread(xs: list[float]) -> float:
     return statistics.pstdev(xs) if len(xs) > 1 else math.nan
 
 
+def num(x: float) -> str:
+    return "n/a (1 seed)" if math.isnan(x) else f"{x:.4f}"
+
+
 def summarize_search(folder: Path, paper_ms: float) -> dict[str, Any]:
     """What one search found: children scored, its finalists, and the best finalist at or
     below the paper cell's latency."""
@@ -228,7 +232,7 @@ def main() -> None:
     for name, ms in (("paper-mnasfpn", paper_ms), ("nasfpnlite", lite_ms)):
         xs = base[name]
         print(f"| {name} | {ms:.2f} | {', '.join(f'{x:.4f}' for x in xs)} | "
-              f"{statistics.mean(xs):.4f} ± {spread(xs):.4f} |")  # fmt: skip
+              f"{statistics.mean(xs):.4f} ± {num(spread(xs))} |")  # fmt: skip
     for strategy, f in found.items():
         for r in sorted(f["finalists"], key=lambda r: r["latency_ms"]):
             print(f"| {strategy} trial {r['trial']} (one-shot {r['oneshot_map']:.4f}) | "
@@ -247,10 +251,10 @@ def main() -> None:
             gap = its = "n/a"
         else:
             best = f"trial {b['trial']}: {b['map']:.4f} @ {b['latency_ms']:.2f} ms"
-            gap, its = f"{b['map'] - pm:+.4f}", f"{b['std']:.4f}"
+            gap, its = f"{b['map'] - pm:+.4f}", num(b["std"] if len(b["seeds"]) > 1 else math.nan)
         print(f"| {strategy} | {f['scored']} | {f['failed']} | {f['wall_seconds']:.0f} | "
               f"{f['oneshot_seconds']:.0f} | {f['best_oneshot_reward']:.4f} | {best} | {gap} | "
-              f"{ps:.4f} | {its} |")  # fmt: skip
+              f"{num(ps)} | {its} |")  # fmt: skip
     summary = {"label": args.label, "baselines": base, "paper_ms": paper_ms,
                "nasfpnlite_ms": lite_ms, "searches": found, "provenance": provenance(),
                "data": data_doc, "args": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
