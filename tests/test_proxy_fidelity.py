@@ -1,14 +1,25 @@
 """The fidelity panel's bookkeeping (benchmarks/proxy_fidelity.py): strata, rank metrics,
-the resumable results file and what a result's key depends on. No training here."""
+the resumable results file and what a result's key depends on; and what
+benchmarks/search_result.py reads back from a search with finalists. No training here."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import make_table
+from mnasfpn.lut.table import LatencyTable
+from mnasfpn.search.driver import Search, SearchSettings, table_identity
+from mnasfpn.search.evaluators import SurrogateEvaluator, surrogate_accuracy
+from mnasfpn.search.executors import InlineExecutor
+from mnasfpn.search.finalists import FinalistSpec, run_finalists
+from mnasfpn.search.reward import RewardSpec
+from mnasfpn.search.store import ChildResult, TrialStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +92,56 @@ def test_the_committed_panel_is_fixed_and_spans_the_space(pf) -> None:  # type: 
     assert len({hid for hid, _, _, _ in heads}) == len(heads)
     for hid, _, g, _ in heads:
         assert pf.head_id(g) == hid
+
+
+# -- benchmarks/search_result.py: what it reads back from a search with finalists ----------
+
+
+@dataclass(frozen=True)
+class _Budget:
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _SeededSurrogate:
+    """A stand-in for the stand-alone proxy whose score moves with the seed."""
+
+    budget: _Budget = _Budget()
+
+    def identity(self) -> dict[str, object]:
+        return {"kind": "seeded-surrogate", "budget": {"seed": self.budget.seed}}
+
+    def __call__(self, genotype: object) -> ChildResult:
+        return ChildResult(map=surrogate_accuracy(genotype) + 0.01 * self.budget.seed)
+
+
+def test_search_result_reads_the_best_finalist_under_a_latency(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "search_result", ROOT / "benchmarks" / "search_result.py"
+    )
+    assert spec is not None and spec.loader is not None
+    sr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sr)
+
+    table_path = tmp_path / "t.sqlite"
+    make_table(table_path, ["mnasfpn"])
+    table = LatencyTable.open(table_path)
+    settings = SearchSettings("mnasfpn", "random", 3, RewardSpec(target_ms=100.0), 4,
+                              table_identity(table), {"kind": "test"})  # fmt: skip
+    folder = tmp_path / "s"
+    search = Search(folder, settings, table, InlineExecutor(SurrogateEvaluator()), trials=16)
+    search.run()
+    search.close()
+    with TrialStore.open(folder) as store:
+        run_finalists(store, FinalistSpec(3, (0, 1), _SeededSurrogate()),
+                      lambda: InlineExecutor(_SeededSurrogate()))  # fmt: skip
+        trials = {t.id: t for t in store.trials()}
+        chosen = sorted({f.trial_id for f in store.finalists()})
+    lats = sorted(trials[i].latency_ms for i in chosen)
+    out = sr.summarize_search(folder, lats[-1])  # every finalist is at or below it
+    assert out["trials"] == 16 and out["scored"] + out["failed"] <= 16
+    assert sorted(r["trial"] for r in out["finalists"]) == chosen
+    best = max(out["finalists"], key=lambda r: r["map"])
+    assert out["best_under_paper"] == best
+    assert best["map"] == pytest.approx(trials[best["trial"]].map + 0.005)  # mean of seeds 0, 1
+    assert sr.summarize_search(folder, lats[0] - 1e-6)["best_under_paper"] is None
