@@ -2,7 +2,7 @@
 # Each creates .venv and installs the project on first use. The tests compare the direct
 # .tflite writer with the TensorFlow converter, so the venv has the `train` extra
 # (TensorFlow) too; the demo's table, validation and prediction need no TensorFlow, its
-# search step trains proxy children with it.
+# search step trains the one-shot supernet with it.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -25,7 +25,8 @@ install: $(STAMP)
 
 # Host demo: measure every op of the mnasfpn space on this CPU (resumable), check the
 # table against end-to-end runs, predict the paper's architecture with its breakdown, then
-# a short real search on a small synthetic set (each step resumes; a second run reuses all).
+# a short one-shot search on a small synthetic set: a 150-step supernet trained once, 60
+# children scored from it (each step resumes; a second run reuses all).
 demo: $(STAMP)
 	$(BIN)/mnasfpn describe --arch paper-mnasfpn
 	$(BIN)/mnasfpn-lut build --device host --space mnasfpn --out $(LUT)
@@ -33,11 +34,12 @@ demo: $(STAMP)
 	$(BIN)/mnasfpn-lut predict --lut $(LUT) --arch paper-mnasfpn
 	test -f $(DEMO)/data/annotations/instances_val.json || \
 	  $(BIN)/mnasfpn data synth --out $(DEMO)/data --train 200 --val 50 --size 128 --force
-	$(BIN)/mnasfpn search --lut $(LUT) --data $(DEMO)/data --out $(DEMO)/search \
-	  --strategy evolution --trials 4 --workers 2 --seed-arch paper-mnasfpn \
-	  --proxy-steps 30 --proxy-backbone-steps 100 --cache-dir $(DEMO)/proxy-cache
-	$(BIN)/mnasfpn pareto $(DEMO)/search
-	@echo "report: $(REPORT)/report.md  frontier: $(DEMO)/search/pareto.png"
+	$(BIN)/mnasfpn search --lut $(LUT) --data $(DEMO)/data --out $(DEMO)/search-oneshot \
+	  --strategy evolution --trials 60 --workers 2 --seed-arch paper-mnasfpn \
+	  --evaluator oneshot --oneshot-steps 150 --oneshot-val-images 50 --oneshot-bn-batches 1 \
+	  --proxy-backbone-steps 100 --cache-dir $(DEMO)/proxy-cache
+	$(BIN)/mnasfpn pareto $(DEMO)/search-oneshot
+	@echo "report: $(REPORT)/report.md  frontier: $(DEMO)/search-oneshot/pareto.png"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
