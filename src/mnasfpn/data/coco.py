@@ -152,14 +152,11 @@ def annotation_digest(root: Path | str, split: str) -> str:
     or a move of the same set has the same digest). Reading COCO's 450 MB train file takes
     about a second, once per train command."""
     path = annotation_path(root, split)
-    h = hashlib.sha256()
     try:
         with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return h.hexdigest()[:16]
 
 
 def load_coco(root: Path | str, split: str, *, check_images: str = "header") -> CocoSet:

@@ -133,8 +133,7 @@ def data_identity(data: Path) -> str:
         h.update(f"{split}\0".encode())
         try:
             with ann.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+                h.update(hashlib.file_digest(f, "sha256").digest())
         except OSError as exc:
             raise MnasfpnError(
                 f"--data {data} needs annotations/instances_{split}.json ({exc.strerror})"
