@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 
 from mnasfpn.devices.options import DeviceOptions
 from mnasfpn.devices.profiles import Profile, load_profile
@@ -26,6 +27,18 @@ from mnasfpn.profiler import micromodel
 
 # The input size of the test tables (small: fast to enumerate and to build graphs for).
 SIZE = 64
+
+# -- the CLIs ----------------------------------------------------------------------------
+
+
+def error_line(result: Result) -> str:
+    """The one `Error:` line of a refused command: a non-zero exit, no traceback."""
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
 
 # -- tables ------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import error_line as refusal
 from mnasfpn.cli import main
 from mnasfpn.data import write_synthetic
 from mnasfpn.data.coco import annotation_digest
@@ -29,13 +30,7 @@ def run(*args: object) -> Result:
 
 
 def error_line(*args: object) -> str:
-    """The one `Error:` line of a refused command (no traceback)."""
-    result = run(*args)
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
+    return refusal(run(*args))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import error_line as refusal
 from mnasfpn.arch_cli import register as register_arch
 from mnasfpn.cli_common import ErrorHandlingGroup
 from mnasfpn.data import write_synthetic
@@ -34,12 +35,7 @@ def run(*args: str) -> Result:
 
 
 def error_line(*args: str) -> str:
-    result = run(*args)
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
+    return refusal(run(*args))
 
 
 @pytest.fixture(scope="module")
